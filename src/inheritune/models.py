@@ -1,0 +1,134 @@
+"""Loading any causal LM: a local HF directory, a GGUF file (dequantised), a built-in asset or a hub name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+# Built-in names resolve to fetched assets: what the demo and tests use on machines with no model hub.
+BUILTIN_MODELS = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "smollm2-gguf": "smollm2-gguf"}
+BUILTIN_TOKENIZERS = {"gpt2": "gpt2-tokenizer", **BUILTIN_MODELS}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.endswith(".gguf") or os.sep + os.sep in name \
+        or name.count("/") > 1
+
+
+def resolve_model_path(name_or_path: str | Path, tokenizer_only: bool = False) -> tuple[str, str | None]:
+    """(directory or hub name, GGUF file name inside it or None). Raises UserError for paths that are not models."""
+    from .assets import asset_path
+
+    name = str(name_or_path)
+    builtins = BUILTIN_TOKENIZERS if tokenizer_only else BUILTIN_MODELS
+    if name in builtins:
+        path = asset_path(builtins[name])
+        return (str(path.parent), path.name) if path.suffix == ".gguf" else (str(path), None)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {path}")
+        return str(path.resolve().parent), path.name
+    if path.is_dir():
+        wanted = ("tokenizer.json", "tokenizer_config.json", "vocab.json") if tokenizer_only else ("config.json",)
+        if not any((path / f).is_file() for f in wanted):
+            raise UserError(f"{path} is not a Hugging Face {'tokenizer' if tokenizer_only else 'model'} directory "
+                            f"(no {' or '.join(wanted)})")
+        return str(path), None
+    if path.exists():
+        raise UserError(f"{path} is a file but not a model: give a model directory or a .gguf file")
+    if _looks_local(name):
+        raise UserError(f"no such model path: {path}")
+    return name, None  # a hub name, for users with a network
+
+
+def _hub_error(name: str, exc: Exception) -> UserError:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if any(word in text.lower() for word in ("offline", "connect", "resolve", "internet", "network", "hub")):
+        return UserError(f"'{name}' is not a local path and the model hub cannot be reached (no network?): "
+                         "give a local HF directory, a .gguf file or a built-in name (smollm2)")
+    return UserError(f"cannot load model '{name}': {first}")
+
+
+def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu",
+               attn_implementation: str | None = None, trust_remote_code: bool = False, with_tokenizer: bool = True):
+    """Load a causal LM and its tokenizer. GGUF weights are dequantised into a plain model that can be saved."""
+    from transformers import AutoModelForCausalLM
+
+    from .tokenizer import load_tokenizer
+
+    torch_dtype = parse_dtype(dtype)
+    path, gguf = resolve_model_path(name_or_path)
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        if gguf is not None:
+            model = _plain_copy(AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, **kwargs), torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise _hub_error(str(name_or_path), exc) from None
+    except ValueError as exc:
+        raise UserError(f"cannot load {name_or_path} as a causal LM: {str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    tokenizer = None
+    if with_tokenizer:
+        tokenizer = load_tokenizer(Path(path) / gguf if gguf else path, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def _plain_copy(model, dtype: torch.dtype):
+    """The same weights in a fresh model of the same class, without the GGUF quantisation record.
+
+    ``save_pretrained`` refuses models that carry a quantisation config, so we rebuild from the config.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    missing = [k for k in missing if k not in _tied_keys(fresh)]
+    if missing or unexpected:
+        raise UserError(f"GGUF weights do not fit {type(fresh).__name__}: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}")
+    fresh.tie_weights()
+    fresh.generation_config = model.generation_config
+    return fresh
+
+
+def _tied_keys(model) -> set[str]:
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    return set(tied.keys() if isinstance(tied, dict) else tied)
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write a GGUF causal LM as a plain fp32 safetensors HF directory (config, weights, tokenizer)."""
+    gguf_path, out = Path(gguf_path), Path(out_dir)
+    if not gguf_path.is_file():
+        raise UserError(f"GGUF file not found: {gguf_path}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} is not empty; pass --overwrite to replace it")
+    model, tokenizer = load_model(gguf_path, dtype="float32")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
