@@ -270,6 +270,8 @@ def fetch_corpus(cache: Path) -> Path:
     return target
 
 
+_FOLDERS = {"smollm2-gguf": "smollm2-gguf", "smollm2": "smollm2-135m", "gpt2-tokenizer": "gpt2-tokenizer",
+            "corpus": "corpus"}
 _FETCHERS = {"smollm2-gguf": fetch_smollm2_gguf, "smollm2": fetch_smollm2, "gpt2-tokenizer": fetch_gpt2_tokenizer,
              "corpus": fetch_corpus}
 
@@ -284,14 +286,19 @@ def fetch(names: list[str] | None = None, cache: str | Path | None = None, verbo
         raise UserError(f"unknown asset {unknown[0]!r}; known assets: {', '.join(ASSET_NAMES)}")
     paths = {}
     for name in names:
-        folder_done = {"smollm2-gguf": "smollm2-gguf", "smollm2": "smollm2-135m"}.get(name, name)
-        cached = _complete(root / folder_done) is not None
+        cached = _complete(root / _FOLDERS[name]) is not None
         if verbose and not cached:
             print(f"fetching {name} into {root} ...", file=sys.stderr, flush=True)
         paths[name] = _FETCHERS[name](root)
         if verbose:
             print(f"{name}: {'cached' if cached else 'ready'} at {paths[name]}", file=sys.stderr)
     return paths
+
+
+def status(cache: str | Path | None = None) -> dict[str, tuple[Path, bool]]:
+    """Each asset's folder and whether it is fetched and intact (sizes only; nothing is fetched)."""
+    root = cache_dir(cache)
+    return {name: (root / _FOLDERS[name], _complete(root / _FOLDERS[name]) is not None) for name in ASSET_NAMES}
 
 
 def asset_path(name: str, cache: str | Path | None = None) -> Path:

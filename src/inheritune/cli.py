@@ -41,8 +41,11 @@ def _add_assets(sub) -> None:
                              description="Fetch and verify assets; a second call only checks them.")
     fetch.add_argument("names", nargs="*", help="assets to fetch (default: all)")
     fetch.add_argument("--cache-dir", help="asset cache (default: $INHERITUNE_CACHE or ~/.cache/inheritune)")
-    listing = verbs.add_parser("list", help="list assets and where they are")
+    listing = verbs.add_parser("list", help="list assets and whether they are fetched")
     listing.add_argument("--cache-dir")
+    path = verbs.add_parser("path", help="print the path of an asset (fetching it first if needed)")
+    path.add_argument("name", help="asset name")
+    path.add_argument("--cache-dir")
     convert = verbs.add_parser("convert", help="write a GGUF model as a plain HF safetensors directory",
                                description="Dequantise a GGUF causal LM to fp32 and save it (config, "
                                            "safetensors, tokenizer) so that it loads without gguf.")
@@ -103,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.verb == "fetch":
                 assets.fetch(args.names or None, args.cache_dir)
             elif args.verb == "list":
-                root = assets.cache_dir(args.cache_dir)
-                for name in assets.ASSET_NAMES:
-                    print(f"{name:16s} {root}")
+                for name, (path, ready) in assets.status(args.cache_dir).items():
+                    print(f"{name:16s} {'fetched' if ready else 'missing':8s} {path}")
+            elif args.verb == "path":
+                print(assets.fetch([args.name], args.cache_dir, verbose=False)[args.name])
             elif args.verb == "convert":
                 from .models import convert_gguf
 

@@ -1,0 +1,38 @@
+# Two commands on a fresh Debian/Ubuntu machine with Python 3.10+:
+#   make demo   set up .venv, fetch the default assets, run the main job
+#   make test   set up (if needed) and run the tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+DATA := data/english
+DEMO := runs/demo
+# Extra pip arguments, e.g. an index that serves CPU builds of torch on machines without a local wheel.
+PIP_ARGS ?=
+
+.PHONY: setup assets data demo test clean
+
+setup: $(STAMP)
+
+# Re-runs only when the pinned requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+	  { echo "error: cannot create $(VENV); on Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+assets: setup
+	$(BIN)/inheritune assets fetch
+
+data: assets
+	$(BIN)/inheritune data prepare --input "$$($(BIN)/inheritune assets path corpus)" --tokenizer smollm2 --out $(DATA)
+
+demo: data
+	$(BIN)/inheritune evaluate smollm2 --data $(DATA) --seq-len 512 --max-windows 32 --out $(DEMO)
+
+test: assets
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DATA) $(DEMO) src/*.egg-info
