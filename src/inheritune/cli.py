@@ -88,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
         pending = sub.add_parser(name, help=f"{summary} (not yet available)",
                                  description=f"{summary}.\n\nNot yet available in this version: it lands with "
                                              f"{issue}.")
-        pending.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
@@ -98,7 +97,9 @@ def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "ve
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in PENDING:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "assets":
             from . import assets

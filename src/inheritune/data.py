@@ -131,8 +131,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def prepare(config: PrepareConfig, progress: bool = True) -> Path:
     """Tokenise the inputs into ``config.out``; return it. Does nothing if the same dataset is already there."""
-    from tqdm import tqdm
-
     from .tokenizer import load_tokenizer, tokenizer_identity
 
     if not config.out:
@@ -175,23 +173,13 @@ def prepare(config: PrepareConfig, progress: bool = True) -> Path:
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    counts = {"train": 0, "val": 0}
     started = time.perf_counter()
-    backend = tokenizer.backend_tokenizer  # encode_batch runs in Rust threads on all cores
-    with open(staging / "train.bin", "wb") as train_f, open(staging / "val.bin", "wb") as val_f:
-        index = 0
-        docs = read_documents(files, config.text_field, config.doc_split)
-        bar = tqdm(total=n_docs, unit="doc", desc="tokenising", disable=not progress)
-        for batch in _batches(docs, config.batch_size):
-            for encoding in backend.encode_batch(batch, add_special_tokens=False):
-                split, handle = ("val", val_f) if is_val[index] else ("train", train_f)
-                ids = np.asarray(encoding.ids, dtype=dtype)
-                ids.tofile(handle)
-                eos.tofile(handle)
-                counts[split] += len(ids) + 1
-                index += 1
-            bar.update(len(batch))
-        bar.close()
+    try:
+        counts = _write_splits(staging, read_documents(files, config.text_field, config.doc_split), is_val,
+                               tokenizer.backend_tokenizer, eos, dtype, config.batch_size, progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written dataset behind
+        raise
     seconds = time.perf_counter() - started
     meta = {
         "format": FORMAT,
@@ -217,6 +205,28 @@ def prepare(config: PrepareConfig, progress: bool = True) -> Path:
     print(f"prepared {out}: {counts['train']:,} train + {counts['val']:,} val tokens from {n_docs} documents "
           f"({total / max(seconds, 1e-9):,.0f} tokens/s)", flush=True)
     return out
+
+
+def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backend, eos: np.ndarray,
+                  dtype: np.dtype, batch_size: int, progress: bool) -> dict[str, int]:
+    """Tokenise documents in batches (``encode_batch`` runs in Rust threads on all cores) and append each,
+    followed by EOS, to its split's file."""
+    from tqdm import tqdm
+
+    counts = {"train": 0, "val": 0}
+    with open(staging / "train.bin", "wb") as train_f, open(staging / "val.bin", "wb") as val_f:
+        index = 0
+        bar = tqdm(total=len(is_val), unit="doc", desc="tokenising", disable=not progress)
+        for batch in _batches(docs, batch_size):
+            for encoding in backend.encode_batch(batch, add_special_tokens=False):
+                split, handle = ("val", val_f) if is_val[index] else ("train", train_f)
+                np.asarray(encoding.ids, dtype=dtype).tofile(handle)
+                eos.tofile(handle)
+                counts[split] += len(encoding.ids) + 1
+                index += 1
+            bar.update(len(batch))
+        bar.close()
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------- reading

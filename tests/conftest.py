@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random models of real HF classes, and the local assets (never the network)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # unit tests never touch the network
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir():
+    from inheritune.assets import asset_path
+
+    return asset_path("gpt2-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(gpt2_tokenizer_dir):
+    from inheritune.tokenizer import load_tokenizer
+
+    return load_tokenizer(gpt2_tokenizer_dir)
+
+
+def tiny_llama(vocab_size: int = 50257, layers: int = 2, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, eos_token_id=50256, bos_token_id=50256)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, gpt2_tokenizer):
+    """A 2-layer random Llama with the GPT-2 tokenizer, saved as an HF directory."""
+    model = tiny_llama()
+    path = tmp_path / "tiny-llama"
+    model.save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def text_dir(tmp_path):
+    """Twenty small English documents as text files."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(20):
+        body = " ".join(f"Document {i} sentence {j} talks about the number {i * j}." for j in range(30))
+        (folder / f"doc{i:02d}.txt").write_text(body)
+    return folder

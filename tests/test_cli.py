@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+import pytest
+
+from inheritune.cli import PENDING, main
+
+SUBCOMMANDS = [["data"], ["data", "prepare"], ["assets"], ["assets", "fetch"], ["assets", "convert"],
+               ["assets", "list"], ["assets", "path"], ["evaluate"]] + [[name] for name in PENDING]
+
+
+@pytest.mark.parametrize("argv", [[]] + SUBCOMMANDS, ids=lambda a: " ".join(a) or "top")
+def test_help_explains_every_command(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: inheritune" in text and len(text.splitlines()) >= 4
+
+
+def test_pending_commands_say_so(capsys):
+    assert main(["train", "--model", "x"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "inheritune", "data", "prepare", "--input",
+                             str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"), "--tokenizer", "gpt2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"inheritune data: error: input not found: {tmp_path / 'missing.txt'}"]
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    config = tmp_path / "prep.yaml"
+    config.write_text("val_fracton: 0.1\n")
+    assert main(["data", "prepare", "--config", str(config)]) == 2
+    assert "did you mean 'val_fraction'" in capsys.readouterr().err

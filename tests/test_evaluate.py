@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from inheritune.data import PrepareConfig, TokenData, fixed_windows, prepare
+from inheritune.errors import UserError
+from inheritune.evaluate import EvalConfig, check_tokenizer_matches, evaluate, summarize, validation_loss
+from conftest import tiny_llama
+
+
+@pytest.fixture
+def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
+    return TokenData(prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"),
+                                           tokenizer=str(gpt2_tokenizer_dir), val_fraction=0.3), progress=False))
+
+
+def test_loss_equals_a_hand_computation(dataset):
+    model = tiny_llama()
+    result = validation_loss(model, dataset, seq_len=32, max_windows=0, batch_size=3, bootstrap=200)
+    tokens = dataset.split("val")
+    losses = []
+    with torch.no_grad():
+        for start in fixed_windows(tokens, 32):
+            row = torch.tensor(np.asarray(tokens[start:start + 33], dtype=np.int64))
+            logits = model(row[None, :-1]).logits[0]
+            losses.append(F.cross_entropy(logits, row[1:], reduction="none"))
+    expected = torch.cat(losses).double().mean().item()
+    assert abs(result["loss"] - expected) < 1e-5
+    assert result["tokens"] == 32 * len(losses) and result["windows"] == len(losses)
+    low, high = result["loss_ci95"]
+    assert low < result["loss"] < high
+    assert validation_loss(model, dataset, seq_len=32, max_windows=0, batch_size=5, bootstrap=200) == result
+
+
+def test_strided_windows_score_each_target_once(dataset):
+    model = tiny_llama()
+    tokens = dataset.split("val")
+    result = validation_loss(model, dataset, seq_len=32, stride=16, max_windows=0)
+    n_windows = len(fixed_windows(tokens, 32, stride=16))
+    assert result["tokens"] == 32 + 16 * (n_windows - 1)
+
+
+def test_bootstrap_interval_narrows_with_more_windows():
+    rng = np.random.default_rng(0)
+    few = summarize(rng.normal(3.0, 0.5, 10) * 100, np.full(10, 100))
+    many = summarize(rng.normal(3.0, 0.5, 1000) * 100, np.full(1000, 100))
+    assert (many["loss_ci95"][1] - many["loss_ci95"][0]) < (few["loss_ci95"][1] - few["loss_ci95"][0]) / 3
+
+
+def test_evaluate_command_and_tokenizer_mismatch(dataset, tiny_model_dir, tmp_path, capsys):
+    results = evaluate(EvalConfig(models=[str(tiny_model_dir), str(tiny_model_dir)], data=str(dataset.path),
+                                  seq_len=32, out=str(tmp_path / "ev")), progress=False)
+    assert results[0]["loss"] == results[1]["loss"] and (tmp_path / "ev" / "results.json").is_file()
+    assert "+0.0000" in capsys.readouterr().out
+    from inheritune.tokenizer import gpt2_tokenizer_from_tiktoken
+    import base64
+
+    other = gpt2_tokenizer_from_tiktoken(b"\n".join(base64.b64encode(bytes([b])) + b" " + str(b).encode()
+                                                    for b in range(256)))
+    with pytest.raises(UserError, match="differs"):
+        check_tokenizer_matches(other, dataset, "other")
+    with pytest.raises(UserError, match="exceeds the context"):
+        evaluate(EvalConfig(models=[str(tiny_model_dir)], data=str(dataset.path), seq_len=1024), progress=False)
+    with pytest.raises(UserError, match="stride"):
+        EvalConfig(models=["x"], data="d", seq_len=32, stride=64)

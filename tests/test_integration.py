@@ -1,0 +1,39 @@
+"""Integration tests on the real SmolLM2-135M (fetched by `make test` before pytest runs)."""
+
+import pytest
+import torch
+
+from inheritune.assets import asset_path
+from inheritune.data import PrepareConfig, TokenData, prepare
+from inheritune.evaluate import validation_loss
+from inheritune.models import load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2")
+
+
+def test_smollm2_perplexity_on_held_out_corpus_text(smollm2, tmp_path_factory):
+    model, tokenizer = smollm2
+    out = tmp_path_factory.mktemp("data") / "english"
+    data = TokenData(prepare(PrepareConfig(input=[str(asset_path("corpus"))], out=str(out), tokenizer="smollm2"),
+                             progress=False))
+    assert data.meta["train_tokens"] + data.meta["val_tokens"] > 2_000_000
+    torch.set_num_threads(2)
+    result = validation_loss(model, data, seq_len=512, max_windows=16, batch_size=8)
+    print(f"SmolLM2-135M held-out perplexity: {result['perplexity']:.2f} over {result['tokens']} tokens")
+    assert result["perplexity"] < 60
+
+
+def test_gguf_load_matches_the_converted_directory(smollm2):
+    model, tokenizer = smollm2
+    gguf_model, gguf_tokenizer = load_model(asset_path("smollm2-gguf"))
+    ids = torch.tensor([tokenizer("The capital of France is Paris, a city on the Seine.")["input_ids"]])
+    assert ids.tolist() == [gguf_tokenizer("The capital of France is Paris, a city on the Seine.")["input_ids"]]
+    with torch.no_grad():
+        difference = (model(ids).logits - gguf_model(ids).logits).abs().max().item()
+    assert difference < 1e-4
+    assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings

