@@ -214,11 +214,13 @@ def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backen
     from tqdm import tqdm
 
     counts = {"train": 0, "val": 0}
+    # encode_batch_fast skips character offsets, which we do not need (tokenizers >= 0.21).
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     with open(staging / "train.bin", "wb") as train_f, open(staging / "val.bin", "wb") as val_f:
         index = 0
         bar = tqdm(total=len(is_val), unit="doc", desc="tokenising", disable=not progress)
         for batch in _batches(docs, batch_size):
-            for encoding in backend.encode_batch(batch, add_special_tokens=False):
+            for encoding in encode(batch, add_special_tokens=False):
                 split, handle = ("val", val_f) if is_val[index] else ("train", train_f)
                 np.asarray(encoding.ids, dtype=dtype).tofile(handle)
                 eos.tofile(handle)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 
 from .errors import UserError
@@ -108,9 +107,9 @@ def _load_error(name: str | Path, exc: Exception) -> str:
 
 
 def tokenizer_identity(tokenizer) -> dict:
-    """What makes two tokenizers interchangeable: class, vocab size, special tokens and a hash of the model."""
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    digest = hashlib.sha256(json.dumps(backend.get("model"), sort_keys=True).encode()).hexdigest()
+    """What makes two tokenizers interchangeable: vocab size, special tokens and a hash of the whole Rust
+    tokenizer (normaliser, pre-tokeniser, model, added tokens)."""
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
     return {
         "name_or_path": str(tokenizer.name_or_path),
         "class": type(tokenizer).__name__,
