@@ -23,8 +23,6 @@ typical session:
 PENDING = {
     "analyze": ("diagnose lazy layers: attention rank, column mass, entropy, sinks, block influence, logit lens",
                 "the analyze issue"),
-    "inherit": ("cut a child model out of a reference (first k layers, chosen layers, warm-start baselines)",
-                "the inherit issue"),
     "train": ("pretrain or continue-train a model on a prepared dataset (single process or torchrun)",
               "the train issue"),
     "run": ("the whole recipe: reference loss, growth rounds, baselines and a report", "the run issue"),
@@ -58,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data import PrepareConfig
     from .evaluate import EvalConfig
+    from .inherit import InheritConfig
 
     parser = argparse.ArgumentParser(prog="inheritune", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("models", nargs="+", help="HF dirs, .gguf files or built-in names (smollm2)")
     evaluate.add_argument("--config", help="YAML file with these options (flags override it)")
     add_config_arguments(evaluate, EvalConfig, skip=("models",))
+
+    inherit = sub.add_parser(
+        "inherit", help="cut a child model out of a reference (first k layers, chosen layers, warm starts)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build a child that inherits the embeddings, head, final norm and chosen blocks of a "
+                    "reference, saved as an HF directory\nthat AutoModelForCausalLM loads, with inheritune.json "
+                    "provenance.\n\nexamples:\n"
+                    "  inheritune inherit smollm2 --layers 15 --out runs/child15        # first 15 of 30 blocks\n"
+                    "  inheritune inherit ref/ --layers 0-7,10 --out child              # chosen blocks, in order\n"
+                    "  inheritune inherit ref/ --layers 12 --copy attention --out c     # sub-module ablation\n"
+                    "  inheritune inherit ref/ --layers 12 --init hybrid-stacking --out c  # warm-start baseline")
+    inherit.add_argument("reference", help="reference model: HF dir, .gguf, or built-in name (smollm2)")
+    inherit.add_argument("--config", help="YAML file with these options (flags override it)")
+    add_config_arguments(inherit, InheritConfig, skip=("reference",))
 
     for name, (summary, issue) in PENDING.items():
         pending = sub.add_parser(name, help=f"{summary} (not yet available)",
@@ -123,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import EvalConfig, evaluate
 
             evaluate(load_config(EvalConfig, args.config, _overrides(args)))
+        elif args.command == "inherit":
+            from .inherit import InheritConfig, inherit
+
+            inherit(load_config(InheritConfig, args.config, _overrides(args)))
         elif args.command in PENDING:
             raise UserError(f"'inheritune {args.command}' is not available yet (it lands with "
                             f"{PENDING[args.command][1]})")

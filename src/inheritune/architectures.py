@@ -1,0 +1,93 @@
+"""The one place that knows where each HF causal-LM family keeps its parts.
+
+Everything else (inherit, analyze, train) asks the adapter: the state-dict prefix of the block list, of the
+token and positional embeddings, of the final norm and of the head; which keys inside a block belong to
+attention, to the MLP, or to the block's norms; and which config field holds the MLP width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    blocks: str  # state-dict prefix of the block list, e.g. "model.layers"
+    embed: str  # token embedding module
+    final_norm: str
+    head: str = "lm_head"
+    pos_embed: str | None = None  # learned positional embedding, where the family has one
+    attention: tuple[str, ...] = ("self_attn.",)  # key prefixes inside a block
+    mlp: tuple[str, ...] = ("mlp.",)
+    ffn_field: str = "intermediate_size"  # config field of the MLP width
+
+    # ----------------------------------------------------------------------------------- state-dict keys
+    def block_key(self, key: str) -> tuple[int, str] | None:
+        """(block index, key inside the block) for a block parameter, else None."""
+        prefix = self.blocks + "."
+        if not key.startswith(prefix):
+            return None
+        index, _, rest = key[len(prefix):].partition(".")
+        return int(index), rest
+
+    def block_part(self, rest: str) -> str:
+        """'attention', 'mlp' or 'norm' for a key inside a block."""
+        if rest.startswith(self.attention):
+            return "attention"
+        if rest.startswith(self.mlp):
+            return "mlp"
+        return "norm"
+
+    def outer_part(self, key: str) -> str:
+        """'embed', 'pos_embed', 'final_norm', 'head' or 'other' for a key outside the blocks."""
+        for part, prefix in (("embed", self.embed), ("pos_embed", self.pos_embed),
+                             ("final_norm", self.final_norm), ("head", self.head)):
+            if prefix and (key == prefix or key.startswith(prefix + ".")):
+                return part
+        return "other"
+
+    # ------------------------------------------------------------------------------------------ modules
+    def get(self, model, path: str):
+        module = model
+        for name in path.split("."):
+            module = module[int(name)] if name.isdigit() else getattr(module, name)
+        return module
+
+    def block_list(self, model):
+        return self.get(model, self.blocks)
+
+    def norm(self, model):
+        return self.get(model, self.final_norm)
+
+    def lm_head(self, model):
+        return self.get(model, self.head)
+
+
+_LLAMA_LIKE = dict(blocks="model.layers", embed="model.embed_tokens", final_norm="model.norm")
+
+ADAPTERS: dict[str, Adapter] = {
+    "gpt2": Adapter("gpt2", blocks="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
+                    pos_embed="transformer.wpe", attention=("attn.",), mlp=("mlp.",), ffn_field="n_inner"),
+    "llama": Adapter("llama", **_LLAMA_LIKE),
+    "mistral": Adapter("mistral", **_LLAMA_LIKE),
+    "qwen2": Adapter("qwen2", **_LLAMA_LIKE),
+    "qwen3": Adapter("qwen3", **_LLAMA_LIKE),
+    "gemma3_text": Adapter("gemma3_text", **_LLAMA_LIKE),
+    "phi3": Adapter("phi3", **_LLAMA_LIKE),
+    "gpt_neox": Adapter("gpt_neox", blocks="gpt_neox.layers", embed="gpt_neox.embed_in",
+                        final_norm="gpt_neox.final_layer_norm", attention=("attention.",)),
+    "opt": Adapter("opt", blocks="model.decoder.layers", embed="model.decoder.embed_tokens",
+                   final_norm="model.decoder.final_layer_norm", pos_embed="model.decoder.embed_positions",
+                   mlp=("fc1.", "fc2."), ffn_field="ffn_dim"),
+}
+
+
+def adapter_for(config) -> Adapter:
+    """The adapter of a model config, or a one-line error naming the supported families."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise UserError(f"model family '{model_type}' is not supported; supported: {', '.join(sorted(ADAPTERS))}")
+    return ADAPTERS[model_type]

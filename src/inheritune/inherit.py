@@ -1,0 +1,281 @@
+"""Cut a child model out of a reference: the first k blocks (the Inheritune recipe), chosen blocks, the
+paper's sub-module ablations and warm-start baselines. The child is built by the model's own class from a
+consistent config (fresh, seeded init), then the inherited tensors are copied in, read shard by shard from
+safetensors when the reference is on disk, so peak memory is about the child plus one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .architectures import Adapter, adapter_for
+from .config import option, to_dict
+from .errors import UserError
+from .weights import ModelSource, SafetensorsSource, open_reference, shrink_to
+
+# Which parts of each block, and which parts outside the blocks, each copy mode inherits.
+COPY_MODES = {
+    "full": ({"attention", "mlp", "norm"}, {"embed", "pos_embed", "final_norm", "head", "other"}),
+    "authors": ({"attention", "mlp", "norm"}, {"embed", "head", "other"}),  # wpe and final norm left fresh
+    "attention": ({"attention"}, {"embed", "pos_embed", "final_norm", "head", "other"}),
+    "mlp": ({"mlp"}, {"embed", "pos_embed", "final_norm", "head", "other"}),
+    "attention-mlp": ({"attention", "mlp"}, {"embed", "pos_embed", "final_norm", "head", "other"}),
+}
+INITS = ("inherit", "random", "stacking", "hybrid-stacking", "half-width", "distil")
+
+
+@dataclass
+class InheritConfig:
+    """Cut a child out of a reference model."""
+
+    reference: str = option("", help="reference model: HF dir (sharded safetensors read lazily), .gguf, built-in name")
+    out: str = option("", help="output directory of the child (an HF model directory)")
+    layers: str = option("", help="'12' = first 12 blocks; '0-7,10,12-13' = those blocks in that order; "
+                                  "default: half the reference's blocks (the paper's L/2)")
+    from_report: str = option("", help="take the layers from an 'inheritune analyze' report.json")
+    init: str = option("inherit", help="inherit | random | stacking | hybrid-stacking | half-width | distil")
+    copy: str = option("full", help="what inherited blocks bring: full | authors (fresh positional embeddings and "
+                                    "final norm) | attention | mlp | attention-mlp (no norms)")
+    seed: int = option(0, help="seed of the fresh initialisation of everything not copied")
+    dtype: str = option("float32", help="dtype of the saved child")
+    overwrite: bool = option(False, help="replace a non-empty output directory")
+    trust_remote_code: bool = option(False, help="allow model code from the reference directory")
+
+    def __post_init__(self):
+        if self.init not in INITS:
+            raise UserError(f"unknown init '{self.init}'; choose one of {', '.join(INITS)}")
+        if self.copy not in COPY_MODES:
+            raise UserError(f"unknown copy mode '{self.copy}'; choose one of {', '.join(COPY_MODES)}")
+        if self.layers and self.from_report:
+            raise UserError("give either --layers or --from-report, not both")
+
+
+def parse_layers(spec: str | int | list[int], n_layers: int, allow_repeats: bool = False) -> list[int]:
+    """'12' -> [0..11]; '0-7,10,12-13' -> that list in that order. Validated against the reference depth."""
+    if isinstance(spec, int):
+        spec = str(spec)
+    if isinstance(spec, (list, tuple)):
+        layers = [int(i) for i in spec]
+    else:
+        text = spec.replace(" ", "")
+        try:
+            if text.isdigit():
+                count = int(text)
+                if count == 0:
+                    raise UserError("cannot inherit 0 layers: a child needs at least one block")
+                if count > n_layers:
+                    raise UserError(f"cannot inherit {count} layers from a reference with {n_layers}")
+                return list(range(count))
+            layers = []
+            for piece in filter(None, text.split(",")):
+                low, dash, high = piece.partition("-")
+                start, end = int(low), int(high) if dash else int(low)
+                if end < start:
+                    raise UserError(f"layer range '{piece}' runs backwards")
+                layers.extend(range(start, end + 1))
+        except ValueError:
+            raise UserError(f"cannot read layer spec '{spec}': use '12', or a list like '0-7,10,12-13'") from None
+    if not layers:
+        raise UserError("the layer spec selects no layers")
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad:
+        raise UserError(f"layer index {bad[0]} is out of range: the reference has layers 0-{n_layers - 1}")
+    if not allow_repeats and len(set(layers)) != len(layers):
+        dup = next(i for i in layers if layers.count(i) > 1)
+        raise UserError(f"layer {dup} is selected twice (only the stacking inits repeat layers)")
+    return layers
+
+
+def layers_from_report(path: str | Path) -> list[int]:
+    """The recommended layers of an analysis report (``recommendation.layers`` or ``recommendation.k``)."""
+    report_path = Path(path)
+    if not report_path.is_file():
+        raise UserError(f"report not found: {report_path}")
+    try:
+        recommendation = json.loads(report_path.read_text())["recommendation"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{report_path} is not an analysis report with a 'recommendation'") from None
+    if recommendation.get("layers"):
+        return [int(i) for i in recommendation["layers"]]
+    return list(range(int(recommendation["k"])))
+
+
+def choose_layers(config: InheritConfig, n_layers: int) -> list[int]:
+    """The reference block behind each child block, for every init."""
+    spec = layers_from_report(config.from_report) if config.from_report else (config.layers or str(n_layers // 2))
+    if config.init == "half-width":
+        return list(range(n_layers))  # full depth; width is what shrinks
+    if config.init == "stacking":  # the model's own blocks on top of themselves: 2x depth
+        base = parse_layers(config.layers, n_layers) if (config.layers or config.from_report) else list(range(n_layers))
+        return base + base
+    count = len(parse_layers(spec, n_layers, allow_repeats=True))
+    if config.init == "hybrid-stacking":  # reference layers 0..l/2-1, twice
+        if count % 2:
+            raise UserError(f"hybrid stacking needs an even number of layers, got {count}")
+        return list(range(count // 2)) * 2
+    if config.init == "distil":  # DistilBERT-style: every other reference layer
+        if 2 * (count - 1) >= n_layers:
+            raise UserError(f"every other layer of a {n_layers}-layer reference gives at most "
+                            f"{(n_layers + 1) // 2} layers, not {count}")
+        return list(range(0, 2 * count, 2))
+    return parse_layers(spec, n_layers)
+
+
+def child_config(ref_config, adapter: Adapter, layers: list[int], half_width: bool = False):
+    """The reference config with the block count, every per-layer list and (for half-width) the widths changed."""
+    config = copy.deepcopy(ref_config)
+    n_ref = ref_config.num_hidden_layers
+    per_layer = {k: v for k, v in ref_config.to_dict().items() if isinstance(v, list) and len(v) == n_ref}
+    config.num_hidden_layers = len(layers)
+    for key, values in per_layer.items():
+        setattr(config, key, [values[i] for i in layers])
+    if half_width:
+        heads = ref_config.num_attention_heads
+        kv_heads = getattr(ref_config, "num_key_value_heads", None) or heads
+        if heads % 2 or ref_config.hidden_size % 2:
+            raise UserError(f"half-width needs an even head count and width; the reference has {heads} heads "
+                            f"and width {ref_config.hidden_size}")
+        head_dim = getattr(ref_config, "head_dim", None) or ref_config.hidden_size // heads
+        config.hidden_size = ref_config.hidden_size // 2
+        config.num_attention_heads = heads // 2
+        if getattr(ref_config, "num_key_value_heads", None):
+            if kv_heads > 1 and kv_heads % 2:
+                raise UserError(f"half-width needs an even number of key/value heads, the reference has {kv_heads}")
+            config.num_key_value_heads = max(1, kv_heads // 2)
+        if getattr(ref_config, "head_dim", None):
+            config.head_dim = head_dim
+        ffn = getattr(ref_config, adapter.ffn_field, None)
+        if ffn:
+            setattr(config, adapter.ffn_field, ffn // 2)
+        if getattr(ref_config, "word_embed_proj_dim", None) == ref_config.hidden_size:
+            config.word_embed_proj_dim = config.hidden_size
+    return config
+
+
+def plan_copy(adapter: Adapter, child_keys: list[str], layers: list[int], copy_mode: str, init: str,
+              tied: bool) -> dict[str, str | None]:
+    """For each child state-dict key, the reference key it is copied from, or None (fresh init)."""
+    if init == "random":
+        return {key: None for key in child_keys}
+    block_parts, outer_parts = COPY_MODES[copy_mode]
+    plan = {}
+    for key in child_keys:
+        in_block = adapter.block_key(key)
+        if in_block is not None:
+            index, rest = in_block
+            source = f"{adapter.blocks}.{layers[index]}.{rest}"
+            plan[key] = source if adapter.block_part(rest) in block_parts else None
+        else:
+            part = adapter.outer_part(key)
+            if part == "head" and tied:
+                plan[key] = None  # the tie brings it with the embedding
+            else:
+                plan[key] = key if part in outer_parts else None
+    return plan
+
+
+def build_child(reference, layers: list[int] | None = None, init: str = "inherit", copy_mode: str = "full",
+                seed: int = 0, dtype: torch.dtype = torch.float32):
+    """The child model (in memory) and a record of what was copied. ``reference`` is a model object or a
+    ``weights.Reference`` from ``open_reference``."""
+    from transformers import AutoModelForCausalLM
+
+    ref = reference if hasattr(reference, "source") else open_reference(reference)
+    adapter = adapter_for(ref.config)
+    n_ref = ref.config.num_hidden_layers
+    layers = list(range(n_ref // 2)) if layers is None else layers
+    config = child_config(ref.config, adapter, layers, half_width=init == "half-width")
+    torch.manual_seed(seed)
+    child = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    state = child.state_dict()
+    plan = plan_copy(adapter, list(state), layers, copy_mode, init, tied)
+    wanted = {src: key for key, src in plan.items() if src is not None}
+    # Stacking maps one reference key to several child keys: group them.
+    targets: dict[str, list[str]] = {}
+    for key, src in plan.items():
+        if src is not None:
+            targets.setdefault(src, []).append(key)
+    copied = set()
+    with torch.no_grad():
+        for src, tensor in ref.source.read(list(targets)):
+            for key in targets[src]:
+                value = shrink_to(tensor, state[key].shape, key, adapter, ref.config) if init == "half-width" \
+                    else tensor
+                if value.shape != state[key].shape:
+                    raise UserError(f"reference tensor {src} has shape {tuple(value.shape)}, the child's {key} "
+                                    f"needs {tuple(state[key].shape)}")
+                state[key].copy_(value.to(state[key].dtype))
+                copied.add(key)
+    missing = sorted(set(wanted.values()) - copied)
+    if missing:
+        raise UserError(f"the reference has no tensor for {missing[0]} (and {len(missing) - 1} more)")
+    if tied:
+        child.tie_weights()
+    child.eval()
+    record = {
+        "family": adapter.family,
+        "reference_layers": n_ref,
+        "layers": layers,
+        "init": init,
+        "copy": copy_mode,
+        "seed": seed,
+        "copied": sorted(copied),
+        "fresh": sorted(k for k, src in plan.items() if src is None and not (tied and adapter.outer_part(k) == "head")),
+        "tied_embeddings": tied,
+    }
+    return child, record
+
+
+def inherit(config: InheritConfig) -> Path:
+    """Cut the child described by ``config`` and save it as an HF directory with ``inheritune.json``."""
+    from .models import parse_dtype
+
+    if not config.reference:
+        raise UserError("no reference model given")
+    if not config.out:
+        raise UserError("no output directory given (--out)")
+    out = Path(config.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
+        raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    ref = open_reference(config.reference, trust_remote_code=config.trust_remote_code)
+    adapter_for(ref.config)  # unsupported families fail before any work
+    layers = choose_layers(config, ref.config.num_hidden_layers)
+    child, record = build_child(ref, layers, config.init, config.copy, config.seed, parse_dtype(config.dtype))
+    if ref.generation_config is not None:
+        child.generation_config = ref.generation_config
+
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        child.save_pretrained(staging, safe_serialization=True)
+        if ref.tokenizer is not None:
+            ref.tokenizer.save_pretrained(staging)
+        record.update(reference=str(config.reference), reference_sha256=ref.checksum(),
+                      config=to_dict(config), inheritune_version=__version__,
+                      parameters=sum(p.numel() for p in child.parameters()),
+                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        (staging / "inheritune.json").write_text(json.dumps(record, indent=2))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(out)
+    print(f"child with {len(layers)} blocks ({record['parameters']:,} parameters, init {config.init}, "
+          f"copy {config.copy}) written to {out}", flush=True)
+    return out
+
+
+__all__ = ["InheritConfig", "inherit", "build_child", "parse_layers", "choose_layers", "plan_copy",
+           "child_config", "ModelSource", "SafetensorsSource"]

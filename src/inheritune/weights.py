@@ -1,0 +1,166 @@
+"""Reading a reference's tensors without loading the whole model, and shrinking them for half-width.
+
+A reference on disk in safetensors (one file or sharded with an index) is read key by key, one shard open
+at a time; anything else (GGUF, .bin checkpoints, hub names, model objects) is loaded whole and read from
+its state dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+class ModelSource:
+    """Tensors of a model that is already in memory."""
+
+    def __init__(self, model):
+        self.state = model.state_dict()
+
+    def read(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        for key in keys:
+            if key in self.state:
+                yield key, self.state[key]
+
+
+class SafetensorsSource:
+    """Tensors of a safetensors checkpoint directory, read lazily and grouped by shard."""
+
+    def __init__(self, directory: Path, base_prefix: str = ""):
+        self.directory = Path(directory)
+        index = self.directory / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        else:
+            from safetensors import safe_open
+
+            with safe_open(self.directory / "model.safetensors", framework="pt") as handle:
+                weight_map = {key: "model.safetensors" for key in handle.keys()}
+        self.weight_map = weight_map
+        self.base_prefix = base_prefix
+
+    def files(self) -> list[Path]:
+        return [self.directory / name for name in sorted(set(self.weight_map.values()))]
+
+    def _stored_name(self, key: str) -> str | None:
+        if key in self.weight_map:
+            return key
+        # Older checkpoints store keys without the base model prefix ("h.0..." for "transformer.h.0...").
+        if self.base_prefix and key.startswith(self.base_prefix + "."):
+            bare = key[len(self.base_prefix) + 1:]
+            if bare in self.weight_map:
+                return bare
+        return None
+
+    def read(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        from safetensors import safe_open
+
+        by_shard: dict[str, list[tuple[str, str]]] = {}
+        for key in keys:
+            stored = self._stored_name(key)
+            if stored is not None:
+                by_shard.setdefault(self.weight_map[stored], []).append((key, stored))
+        for shard in sorted(by_shard):
+            with safe_open(self.directory / shard, framework="pt") as handle:
+                for key, stored in by_shard[shard]:
+                    yield key, handle.get_tensor(stored)
+
+
+@dataclass
+class Reference:
+    """What inheritance needs of a reference: its config, a tensor source, tokenizer, generation config."""
+
+    config: object
+    source: object
+    tokenizer: object = None
+    generation_config: object = None
+    files: list[Path] = field(default_factory=list)
+
+    def checksum(self) -> str | None:
+        """sha256 over the reference's weight files (None for a model given as an object)."""
+        if not self.files:
+            return None
+        from .assets import sha256_file
+
+        digest = hashlib.sha256()
+        for path in self.files:
+            digest.update(path.name.encode() + sha256_file(path).encode())
+        return digest.hexdigest()
+
+
+def open_reference(reference, trust_remote_code: bool = False) -> Reference:
+    """A Reference from a model object, a safetensors HF directory (read lazily), or anything load_model takes."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from .models import load_model, resolve_model_path
+
+    if isinstance(reference, Reference):
+        return reference
+    if isinstance(reference, torch.nn.Module):
+        return Reference(reference.config, ModelSource(reference), None, getattr(reference, "generation_config", None))
+    path, gguf = resolve_model_path(reference)
+    directory = Path(path)
+    has_safetensors = directory.is_dir() and gguf is None and (
+        (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file())
+    if not has_safetensors:
+        model, tokenizer = load_model(reference, trust_remote_code=trust_remote_code)
+        files = [Path(path) / gguf] if gguf else []
+        return Reference(model.config, ModelSource(model), tokenizer, model.generation_config, files)
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the config of {directory}: {str(exc).splitlines()[0]}") from None
+    tokenizer = None
+    if any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
+    generation = None
+    if (directory / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(directory)
+    from .architectures import adapter_for
+
+    prefix = adapter_for(config).blocks.split(".")[0]
+    source = SafetensorsSource(directory, base_prefix=prefix)
+    return Reference(config, source, tokenizer, generation, source.files())
+
+
+# ------------------------------------------------------------------------------------------ half-width
+def _lead(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The leading block of ``tensor`` with the given shape (first heads, first units, first channels)."""
+    return tensor[tuple(slice(0, n) for n in shape)]
+
+
+def shrink_to(tensor: torch.Tensor, shape: torch.Size, key: str, adapter, ref_config) -> torch.Tensor:
+    """Half-width copy: the first half of heads and MLP units. Fused projections are split into their parts
+    first, so that each part keeps its own first heads."""
+    if tensor.shape == shape:
+        return tensor
+    heads = ref_config.num_attention_heads
+    head_dim = getattr(ref_config, "head_dim", None) or ref_config.hidden_size // heads
+    kv_heads = getattr(ref_config, "num_key_value_heads", None) or heads
+    if adapter.family == "gpt2" and key.endswith("attn.c_attn.weight"):  # Conv1D [in, 3*out]
+        parts = tensor.chunk(3, dim=1)
+        return torch.cat([_lead(p, (shape[0], shape[1] // 3)) for p in parts], dim=1)
+    if adapter.family == "gpt2" and key.endswith("attn.c_attn.bias"):
+        return torch.cat([p[: shape[0] // 3] for p in tensor.chunk(3)])
+    if adapter.family == "gpt_neox" and "attention.query_key_value." in key:  # per head [q, k, v]
+        per_head = tensor.reshape(heads, 3 * head_dim, *tensor.shape[1:])
+        kept = per_head[: shape[0] // (3 * head_dim)].reshape(-1, *tensor.shape[1:])
+        return _lead(kept, shape)
+    if adapter.family == "phi3" and key.endswith("self_attn.qkv_proj.weight"):
+        q, k, v = tensor.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+        child_kv = max(1, kv_heads // 2) * head_dim
+        return torch.cat([_lead(q, (heads // 2 * head_dim, shape[1])), _lead(k, (child_kv, shape[1])),
+                          _lead(v, (child_kv, shape[1]))])
+    if adapter.family == "phi3" and key.endswith("mlp.gate_up_proj.weight"):
+        gate, up = tensor.chunk(2)
+        return torch.cat([_lead(gate, (shape[0] // 2, shape[1])), _lead(up, (shape[0] // 2, shape[1]))])
+    return _lead(tensor, shape)
