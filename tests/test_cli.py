@@ -6,7 +6,7 @@ import pytest
 from inheritune.cli import PENDING, main
 
 SUBCOMMANDS = [["data"], ["data", "prepare"], ["assets"], ["assets", "fetch"], ["assets", "convert"],
-               ["assets", "list"], ["assets", "path"], ["evaluate"]] + [[name] for name in PENDING]
+               ["assets", "list"], ["assets", "path"], ["evaluate"], ["inherit"]] + [[name] for name in PENDING]
 
 
 @pytest.mark.parametrize("argv", [[]] + SUBCOMMANDS, ids=lambda a: " ".join(a) or "top")
@@ -36,3 +36,13 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
     config.write_text("val_fracton: 0.1\n")
     assert main(["data", "prepare", "--config", str(config)]) == 2
     assert "did you mean 'val_fraction'" in capsys.readouterr().err
+
+
+def test_inherit_command(tmp_path, capsys):
+    from families import family_configs, trained_like
+
+    trained_like(family_configs()["gpt2"]).save_pretrained(tmp_path / "ref")
+    assert main(["inherit", str(tmp_path / "ref"), "--layers", "0-1,3", "--out", str(tmp_path / "child")]) == 0
+    assert (tmp_path / "child" / "inheritune.json").is_file()
+    assert main(["inherit", str(tmp_path / "ref"), "--layers", "0", "--out", str(tmp_path / "c2")]) == 2
+    assert "cannot inherit 0 layers" in capsys.readouterr().err

@@ -37,3 +37,27 @@ def test_gguf_load_matches_the_converted_directory(smollm2):
         difference = (model(ids).logits - gguf_model(ids).logits).abs().max().item()
     assert difference < 1e-4
     assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings
+
+
+def test_smollm2_first_k_child_equals_early_exit(smollm2, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from inheritune.inherit import InheritConfig, inherit
+
+    model, tokenizer = smollm2
+    k = 8
+    out = inherit(InheritConfig(reference="smollm2", layers=str(k), out=str(tmp_path / "child")))
+    child = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.tensor([tokenizer("It is a truth universally acknowledged, that a single man in possession of a "
+                                  "good fortune, must be in want of a wife.")["input_ids"]])
+    captured = {}
+    hook = model.model.layers[k - 1].register_forward_hook(
+        lambda module, args, output: captured.__setitem__("x", output[0] if isinstance(output, tuple) else output))
+    with torch.no_grad():
+        model(ids)
+        hook.remove()
+        early = model.lm_head(model.model.norm(captured["x"]))
+        difference = (child(ids).logits - early).abs().max().item()
+    print(f"SmolLM2 first-{k} child vs early exit: max abs difference {difference:.2e}")
+    assert difference <= 1e-5
+    assert child.config.num_hidden_layers == k and child.config.tie_word_embeddings

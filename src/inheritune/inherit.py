@@ -192,7 +192,8 @@ def build_child(reference, layers: list[int] | None = None, init: str = "inherit
     ref = reference if hasattr(reference, "source") else open_reference(reference)
     adapter = adapter_for(ref.config)
     n_ref = ref.config.num_hidden_layers
-    layers = list(range(n_ref // 2)) if layers is None else layers
+    if layers is None:
+        layers = list(range(n_ref if init == "half-width" else n_ref // 2))
     config = child_config(ref.config, adapter, layers, half_width=init == "half-width")
     torch.manual_seed(seed)
     child = AutoModelForCausalLM.from_config(config, dtype=dtype)
