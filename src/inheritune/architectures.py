@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .errors import UserError
 
 
@@ -23,6 +25,7 @@ class Adapter:
     attention: tuple[str, ...] = ("self_attn.",)  # key prefixes inside a block
     mlp: tuple[str, ...] = ("mlp.",)
     ffn_field: str = "intermediate_size"  # config field of the MLP width
+    project_out: str | None = None  # a projection between the final norm and the head (OPT-350m style)
 
     # ----------------------------------------------------------------------------------- state-dict keys
     def block_key(self, key: str) -> tuple[int, str] | None:
@@ -65,6 +68,23 @@ class Adapter:
     def lm_head(self, model):
         return self.get(model, self.head)
 
+    def attention_module(self, block):
+        return getattr(block, self.attention[0].rstrip("."))
+
+    def logits(self, model, hidden):
+        """What the model's own head makes of a residual-stream state: head(final_norm(x)), with the family's
+        extra steps (OPT's output projection, Gemma's logit soft-capping)."""
+        x = self.norm(model)(hidden)
+        if self.project_out:
+            projection = self.get(model, self.project_out)
+            if projection is not None:
+                x = projection(x)
+        logits = self.lm_head(model)(x)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
 
 _LLAMA_LIKE = dict(blocks="model.layers", embed="model.embed_tokens", final_norm="model.norm")
 
@@ -81,7 +101,7 @@ ADAPTERS: dict[str, Adapter] = {
                         final_norm="gpt_neox.final_layer_norm", attention=("attention.",)),
     "opt": Adapter("opt", blocks="model.decoder.layers", embed="model.decoder.embed_tokens",
                    final_norm="model.decoder.final_layer_norm", pos_embed="model.decoder.embed_positions",
-                   mlp=("fc1.", "fc2."), ffn_field="ffn_dim"),
+                   mlp=("fc1.", "fc2."), ffn_field="ffn_dim", project_out="model.decoder.project_out"),
 }
 
 

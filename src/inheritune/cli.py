@@ -21,8 +21,6 @@ typical session:
 """
 
 PENDING = {
-    "analyze": ("diagnose lazy layers: attention rank, column mass, entropy, sinks, block influence, logit lens",
-                "the analyze issue"),
     "train": ("pretrain or continue-train a model on a prepared dataset (single process or torchrun)",
               "the train issue"),
     "run": ("the whole recipe: reference loss, growth rounds, baselines and a report", "the run issue"),
@@ -55,6 +53,7 @@ def _add_assets(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data import PrepareConfig
+    from .analyze import AnalyzeConfig
     from .evaluate import EvalConfig
     from .inherit import InheritConfig
 
@@ -97,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     inherit.add_argument("--config", help="YAML file with these options (flags override it)")
     add_config_arguments(inherit, InheritConfig, skip=("reference",))
 
+    analyze = sub.add_parser(
+        "analyze", help="diagnose lazy layers: attention rank, mass, entropy, sinks, block influence, logit lens",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure, per head and layer, the energy rank of the causal attention (MaxRank), column mass, "
+                    "entropy and first-token sinks;\nper block, Block Influence, angular distance and the "
+                    "logit-lens loss CE_k (a first-k child's loss before training).\nWrites report.json (with a "
+                    "recommended k that 'inherit --from-report' uses), layers.csv, heads.csv and PNG plots.\n\n"
+                    "examples:\n"
+                    "  inheritune analyze smollm2 --data data/english --out runs/analysis\n"
+                    "  inheritune analyze smollm2 --data book.txt --tau 0.9 0.8 0.95 --out runs/a\n"
+                    "  inheritune analyze ref/ --compare child/ --data data/english --out runs/compare")
+    analyze.add_argument("model", help="model: HF dir, .gguf, or built-in name (smollm2)")
+    analyze.add_argument("--config", help="YAML file with these options (flags override it)")
+    add_config_arguments(analyze, AnalyzeConfig, skip=("model",))
+
     for name, (summary, issue) in PENDING.items():
         pending = sub.add_parser(name, help=f"{summary} (not yet available)",
                                  description=f"{summary}.\n\nNot yet available in this version: it lands with "
@@ -136,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import EvalConfig, evaluate
 
             evaluate(load_config(EvalConfig, args.config, _overrides(args)))
+        elif args.command == "analyze":
+            from .analyze import AnalyzeConfig, analyze
+
+            analyze(load_config(AnalyzeConfig, args.config, _overrides(args)))
         elif args.command == "inherit":
             from .inherit import InheritConfig, inherit
 

@@ -1,0 +1,331 @@
+"""Diagnose lazy layers: attention rank, column mass, entropy and sinks per head and layer, block influence,
+angular distance and the logit lens per block, a recommended k for inheritance, reports and plots.
+
+Attention probabilities are captured with hooks on each attention module (eager attention) and reduced to
+metrics at once, layer by layer, so no L x N x H x T x T tensor is ever kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .architectures import adapter_for
+from .config import option, to_dict
+from .errors import UserError
+
+
+@dataclass
+class AnalyzeConfig:
+    """Lazy-layer diagnosis of a causal LM (metric definitions in PAPER.md §1)."""
+
+    model: str = option("", help="model: HF dir, .gguf, or built-in name (smollm2)")
+    data: str = option("", help="prepared dataset dir (its val split is used) or a plain text file")
+    out: str = option("", help="output directory for report.json, CSVs and plots")
+    n: int = option(100, help="number of sequences (paper: 100)")
+    t: int = option(100, help="tokens per sequence (paper: 100)")
+    seed: int = option(0, help="seed of the sequence choice")
+    batch_size: int = option(10, help="sequences per forward pass")
+    dtype: str = option("float32", help="model dtype: float32 or bfloat16 (metrics are computed in float32+)")
+    device: str = option("cpu", help="cpu or cuda")
+    tau: list[float] = option([0.9], help="energy thresholds; the first is the main one (e.g. 0.9 0.8 0.85 0.95)")
+    eta: float = option(0.9, help="column-mass threshold")
+    lazy_tolerance: float = option(0.25, help="a layer is lazy when MaxRank <= 1 + this; a head when its Rank is")
+    sink_threshold: float = option(0.3, help="a head is a sink head when its first-token mass exceeds this")
+    span: int = option(1, help="n of the angular distance of n-block spans")
+    lens_sequences: int = option(10, help="sequences used for the logit-lens loss CE_k; 0 = all")
+    lazy_run: int = option(2, help="consecutive lazy layers that start the lazy tail (for the recommendation)")
+    map_layers: list[int] = option([], help="layers whose attention maps are drawn (default: first, middle, "
+                                           "laziest, last)")
+    compare: str = option("", help="a second model analysed on the same sequences and drawn on the same axes")
+    trust_remote_code: bool = option(False, help="allow model code from the model directory")
+
+    def __post_init__(self):
+        if isinstance(self.tau, (int, float)):
+            self.tau = [float(self.tau)]
+        if not self.tau or any(not 0.0 < t <= 1.0 for t in self.tau):
+            raise UserError(f"tau must be in (0, 1], got {self.tau}")
+        if not 0.0 < self.eta <= 1.0:
+            raise UserError(f"eta must be in (0, 1], got {self.eta}")
+        if self.n < 1 or self.t < 2 or self.batch_size < 1 or self.span < 1:
+            raise UserError("n, batch_size and span must be >= 1 and t >= 2")
+
+
+# -------------------------------------------------------------------------------------------- sequences
+def sample_sequences(tokens: np.ndarray, n: int, t: int, seed: int) -> torch.Tensor:
+    """N distinct, non-overlapping windows of T tokens, chosen with a seed (same seed, same windows)."""
+    available = len(tokens) // t
+    if available == 0:
+        raise UserError(f"the data holds {len(tokens)} tokens, fewer than one sequence of {t}")
+    if n > available:
+        raise UserError(f"asked for {n} sequences of {t} tokens, but the data holds only {available}")
+    chosen = np.sort(np.random.default_rng(seed).choice(available, size=n, replace=False))
+    return torch.from_numpy(np.stack([np.asarray(tokens[i * t:(i + 1) * t], dtype=np.int64) for i in chosen]))
+
+
+def load_tokens(data: str, tokenizer) -> tuple[np.ndarray, str]:
+    """Token ids to analyse: a prepared dataset's val split, or a text file tokenised with the model's tokenizer."""
+    from .data import TokenData
+    from .evaluate import check_tokenizer_matches
+
+    path = Path(data).expanduser()
+    if not data or not path.exists():
+        raise UserError(f"data not found: {data!r} (give a prepared dataset directory or a text file)")
+    if path.is_dir():
+        dataset = TokenData(path)
+        check_tokenizer_matches(tokenizer, dataset, "the model")
+        return dataset.split("val"), f"{path} (val split)"
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise UserError(f"{path} holds no text")
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64), str(path)
+
+
+# -------------------------------------------------------------------------------------------- capture
+def _eager(model) -> None:
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        try:
+            model.set_attn_implementation("eager")
+        except (ValueError, AttributeError) as exc:
+            raise UserError(f"{type(model).__name__} has no eager attention path, needed to read attention "
+                            f"probabilities ({exc})".splitlines()[0]) from None
+
+
+@torch.inference_mode()
+def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: bool = True) -> dict:
+    """All per-head and per-layer metrics of ``model`` on ``sequences`` ([N, T] token ids)."""
+    from tqdm import tqdm
+
+    adapter = adapter_for(model.config)
+    _eager(model)
+    blocks = adapter.block_list(model)
+    n_layers, n, t = len(blocks), len(sequences), sequences.shape[1]
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and t > context:
+        raise UserError(f"t = {t} exceeds the model's context of {context} tokens")
+    device = next(model.parameters()).device
+    # Head-averaged maps of the first sequence: all layers while small, else only the ones asked for.
+    maps = set(config.map_layers) if (config.map_layers or t > 256) else set(range(n_layers))
+    maps = maps or {0, n_layers // 2, n_layers - 1}
+    lens_n = n if config.lens_sequences <= 0 else min(config.lens_sequences, n)
+    per_layer = [{"rank": [], "mass": [], "entropy": [], "sink": []} for _ in range(n_layers)]
+    bi_sum, bi_count = np.zeros(n_layers), 0
+    lens_sum, lens_count = np.zeros(n_layers), 0
+    last_token: list[list[torch.Tensor]] = [[] for _ in range(n_layers + 1)]
+    attention_maps: dict[int, np.ndarray] = {}
+    state: dict = {}
+
+    def on_attention(index):
+        def hook(module, args, output):
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise UserError(f"{type(module).__name__} returned no attention probabilities under eager "
+                                f"attention; family '{model.config.model_type}' cannot be analysed")
+            weights = weights.float()
+            record = per_layer[index]
+            record["rank"].append(metrics.energy_rank(weights, config.tau).cpu())
+            record["mass"].append(metrics.column_mass(weights, config.eta).cpu())
+            record["entropy"].append(metrics.row_entropy(weights).cpu())
+            record["sink"].append(metrics.sink_mass(weights).cpu())
+            if index in maps and index not in attention_maps:
+                attention_maps[index] = weights[0].mean(0).cpu().numpy()
+        return hook
+
+    def on_block_input(index):
+        def hook(module, args, kwargs):
+            state["x_in"] = args[0] if args else kwargs["hidden_states"]
+            if index == 0:
+                last_token[0].append(state["x_in"][:, -1].double().cpu())
+        return hook
+
+    def on_block_output(index):
+        def hook(module, args, output):
+            x_out = output[0] if isinstance(output, tuple) else output
+            bi_sum[index] += float(metrics.block_influence(state["x_in"], x_out).sum())
+            last_token[index + 1].append(x_out[:, -1].double().cpu())
+            if state["lens_rows"] > 0:
+                rows = state["lens_rows"]
+                logits = adapter.logits(model, x_out[:rows, :-1]).float()
+                targets = state["ids"][:rows, 1:]
+                lens_sum[index] += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                         reduction="sum"))
+        return hook
+
+    hooks = []
+    for index, block in enumerate(blocks):
+        hooks.append(adapter.attention_module(block).register_forward_hook(on_attention(index)))
+        hooks.append(block.register_forward_pre_hook(on_block_input(index), with_kwargs=True))
+        hooks.append(block.register_forward_hook(on_block_output(index)))
+    try:
+        done = 0
+        for first in tqdm(range(0, n, config.batch_size), desc="analyze", unit="batch", disable=not progress):
+            batch = sequences[first:first + config.batch_size].to(device)
+            state.update(ids=batch, lens_rows=max(0, min(len(batch), lens_n - done)))
+            model(batch, logits_to_keep=1)
+            bi_count += batch.numel()
+            lens_count += state["lens_rows"] * (t - 1)
+            done += len(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    ranks = [torch.cat(r["rank"]).double() for r in per_layer]  # [N, H, n_tau]
+    finals = torch.stack([torch.cat(x) for x in last_token])  # [L+1, N, D]
+    span = min(config.span, n_layers)
+    angular = [float(metrics.angular_distance(finals[l], finals[l + span]).mean()) for l in range(n_layers - span + 1)]
+    return {
+        "rank_mean": np.stack([r.mean(0).numpy() for r in ranks]),  # [L, H, n_tau]
+        "rank_std": np.stack([r.std(0, unbiased=False).numpy() for r in ranks]),
+        "mass": np.stack([torch.cat(r["mass"]).double().mean(0).numpy() for r in per_layer]),  # [L, H]
+        "entropy": np.stack([torch.cat(r["entropy"]).mean(0).numpy() for r in per_layer]),
+        "sink": np.stack([torch.cat(r["sink"]).mean(0).numpy() for r in per_layer]),
+        "block_influence": bi_sum / bi_count,
+        "angular_distance": np.array(angular),
+        "logit_lens": lens_sum / max(lens_count, 1),
+        "lens_tokens": lens_count,
+        "attention_maps": attention_maps,
+    }
+
+
+# -------------------------------------------------------------------------------------------- summary
+def summarize(raw: dict, config: AnalyzeConfig) -> dict:
+    """Per-layer and per-head tables from the raw measurements, with lazy flags."""
+    rank = raw["rank_mean"][..., 0]  # main tau
+    rank_std = raw["rank_std"][..., 0]
+    top_head = rank.argmax(1)
+    n_layers, n_heads = rank.shape
+    limit = 1.0 + config.lazy_tolerance
+    layers = []
+    for l in range(n_layers):
+        layers.append({
+            "layer": l,
+            "max_rank": float(rank[l].max()),
+            "max_rank_std": float(rank_std[l, top_head[l]]),
+            "max_rank_by_tau": {str(tau): float(raw["rank_mean"][l, :, i].max()) for i, tau in enumerate(config.tau)},
+            "avg_rank": float(rank[l].mean()),
+            "avg_mass": float(raw["mass"][l].mean()),
+            "entropy": float(raw["entropy"][l].mean()),
+            "sink_mass": float(raw["sink"][l].mean()),
+            "sink_head_fraction": float((raw["sink"][l] > config.sink_threshold).mean()),
+            "rank1_heads": int((rank[l] <= limit).sum()),
+            "lazy": bool(rank[l].max() <= limit),
+            "block_influence": float(raw["block_influence"][l]),
+            "angular_distance": float(raw["angular_distance"][l]) if l < len(raw["angular_distance"]) else None,
+            "logit_lens_loss": float(raw["logit_lens"][l]),  # CE_k for k = l + 1 blocks
+        })
+    heads = [{"layer": l, "head": h, "rank": float(rank[l, h]), "rank_std": float(rank_std[l, h]),
+              "mass": float(raw["mass"][l, h]), "entropy": float(raw["entropy"][l, h]),
+              "sink_mass": float(raw["sink"][l, h]), "rank1": bool(rank[l, h] <= limit),
+              "sink_head": bool(raw["sink"][l, h] > config.sink_threshold)}
+             for l in range(n_layers) for h in range(n_heads)]
+    return {"layers": layers, "heads": heads}
+
+
+def recommend(layers: list[dict], config: AnalyzeConfig) -> dict:
+    """The k to inherit: the prefix before the first run of ``lazy_run`` lazy layers (the lazy tail), with the
+    paper's L/2 and the logit-lens view alongside."""
+    n_layers = len(layers)
+    lazy = [layer["lazy"] for layer in layers]
+    start = next((l for l in range(1, n_layers - config.lazy_run + 1) if all(lazy[l:l + config.lazy_run])), None)
+    final_loss = layers[-1]["logit_lens_loss"]
+    within = next((l + 1 for l, layer in enumerate(layers) if layer["logit_lens_loss"] <= final_loss + 0.5), n_layers)
+    if start is not None:
+        k = start
+        reason = (f"layers {start}..{start + config.lazy_run - 1} are the first run of {config.lazy_run} lazy layers "
+                  f"(MaxRank <= {1 + config.lazy_tolerance:g}); inherit the {k} blocks before them")
+    else:
+        k = max(1, n_layers // 2)
+        reason = (f"no run of {config.lazy_run} lazy layers (MaxRank <= {1 + config.lazy_tolerance:g}); "
+                  f"falling back to the paper's L/2 = {k}")
+    return {"k": k, "layers": list(range(k)), "method": "lazy-prefix", "reason": reason,
+            "paper_default": n_layers // 2, "logit_lens_k_within_0.5_nats": within,
+            "lazy_layers": [l for l, flag in enumerate(lazy) if flag]}
+
+
+def print_table(layers: list[dict], name: str) -> None:
+    print(f"\n{name}")
+    print(f"{'layer':>5} {'MaxRank':>12} {'mass':>6} {'entropy':>7} {'sink':>6} {'rank1':>5} {'BI':>7} "
+          f"{'CE_k':>7}  lazy")
+    for r in layers:
+        print(f"{r['layer']:5d} {r['max_rank']:6.2f}±{r['max_rank_std']:5.2f} {r['avg_mass']:6.2f} "
+              f"{r['entropy']:7.3f} {r['sink_mass']:6.3f} {r['rank1_heads']:5d} {r['block_influence']:7.4f} "
+              f"{r['logit_lens_loss']:7.3f}  {'*' if r['lazy'] else ''}")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    flat = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in row.items()} for row in rows]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+
+
+def _analyze_one(name: str, model, tokenizer, sequences, config, progress) -> dict:
+    started = time.perf_counter()
+    raw = measure(model, sequences, config, progress)
+    summary = summarize(raw, config)
+    return {"model": name, "model_type": model.config.model_type, "num_layers": len(summary["layers"]),
+            "num_heads": len(summary["heads"]) // max(1, len(summary["layers"])),
+            "parameters": sum(p.numel() for p in model.parameters()), "seconds": round(time.perf_counter() - started, 2),
+            "lens_tokens": raw["lens_tokens"], **summary, "_maps": raw["attention_maps"],
+            "_rank_matrix": raw["rank_mean"][..., 0], "_rank_std": raw["rank_std"][..., 0]}
+
+
+def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool = True) -> dict:
+    """Analyse ``config.model`` (or a given model object with its tokenizer); write the report if ``out``."""
+    from .models import load_model
+    from .plots import draw_analysis
+
+    if model is None:
+        if not config.model:
+            raise UserError("no model given")
+        model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device,
+                                      attn_implementation="eager", trust_remote_code=config.trust_remote_code)
+    adapter_for(model.config)
+    tokens, source = load_tokens(config.data, tokenizer)
+    sequences = sample_sequences(tokens, config.n, config.t, config.seed)
+    main = _analyze_one(config.model or type(model).__name__, model, tokenizer, sequences, config, progress)
+    main["recommendation"] = recommend(main["layers"], config)
+    results = [main]
+    if config.compare:
+        other, other_tokenizer = load_model(config.compare, dtype=config.dtype, device=config.device,
+                                            attn_implementation="eager", trust_remote_code=config.trust_remote_code)
+        from .tokenizer import tokenizer_identity
+
+        if tokenizer_identity(other_tokenizer)["sha256"] != tokenizer_identity(tokenizer)["sha256"]:
+            raise UserError(f"{config.compare} uses a different tokenizer than {config.model}; cannot compare "
+                            "them on the same sequences")
+        results.append(_analyze_one(config.compare, other, other_tokenizer, sequences, config, progress))
+    for result in results:
+        print_table(result["layers"], f"{result['model']} ({result['num_layers']} layers, tau={config.tau[0]})")
+    recommendation = main["recommendation"]
+    print(f"\nrecommended k = {recommendation['k']}: {recommendation['reason']} "
+          f"(paper default L/2 = {recommendation['paper_default']})")
+    report = {
+        "config": to_dict(config),
+        "data": source,
+        "sequences": {"n": config.n, "t": config.t, "seed": config.seed},
+        "recommendation": recommendation,
+        "models": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+    }
+    if config.out:
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        _write_csv(out / "layers.csv", [{"model": r["model"], **row} for r in results for row in r["layers"]])
+        _write_csv(out / "heads.csv", [{"model": r["model"], **row} for r in results for row in r["heads"]])
+        draw_analysis(results, config, out)
+        print(f"report, CSVs and plots written to {out}")
+    report["_results"] = results
+    return report
+
+

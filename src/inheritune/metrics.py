@@ -1,0 +1,77 @@
+"""Lazy-layer metrics (definitions in PAPER.md §1), batched over sequences and heads.
+
+Attention tensors are [..., T, T] post-softmax causal matrices whose rows sum to 1. Every function reduces
+the two trailing dimensions, so a [B, H, T, T] batch gives [B, H] results in one call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_EPS = 1e-6  # float slack on the cumulative thresholds (the identity reaches 0.9 exactly at k = 0.9 T)
+
+
+def squared_singular_values(attn: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """s_i^2 in descending order, from the eigenvalues of A A^T (symmetric: faster than an SVD). float32 is
+    enough for energy shares (errors ~1e-7 of s_1^2); pass float64 for constructed edge cases."""
+    a = attn.to(dtype)
+    gram = a @ a.transpose(-1, -2)
+    return torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0).double()
+
+
+def energy_rank(attn: torch.Tensor, taus: float | list[float] = 0.9, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Smallest k with sum_{i<=k} s_i^2 / sum_j s_j^2 >= tau; shape [..., len(taus)] (or [...] for one tau)."""
+    single = isinstance(taus, (int, float))
+    tau = torch.tensor([taus] if single else list(taus), dtype=torch.float64, device=attn.device)
+    s2 = squared_singular_values(attn, dtype)
+    energy = s2.cumsum(-1) / s2.sum(-1, keepdim=True)
+    ranks = (energy.unsqueeze(-2) < (tau - _EPS).unsqueeze(-1)).sum(-1) + 1  # [..., n_tau]
+    return ranks[..., 0] if single else ranks
+
+
+def energy_rank_loop(attn, tau: float = 0.9):
+    """The same energy rank, one matrix at a time with numpy's SVD: the baseline of the speed benchmark."""
+    import numpy as np
+
+    flat = attn.reshape(-1, *attn.shape[-2:]).double().cpu().numpy()
+    out = np.empty(len(flat), dtype=np.int64)
+    for i, matrix in enumerate(flat):
+        s2 = np.linalg.svd(matrix, compute_uv=False) ** 2
+        out[i] = int(np.searchsorted(np.cumsum(s2) / s2.sum(), tau - _EPS) + 1)
+    return torch.from_numpy(out.reshape(attn.shape[:-2]))
+
+
+def column_mass(attn: torch.Tensor, eta: float = 0.9) -> torch.Tensor:
+    """m*: how many columns, taken in order j = 1..m, hold a share eta of ||A||_F^2 (share_j = ||A[:, j]||^2)."""
+    a = attn.double()
+    shares = (a * a).sum(-2)
+    cumulative = shares.cumsum(-1) / shares.sum(-1, keepdim=True)
+    return (cumulative < eta - _EPS).sum(-1) + 1
+
+
+def row_entropy(attn: torch.Tensor) -> torch.Tensor:
+    """Mean over query rows i >= 1 of H(A[i, :i+1]) / log(i + 1): 0 = one column, 1 = uniform."""
+    t = attn.shape[-1]
+    a = attn.double().clamp_min(0.0)
+    plogp = torch.where(a > 0, a * a.log(), torch.zeros_like(a))
+    entropy = -plogp.sum(-1)[..., 1:]  # row 0 sees a single key: no choice to measure
+    visible = torch.log(torch.arange(2, t + 1, dtype=torch.float64, device=attn.device))
+    return (entropy / visible).mean(-1)
+
+
+def sink_mass(attn: torch.Tensor) -> torch.Tensor:
+    """alpha_1 = mean over queries of A[i, 0], the attention paid to the first token."""
+    return attn.double()[..., :, 0].mean(-1)
+
+
+def block_influence(x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
+    """1 - cos(x_l[t], x_{l+1}[t]) per token ([B, T]); BI_l is its mean."""
+    return 1.0 - torch.nn.functional.cosine_similarity(x_in.double(), x_out.double(), dim=-1)
+
+
+def angular_distance(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    """arccos(cos(x_a, x_b)) / pi on the given (last-token) vectors, per sequence."""
+    cos = torch.nn.functional.cosine_similarity(x_a.double(), x_b.double(), dim=-1).clamp(-1.0, 1.0)
+    return torch.arccos(cos) / math.pi

@@ -1,0 +1,118 @@
+"""PNG plots of the analysis (and, later, of training runs). matplotlib with the Agg backend: no screen needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(result: dict) -> str:
+    return f"{Path(str(result['model'])).name} ({result['num_layers']}L)"
+
+
+def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
+    """maxrank.png, mass.png, rank_heatmap.png, sink_influence.png, logit_lens.png, attention_maps.png."""
+    plt = _plt()
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for result in results:
+        layers = np.arange(result["num_layers"])
+        max_rank = np.array([r["max_rank"] for r in result["layers"]])
+        std = np.array([r["max_rank_std"] for r in result["layers"]])
+        (line,) = ax.plot(layers, max_rank, marker="o", ms=3, label=_label(result))
+        ax.fill_between(layers, max_rank - std, max_rank + std, color=line.get_color(), alpha=0.2)
+    ax.axhline(1 + config.lazy_tolerance, color="red", ls="--", lw=1, label=f"lazy: MaxRank <= {1 + config.lazy_tolerance:g}")
+    ax.set(xlabel="layer", ylabel=f"MaxRank (energy rank, tau={config.tau[0]})", yscale="log",
+           title="Attention rank by layer (mean ± std over sequences of the top head)")
+    ax.legend()
+    paths.append(_save(fig, out / "maxrank.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for result in results:
+        ax.plot([r["avg_mass"] for r in result["layers"]], marker="o", ms=3, label=_label(result))
+    ax.set(xlabel="layer", ylabel=f"AvgMass m* (eta={config.eta})", yscale="log",
+           title="Columns holding the attention mass (1 = one column, a sink)")
+    ax.legend()
+    paths.append(_save(fig, out / "mass.png"))
+
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.5), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        image = ax.imshow(result["_rank_matrix"].T, aspect="auto", origin="lower", cmap="viridis",
+                          norm=_log_norm(result["_rank_matrix"]))
+        ax.set(xlabel="layer", ylabel="head", title=f"Rank(h, l): {_label(result)}")
+        fig.colorbar(image, ax=ax, label="energy rank")
+    paths.append(_save(fig, out / "rank_heatmap.png"))
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    for result in results:
+        top.plot([r["sink_mass"] for r in result["layers"]], marker="o", ms=3, label=_label(result))
+        bottom.plot([r["block_influence"] for r in result["layers"]], marker="o", ms=3, label=_label(result))
+    top.set(ylabel="first-token (sink) mass", title="Attention sinks and block influence by layer")
+    bottom.set(xlabel="layer", ylabel="block influence (1 - cos)", yscale="log")
+    top.legend()
+    paths.append(_save(fig, out / "sink_influence.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for result in results:
+        ks = np.arange(1, result["num_layers"] + 1)
+        ax.plot(ks, [r["logit_lens_loss"] for r in result["layers"]], marker="o", ms=3, label=_label(result))
+    recommended = results[0].get("recommendation", {}).get("k")
+    if recommended:
+        ax.axvline(recommended, color="green", ls="--", lw=1, label=f"recommended k = {recommended}")
+    ax.set(xlabel="k (blocks kept)", ylabel="CE_k = loss of head(final_norm(x_k))",
+           title="Logit lens: loss of a first-k child before training")
+    ax.legend()
+    paths.append(_save(fig, out / "logit_lens.png"))
+
+    chosen = [_map_layers(result, config) for result in results]
+    if any(chosen):
+        from matplotlib.colors import PowerNorm
+
+        columns = max(len(c) for c in chosen)
+        fig, axes = plt.subplots(len(results), columns, figsize=(3.6 * columns, 3.4 * len(results)), squeeze=False)
+        for row, (result, layers) in enumerate(zip(results, chosen)):
+            for col, layer in enumerate(layers):
+                mean = result["_maps"][layer]
+                mean = np.where(np.tril(np.ones_like(mean)) > 0, mean, np.nan)  # causal: upper triangle unseen
+                axes[row][col].imshow(mean, cmap="magma", norm=PowerNorm(0.4, vmin=0, vmax=1))
+                axes[row][col].set(title=f"{_label(result)} layer {layer}", xlabel="key", ylabel="query")
+            for col in range(len(layers), columns):
+                axes[row][col].axis("off")
+        fig.suptitle("Attention (mean over heads, first sequence; colour ~ p^0.4)")
+        paths.append(_save(fig, out / "attention_maps.png"))
+    return paths
+
+
+def _map_layers(result: dict, config) -> list[int]:
+    """Early vs late: the first, middle, laziest and last layers (or the ones asked for) that were captured."""
+    n = result["num_layers"]
+    if config.map_layers:
+        wanted = config.map_layers
+    else:
+        laziest = int(np.argmin([r["max_rank"] for r in result["layers"]]))
+        wanted = [0, n // 2, laziest, n - 1]
+    return sorted({layer for layer in wanted if layer in result["_maps"]})
+
+
+def _log_norm(values):
+    from matplotlib.colors import LogNorm
+
+    return LogNorm(vmin=max(1.0, float(np.min(values))), vmax=max(2.0, float(np.max(values))))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
