@@ -1,5 +1,6 @@
 """Integration tests on the real SmolLM2-135M (fetched by `make test` before pytest runs)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +62,23 @@ def test_smollm2_first_k_child_equals_early_exit(smollm2, tmp_path):
     print(f"SmolLM2 first-{k} child vs early exit: max abs difference {difference:.2e}")
     assert difference <= 1e-5
     assert child.config.num_hidden_layers == k and child.config.tie_word_embeddings
+
+
+def test_smollm2_lazy_layers(tmp_path):
+    from inheritune.analyze import AnalyzeConfig, analyze
+
+    data = tmp_path / "austen.txt"
+    lines = asset_path("corpus").read_text().splitlines()
+    import json as _json
+
+    data.write_text("\n\n".join(_json.loads(line)["text"] for line in lines[:40]))
+    report = analyze(AnalyzeConfig(model="smollm2", data=str(data), n=50, t=100, lens_sequences=5), progress=False)
+    layers = report["models"][0]["layers"]
+    assert len(layers) == 30 and all(layer["max_rank"] >= 1 for layer in layers)
+    last_third = layers[20:]
+    assert min(layer["max_rank"] for layer in last_third) < 1.5
+    first_three_sink = max(layer["sink_mass"] for layer in layers[:3])
+    assert np.mean([layer["sink_mass"] for layer in last_third]) > first_three_sink
+    print("SmolLM2 MaxRank by layer:", [round(layer["max_rank"], 2) for layer in layers])
+    print("SmolLM2 sink mass layer 0 vs last third:", round(layers[0]["sink_mass"], 3),
+          [round(layer["sink_mass"], 2) for layer in last_third])

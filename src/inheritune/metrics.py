@@ -18,7 +18,21 @@ def squared_singular_values(attn: torch.Tensor, dtype: torch.dtype = torch.float
     enough for energy shares (errors ~1e-7 of s_1^2); pass float64 for constructed edge cases."""
     a = attn.to(dtype)
     gram = a @ a.transpose(-1, -2)
-    return torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0).double()
+    return _eigvalsh(gram).flip(-1).clamp_min(0.0).double()
+
+
+def _eigvalsh(gram: torch.Tensor) -> torch.Tensor:
+    """Batched eigenvalues, with the batch split over threads: LAPACK runs each small matrix on one core, and
+    torch releases the GIL, so on CPU two threads give about twice the throughput of one call."""
+    threads = torch.get_num_threads()
+    flat = gram.reshape(-1, *gram.shape[-2:])
+    if gram.device.type != "cpu" or threads < 2 or len(flat) < 64:
+        return torch.linalg.eigvalsh(gram)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(torch.linalg.eigvalsh, flat.chunk(threads)))
+    return torch.cat(parts).reshape(*gram.shape[:-1])
 
 
 def energy_rank(attn: torch.Tensor, taus: float | list[float] = 0.9, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,0 +1,144 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from families import family_configs, trained_like
+from inheritune import metrics
+from inheritune.analyze import AnalyzeConfig, analyze, measure, sample_sequences
+from inheritune.errors import UserError
+from inheritune.inherit import InheritConfig, build_child, inherit
+
+T = 100
+
+
+def one_column(t=T, column=0):
+    a = torch.zeros(t, t)
+    a[column:, column] = 1.0
+    a[:column, 0] = 1.0  # rows before the column cannot see it: park them on token 0
+    return a
+
+
+def test_energy_rank_of_constructed_matrices():
+    assert metrics.energy_rank(one_column(), 0.9).item() == 1
+    eye = torch.eye(T)
+    # Identity: s_i = 1 for all i, so the top-k energy is k/T and k* = ceil(tau * T); tau = 1 gives T.
+    assert metrics.energy_rank(eye, [0.8, 0.9, 0.95, 1.0], dtype=torch.float64).tolist() == [80, 90, 95, 100]
+    blocks = torch.zeros(T, T)  # four blocks of 25 rows, each attending only to its block's first token
+    for b in range(4):
+        blocks[25 * b:25 * (b + 1), 25 * b] = 1.0
+    assert metrics.energy_rank(blocks, 0.9).item() == 4
+    assert metrics.energy_rank(blocks, 0.7).item() == 3
+
+
+def test_batched_rank_equals_the_numpy_loop():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 40, 40) * torch.tensor([0.5, 2.0, 5.0, 9.0]).view(1, 4, 1, 1)
+    causal = torch.ones(40, 40).tril().bool()
+    attn = torch.softmax(logits.masked_fill(~causal, float("-inf")), -1)
+    assert torch.equal(metrics.energy_rank(attn, 0.9), metrics.energy_rank_loop(attn, 0.9))
+    assert metrics.energy_rank(attn, [0.8, 0.9]).shape == (3, 4, 2)
+
+
+def test_mass_entropy_and_sink_of_constructed_matrices():
+    assert metrics.column_mass(one_column(), 0.9).item() == 1
+    assert metrics.column_mass(torch.eye(T), 0.9).item() == 90
+    assert metrics.row_entropy(one_column()).item() == pytest.approx(0.0)
+    uniform = torch.ones(T, T).tril()
+    uniform = uniform / uniform.sum(-1, keepdim=True)
+    assert metrics.row_entropy(uniform).item() == pytest.approx(1.0)
+    assert metrics.sink_mass(one_column()).item() == pytest.approx(1.0)
+    assert metrics.sink_mass(torch.eye(T)).item() == pytest.approx(1.0 / T)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return trained_like(family_configs()["llama"], seed=3)
+
+
+def _config(**kw):
+    return AnalyzeConfig(**{"n": 6, "t": 24, "batch_size": 4, "lens_sequences": 0, **kw})
+
+
+def test_block_influence_and_angular_distance_by_hand(tiny):
+    sequences = torch.randint(0, 128, (6, 24), generator=torch.Generator().manual_seed(0))
+    raw = measure(tiny, sequences, _config(span=2), progress=False)
+    with torch.no_grad():
+        out = tiny(sequences, output_hidden_states=True)
+        last = {}
+        hook = tiny.model.norm.register_forward_pre_hook(lambda m, args: last.__setitem__("x", args[0]))
+        tiny(sequences)
+        hook.remove()
+    states = list(out.hidden_states[:-1]) + [last["x"]]  # hidden_states[-1] is after the final norm
+    for l in range(6):
+        cos = F.cosine_similarity(states[l].double(), states[l + 1].double(), dim=-1)
+        assert raw["block_influence"][l] == pytest.approx(float(1 - cos.mean()), abs=1e-9)
+    for l in range(5):
+        cos = F.cosine_similarity(states[l][:, -1].double(), states[l + 2][:, -1].double(), dim=-1)
+        expected = float((torch.arccos(cos.clamp(-1, 1)) / math.pi).mean())
+        assert raw["angular_distance"][l] == pytest.approx(expected, abs=1e-9)
+    assert len(raw["angular_distance"]) == 5
+
+
+def test_logit_lens_equals_the_loss_of_the_inherited_child(tiny):
+    sequences = torch.randint(0, 128, (6, 24), generator=torch.Generator().manual_seed(1))
+    raw = measure(tiny, sequences, _config(), progress=False)
+    for k in (1, 3, 6):
+        child, _ = build_child(tiny, list(range(k)))
+        with torch.no_grad():
+            logits = child(sequences).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, 128), sequences[:, 1:].reshape(-1)).item()
+        assert raw["logit_lens"][k - 1] == pytest.approx(loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", list(family_configs()))
+def test_every_family_yields_attention_metrics(family):
+    model = trained_like(family_configs()[family])
+    sequences = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    raw = measure(model, sequences, _config(n=4, t=16), progress=False)
+    assert raw["rank_mean"].shape[:2] == (6, 4) and raw["mass"].shape == (6, 4)
+    assert (raw["rank_mean"] >= 1).all() and (raw["rank_mean"] <= 16).all()
+    assert np.isfinite(raw["logit_lens"]).all() and (raw["block_influence"] > 0).all()
+
+
+def test_report_plots_and_inherit_from_report(tmp_path, tiny_model_dir, text_dir):
+    text = tmp_path / "book.txt"
+    text.write_text(" ".join(p.read_text() for p in sorted(text_dir.iterdir())))
+    report = analyze(_config(model=str(tiny_model_dir), data=str(text), out=str(tmp_path / "a"), n=8, t=32,
+                             compare=str(tiny_model_dir), tau=[0.9, 0.8]), progress=False)
+    out = tmp_path / "a"
+    for name in ("report.json", "layers.csv", "heads.csv", "maxrank.png", "mass.png", "rank_heatmap.png",
+                 "sink_influence.png", "logit_lens.png", "attention_maps.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "report.json").read_text())
+    assert len(saved["models"]) == 2 and saved["models"][0]["layers"] == saved["models"][1]["layers"]
+    assert set(saved["models"][0]["layers"][0]["max_rank_by_tau"]) == {"0.9", "0.8"}
+    k = saved["recommendation"]["k"]
+    child = inherit(InheritConfig(reference=str(tiny_model_dir), from_report=str(out / "report.json"),
+                                  out=str(tmp_path / "child")))
+    assert json.loads((child / "inheritune.json").read_text())["layers"] == list(range(k))
+    assert report["recommendation"]["paper_default"] == 1
+
+
+def test_sequences_are_seeded_and_bad_input_is_refused(tmp_path, tiny_model_dir):
+    tokens = np.arange(1000)
+    assert torch.equal(sample_sequences(tokens, 5, 100, 0), sample_sequences(tokens, 5, 100, 0))
+    assert not torch.equal(sample_sequences(tokens, 5, 100, 0), sample_sequences(tokens, 5, 100, 1))
+    with pytest.raises(UserError, match="holds only 10"):
+        sample_sequences(tokens, 11, 100, 0)
+    for tau in (0.0, 1.5):
+        with pytest.raises(UserError, match="tau must be in"):
+            AnalyzeConfig(tau=[tau])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   ")
+    with pytest.raises(UserError, match="no text"):
+        analyze(_config(model=str(tiny_model_dir), data=str(empty)), progress=False)
+    long_text = tmp_path / "long.txt"
+    long_text.write_text("word " * 3000)
+    with pytest.raises(UserError, match="exceeds the model's context of 256"):
+        analyze(_config(model=str(tiny_model_dir), data=str(long_text), n=2, t=300), progress=False)
+    with pytest.raises(UserError, match="data not found"):
+        analyze(_config(model=str(tiny_model_dir), data=str(tmp_path / "nope")), progress=False)
