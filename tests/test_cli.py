@@ -6,7 +6,7 @@ import pytest
 from inheritune.cli import PENDING, main
 
 SUBCOMMANDS = [["data"], ["data", "prepare"], ["assets"], ["assets", "fetch"], ["assets", "convert"],
-               ["assets", "list"], ["assets", "path"], ["evaluate"], ["inherit"], ["analyze"]] + [[name] for name in PENDING]
+               ["assets", "list"], ["assets", "path"], ["evaluate"], ["inherit"], ["analyze"], ["train"]] + [[name] for name in PENDING]
 
 
 @pytest.mark.parametrize("argv", [[]] + SUBCOMMANDS, ids=lambda a: " ".join(a) or "top")

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from inheritune.data import (PrepareConfig, RandomWindows, SequentialWindows, TokenData, fixed_windows, prepare,
                              read_documents, input_files)
@@ -128,21 +129,24 @@ def test_interrupted_prepare_leaves_nothing_that_looks_finished(text_dir, tmp_pa
 
 def test_random_windows_are_a_function_of_the_step():
     tokens = np.arange(1000, dtype=np.uint16)
-    windows = RandomWindows(tokens, seq_len=16, batch_size=4, seed=7)
+    windows = RandomWindows(tokens, seq_len=16, global_batch=4, seed=7)
     x1, y1 = windows.batch(5)
-    x2, y2 = RandomWindows(tokens, seq_len=16, batch_size=4, seed=7).batch(5)
+    x2, y2 = RandomWindows(tokens, seq_len=16, global_batch=4, seed=7).batch(5)
     assert x1.equal(x2) and y1.equal(y2) and (y1 == x1 + 1).all()
     assert not windows.batch(6)[0].equal(x1)
-    assert not RandomWindows(tokens, 16, 4, seed=7, rank=1).batch(5)[0].equal(x1)
+    assert not RandomWindows(tokens, 16, 4, seed=8).batch(5)[0].equal(x1)
+    # Two ranks (or two micro-steps) taking halves see exactly the global batch.
+    assert torch.cat([windows.batch(5, 0, 2)[0], windows.batch(5, 2, 2)[0]]).equal(x1)
 
 
 def test_sequential_windows_cover_the_split_once_across_ranks():
     tokens = np.arange(16 * 24 + 1, dtype=np.uint16)  # exactly 24 windows of 16
-    ranks = [SequentialWindows(tokens, seq_len=16, batch_size=3, rank=r, world_size=2) for r in range(2)]
-    seen = [int(x[i, 0]) // 16 for step in range(4) for w in ranks for x in [w.batch(step)[0]] for i in range(3)]
+    windows = SequentialWindows(tokens, seq_len=16, global_batch=6)
+    seen = [int(x[i, 0]) // 16 for step in range(4) for rank in range(2)
+            for x in [windows.batch(step, offset=3 * rank, count=3)[0]] for i in range(3)]
     assert sorted(seen) == list(range(24))
-    assert ranks[0].epoch(3) == 0 and ranks[0].epoch(4) == 1
-    assert ranks[0].batch(4)[0].equal(ranks[0].batch(0)[0])  # second epoch starts over
+    assert windows.epoch(3) == 0 and windows.epoch(4) == 1
+    assert windows.batch(4)[0].equal(windows.batch(0)[0])  # second epoch starts over
 
 
 def test_fixed_windows_are_deterministic_and_spread():

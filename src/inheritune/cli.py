@@ -21,8 +21,6 @@ typical session:
 """
 
 PENDING = {
-    "train": ("pretrain or continue-train a model on a prepared dataset (single process or torchrun)",
-              "the train issue"),
     "run": ("the whole recipe: reference loss, growth rounds, baselines and a report", "the run issue"),
 }
 
@@ -56,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .analyze import AnalyzeConfig
     from .evaluate import EvalConfig
     from .inherit import InheritConfig
+    from .train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="inheritune", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--config", help="YAML file with these options (flags override it)")
     add_config_arguments(analyze, AnalyzeConfig, skip=("model",))
 
+    train = sub.add_parser(
+        "train", help="pretrain or continue-train a model on a prepared dataset (single process or torchrun)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train with the paper's recipe (AdamW 0.9/0.95, decay 0.1 on matrices, clip 1.0, warmup + "
+                    "cosine to 1e-5).\nResumable (--resume), evaluated on fixed validation windows, optional KD "
+                    "(--teacher). Under torchrun it runs DDP or FSDP2.\n\nexamples:\n"
+                    "  inheritune train --model runs/child15 --data data/english --out runs/train15 --max-steps 200\n"
+                    "  inheritune train --model scratch:gpt2:layers=4,hidden=128,heads=4 --data data/english "
+                    "--out runs/s --max-tokens 2000000\n"
+                    "  torchrun --nproc_per_node 8 -m inheritune train --config train.yaml --distributed fsdp")
+    train.add_argument("--config", help="YAML file with these options (flags override it)")
+    add_config_arguments(train, TrainConfig)
+
     for name, (summary, issue) in PENDING.items():
         pending = sub.add_parser(name, help=f"{summary} (not yet available)",
                                  description=f"{summary}.\n\nNot yet available in this version: it lands with "
@@ -154,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             from .analyze import AnalyzeConfig, analyze
 
             analyze(load_config(AnalyzeConfig, args.config, _overrides(args)))
+        elif args.command == "train":
+            from .train import TrainConfig, train
+
+            summary = train(load_config(TrainConfig, args.config, _overrides(args)))
+            if summary.get("final_val_loss") is not None:
+                print(f"final val loss {summary['final_val_loss']:.4f} after {summary['steps']} steps "
+                      f"({summary['tokens']:,} tokens)")
         elif args.command == "inherit":
             from .inherit import InheritConfig, inherit
 

@@ -270,37 +270,44 @@ def _check_length(tokens: np.ndarray, seq_len: int) -> None:
 
 
 class RandomWindows:
-    """Windows drawn uniformly with replacement. Batch ``step`` is a pure function of (seed, rank, step),
-    so resuming at any step reproduces the same data exactly."""
+    """Windows drawn uniformly with replacement. Global batch ``step`` is a pure function of (seed, step), and
+    each process or micro-step takes a slice of it, so the data is the same for any number of processes or
+    accumulation steps, and resuming at any step reproduces it exactly."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0):
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int = 0):
         _check_length(tokens, seq_len)
-        self.tokens, self.seq_len, self.batch_size, self.seed, self.rank = tokens, seq_len, batch_size, seed, rank
+        self.tokens, self.seq_len, self.global_batch, self.seed = tokens, seq_len, global_batch, seed
 
-    def batch(self, step: int):
-        rng = np.random.default_rng([self.seed, self.rank, step])
-        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
-        return _as_batch(self.tokens, starts, self.seq_len)
+    def starts(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        return rng.integers(0, len(self.tokens) - self.seq_len, size=self.global_batch)
+
+    def batch(self, step: int, offset: int = 0, count: int | None = None):
+        """Rows [offset, offset + count) of global batch ``step`` as (inputs, targets)."""
+        count = self.global_batch - offset if count is None else count
+        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len)
 
 
 class SequentialWindows:
-    """Non-overlapping windows in order, without replacement, dealt to ranks: global batch ``step`` holds
-    windows [step*world*B, (step+1)*world*B), rank r takes its B of them. Wraps to the start (a new epoch)
-    after the last full window."""
+    """Non-overlapping windows in order, without replacement: global batch ``step`` holds windows
+    [step * G, (step + 1) * G); ranks and micro-steps take slices of it (so the split is sharded by rank).
+    Wraps to the start (a new epoch) after the last full window."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int):
         _check_length(tokens, seq_len)
-        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
-        self.rank, self.world_size = rank, world_size
+        self.tokens, self.seq_len, self.global_batch = tokens, seq_len, global_batch
         self.n_windows = (len(tokens) - 1) // seq_len
 
     def epoch(self, step: int) -> int:
-        return (step * self.world_size * self.batch_size) // self.n_windows
+        return (step * self.global_batch) // self.n_windows
 
-    def batch(self, step: int):
-        first = (step * self.world_size + self.rank) * self.batch_size
-        windows = (first + np.arange(self.batch_size)) % self.n_windows
-        return _as_batch(self.tokens, windows * self.seq_len, self.seq_len)
+    def starts(self, step: int) -> np.ndarray:
+        windows = (step * self.global_batch + np.arange(self.global_batch)) % self.n_windows
+        return windows * self.seq_len
+
+    def batch(self, step: int, offset: int = 0, count: int | None = None):
+        count = self.global_batch - offset if count is None else count
+        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len)
 
 
 def fixed_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None,

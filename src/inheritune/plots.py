@@ -94,6 +94,21 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
     return paths
 
 
+def draw_loss(runs: dict[str, list[dict]], path: Path, title: str = "Training and validation loss") -> Path:
+    """Train loss (thin line) and validation loss (markers) of one or more runs against steps."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, history in runs.items():
+        steps = [h["step"] for h in history]
+        (line,) = ax.plot(steps, [h["loss"] for h in history], lw=0.8, alpha=0.6, label=f"{name} train")
+        evals = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+        if evals:
+            ax.plot(*zip(*evals), marker="o", ms=4, color=line.get_color(), label=f"{name} val")
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title=title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _map_layers(result: dict, config) -> list[int]:
     """Early vs late: the first, middle, laziest and last layers (or the ones asked for) that were captured."""
     n = result["num_layers"]

@@ -1,0 +1,115 @@
+"""torchrun integration: process group, DDP or FSDP2 wrapping, and full state dicts gathered on rank 0.
+
+A plain single process needs none of it: every function here is a no-op when WORLD_SIZE is unset or 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup(device: str) -> Dist:
+    """Join the torchrun process group if there is one; pick the device (cuda:LOCAL_RANK or cpu)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    target = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(target)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local_rank, target)
+
+
+def teardown(d: Dist) -> None:
+    if d.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model, d: Dist, strategy: str, blocks) -> torch.nn.Module:
+    """DDP (replicated weights, all-reduced grads) or FSDP2 (``fully_shard`` on each block, then the root)."""
+    if not d.active:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+
+
+def gradient_sync(model, enabled: bool):
+    """Skip the gradient all-reduce on non-final micro-steps of gradient accumulation."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext() if enabled else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def unwrap(model):
+    return getattr(model, "module", model)
+
+
+def full_state(model, optimizer=None) -> tuple[dict, dict | None]:
+    """Unsharded CPU model (and optimizer) state dicts; complete on rank 0 (others may be empty)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    inner = unwrap(model)
+    model_state = get_model_state_dict(inner, options=options)
+    optim_state = get_optimizer_state_dict(inner, optimizer, options=options) if optimizer is not None else None
+    return model_state, optim_state
+
+
+def load_full_state(model, optimizer, model_state: dict, optim_state: dict | None) -> None:
+    """Load full state dicts (from rank 0's checkpoint, read on every rank) into a possibly sharded model."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    inner = unwrap(model)
+    set_model_state_dict(inner, model_state, options=options)
+    if optim_state is not None:
+        set_optimizer_state_dict(inner, optimizer, optim_state, options=options)
+
+
+def all_sum(values: list[float], d: Dist) -> list[float]:
+    if not d.active:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        dist.barrier()

@@ -1,0 +1,69 @@
+"""The paper's optimisation recipe: AdamW with decay on matrices only, warmup + cosine, KD loss, FLOPs/MFU."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (>= 2 dims: linear weights, embeddings) only; never on norms or biases."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float], device_type: str):
+    # Fused AdamW runs the whole update in one kernel per device; CPU has it too since torch 2.4.
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=device_type in ("cuda", "cpu"))
+
+
+def lr_at(step: int, max_steps: int, lr: float, min_lr: float, warmup: int) -> float:
+    """Linear warmup for ``warmup`` steps, then cosine from ``lr`` down to ``min_lr`` at ``max_steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                      alpha: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) on temperature-softened distributions, averaged
+    over tokens. Returns (loss, ce, kl)."""
+    ce = cross_entropy(student_logits, targets)
+    if alpha >= 1.0:
+        return ce, ce, torch.zeros((), device=ce.device)
+    vocab = student_logits.shape[-1]
+    student = F.log_softmax(student_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature ** 2
+    return alpha * ce + (1.0 - alpha) * kl, ce, kl
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N (N = parameters outside the embeddings) + 12 L d T for attention."""
+    config = model.config
+    embedding = model.get_input_embeddings().weight.numel()
+    n = sum(p.numel() for p in model.parameters()) - embedding
+    tied = getattr(config, "tie_word_embeddings", False)
+    n += embedding if tied else 0  # a tied head still does its matmul
+    return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def default_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Peak FLOP/s for MFU: measured matmul peak on the project's 2-core CPU, datasheet dense peaks on GPUs."""
+    if device.type == "cpu":
+        return 400e9 if dtype == torch.bfloat16 else 180e9
+    name = torch.cuda.get_device_name(device).lower()
+    table = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l40": 181e12, "a10": 125e12, "4090": 165e12}
+    bf16 = next((v for k, v in table.items() if k in name), 0.0)  # 0: unknown device, MFU not reported
+    return bf16 if dtype in (torch.bfloat16, torch.float16) else bf16 / 2  # fp32 matmuls run as TF32

@@ -1,0 +1,192 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from inheritune.data import PrepareConfig, TokenData, prepare
+from inheritune.errors import UserError
+from inheritune.optim import distillation_loss, lr_at, param_groups
+from inheritune.train import TrainConfig, train
+
+TINY = "scratch:llama:layers=2,hidden=32,heads=4,kv_heads=2,ffn=64"
+
+
+@pytest.fixture
+def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
+    return prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir),
+                                 val_fraction=0.2), progress=False)
+
+
+def _config(dataset, out, **kw):
+    base = dict(model=TINY, data=str(dataset), out=str(out), max_steps=10, seq_len=32, micro_batch_size=4,
+                lr=3e-3, eval_interval=5, eval_windows=8, checkpoint_interval=4, progress=False, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def _cli(config: TrainConfig, extra=(), env=None):
+    args = [sys.executable, "-m", "inheritune", "train"]
+    for key, value in vars(config).items():
+        if isinstance(value, bool):
+            args += [f"--{key.replace('_', '-')}", str(value).lower()]
+        elif value not in ("", None):
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    return subprocess.run(args + list(extra), capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def _weights(run):
+    return load_file(str(Path(run) / "final" / "model.safetensors"))
+
+
+def test_loss_falls_and_outputs_are_written(dataset, tmp_path):
+    summary = train(_config(dataset, tmp_path / "run", max_steps=40, eval_interval=10))
+    history = summary["history"]
+    first = sum(h["loss"] for h in history[:5]) / 5
+    last = sum(h["loss"] for h in history[-5:]) / 5
+    assert last < first - 1.0
+    vals = [h["val_loss"] for h in history if "val_loss" in h]
+    assert len(vals) == 4 and vals[-1] < vals[0]
+    run = tmp_path / "run"
+    for name in ("metrics.jsonl", "summary.json", "loss.png", "run.json", "final/config.json", "final/tokenizer.json"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(lines[0])
+    assert len(list(run.glob("ckpt-*.pt"))) == 2 and not (run / ".lock").exists()
+    assert summary["best_val_loss"] <= summary["final_val_loss"]
+
+
+@pytest.mark.parametrize("order", ["random", "sequential"])
+def test_resume_after_sigkill_is_exact(dataset, tmp_path, order):
+    config = _config(dataset, tmp_path / "whole", data_order=order)
+    assert _cli(config).returncode == 0
+    broken = _config(dataset, tmp_path / "broken", data_order=order)
+    killed = _cli(broken, env={"INHERITUNE_TEST_SIGNAL_AT": "6:KILL"})
+    assert killed.returncode == -9 and not (tmp_path / "broken" / "final").exists()
+    assert [p.name for p in (tmp_path / "broken").glob("ckpt-*.pt")] == ["ckpt-0000004.pt"]
+    resumed = _cli(broken, extra=["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "broken")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    final = [json.loads((tmp_path / r / "summary.json").read_text())["final_val_loss"] for r in ("whole", "broken")]
+    assert abs(final[0] - final[1]) <= 1e-6
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(dataset, tmp_path):
+    run = _cli(_config(dataset, tmp_path / "run", checkpoint_interval=0), env={"INHERITUNE_TEST_SIGNAL_AT": "3:TERM"})
+    assert run.returncode == 0, run.stderr
+    assert "stopped at step 3" in run.stdout
+    assert [p.name for p in (tmp_path / "run").glob("ckpt-*.pt")] == ["ckpt-0000003.pt"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
+
+
+def _torchrun_losses(config: TrainConfig, nproc: int):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(29500 + nproc + (7 if config.distributed == "fsdp" else 0)), "-m", "inheritune", "train"]
+    for key, value in vars(config).items():
+        if value not in ("", None):
+            args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()]
+    return [line["loss"] for line in lines], json.loads((Path(config.out) / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path, strategy):
+    common = dict(max_steps=10, eval_interval=10, checkpoint_interval=10, global_batch_tokens=32 * 8)
+    single = train(_config(dataset, tmp_path / "one", micro_batch_size=4, **common))  # 2 accumulation steps
+    single_losses = [h["loss"] for h in single["history"]]
+    losses, summary = _torchrun_losses(_config(dataset, tmp_path / strategy, distributed=strategy,
+                                               micro_batch_size=4, **common), 2)
+    assert summary["world_size"] == 2 and summary["grad_accum"] == 1 and single["grad_accum"] == 2
+    assert len(losses) == 10
+    assert max(abs(a - b) for a, b in zip(losses, single_losses)) <= 1e-4
+    assert abs(summary["final_val_loss"] - single["final_val_loss"]) <= 1e-4
+
+
+def test_weight_decay_skips_norms_and_biases():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=32))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(".bias" in names[id(p)] or "ln_" in names[id(p)] for p in no_decay["params"])
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert any("ln_f" in names[id(p)] for p in no_decay["params"])
+    assert any("c_attn.bias" in names[id(p)] for p in no_decay["params"])
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [lr_at(s, 100, 1e-3, 1e-5, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lr_at(100, 100, 1e-3, 1e-5, 10) == pytest.approx(1e-5)
+
+
+def test_distillation_loss_by_hand():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    ce = torch.nn.functional.cross_entropy(student.reshape(-1, 11), targets.reshape(-1))
+    loss, got_ce, kl = distillation_loss(student, teacher, targets, alpha=1.0, temperature=2.0)
+    assert torch.equal(loss, got_ce) and torch.allclose(loss, ce) and kl.item() == 0.0
+    t = 2.0
+    p_t = torch.softmax(teacher / t, -1)
+    by_hand = (p_t * (torch.log(p_t) - torch.log_softmax(student / t, -1))).sum(-1).mean() * t * t
+    loss, _, kl = distillation_loss(student, teacher, targets, alpha=0.6, temperature=t)
+    assert kl.item() > 0 and kl.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(0.6 * ce.item() + 0.4 * by_hand.item(), rel=1e-5)
+
+
+def test_kd_with_alpha_one_equals_plain_training(dataset, tmp_path, tiny_model_dir):
+    plain = train(_config(dataset, tmp_path / "plain", model=str(tiny_model_dir), max_steps=4))
+    kd = train(_config(dataset, tmp_path / "kd", model=str(tiny_model_dir), max_steps=4,
+                       teacher=str(tiny_model_dir), kd_alpha=1.0))
+    assert [h["loss"] for h in plain["history"]] == [h["loss"] for h in kd["history"]]
+    soft = train(_config(dataset, tmp_path / "soft", model=str(tiny_model_dir), max_steps=4,
+                         teacher=str(tiny_model_dir), kd_alpha=0.5))
+    assert soft["history"][0]["loss"] != plain["history"][0]["loss"]
+
+
+def test_bad_input_is_refused_and_nothing_is_lost(dataset, tmp_path, tiny_model_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    small = tmp_path / "small-vocab"
+    LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4)).save_pretrained(small)
+    with pytest.raises(UserError, match="does not fit the model's embeddings"):
+        train(_config(dataset, tmp_path / "a", model=str(small)))
+    with pytest.raises(UserError, match="longer than the model's context"):
+        train(_config(dataset, tmp_path / "b", model=str(tiny_model_dir), seq_len=512))
+    with pytest.raises(UserError, match="not a multiple"):
+        train(_config(dataset, tmp_path / "c", global_batch_tokens=100))
+    train(_config(dataset, tmp_path / "run", max_steps=8))
+    before = (tmp_path / "run" / "final" / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="--resume to continue it or --overwrite"):
+        train(_config(dataset, tmp_path / "run", max_steps=8, seed=5))
+    assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() == before
+    newest = sorted((tmp_path / "run").glob("ckpt-*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"corrupt.*older checkpoint .*ckpt-0000004.pt is available"):
+        train(_config(dataset, tmp_path / "run", max_steps=12, resume=True))
+    summary = train(_config(dataset, tmp_path / "run", max_steps=12,
+                            resume_from=str(tmp_path / "run" / "ckpt-0000004.pt")))
+    assert summary["steps"] == 12
+
+
+def test_non_finite_loss_stops_without_a_bad_checkpoint(dataset, tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    broken = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))
+    broken.save_pretrained(tmp_path / "nan-model")
+    with pytest.raises(UserError, match="loss became nan at step 1"):
+        train(_config(dataset, tmp_path / "run", model=str(tmp_path / "nan-model")))
+    assert not list((tmp_path / "run").glob("ckpt-*.pt")) and not (tmp_path / "run" / ".lock").exists()
