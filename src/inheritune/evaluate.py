@@ -143,3 +143,54 @@ def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"config": to_dict(config), "results": results}, indent=2))
     return results
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+@torch.inference_mode()
+def inference_cost(model, seq_len: int = 256, batch_size: int = 1, new_tokens: int = 32, device: str = "cpu",
+                   path: str | Path | None = None) -> dict:
+    """Parameters, weight memory, size on disk, peak extra memory, prefill and decode tokens/s at the stated
+    batch and length (after one warm-up pass)."""
+    model.eval()
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    model(ids[:, :8])  # warm-up
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _status_mb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
+        except OSError:
+            base = None
+    started = time.perf_counter()
+    model(ids)
+    prefill = time.perf_counter() - started
+    started = time.perf_counter()
+    model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   pad_token_id=model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0)
+    generate = time.perf_counter() - started
+    if cuda:
+        extra = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        peak = _status_mb("VmHWM")
+        extra = (peak - base) if (peak is not None and base is not None) else None
+    disk = None
+    if path is not None and Path(path).is_dir():
+        disk = sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) / 2**20
+    return {"parameters": sum(p.numel() for p in model.parameters()), "weights_mb": weights / 2**20,
+            "disk_mb": disk, "peak_extra_mb": extra, "batch_size": batch_size, "seq_len": seq_len,
+            "prefill_tokens_per_s": batch_size * seq_len / prefill,
+            "decode_tokens_per_s": batch_size * new_tokens / max(generate - prefill, 1e-9), "device": str(device)}
