@@ -3,10 +3,11 @@ import sys
 
 import pytest
 
-from inheritune.cli import PENDING, main
+from inheritune.cli import main
 
 SUBCOMMANDS = [["data"], ["data", "prepare"], ["assets"], ["assets", "fetch"], ["assets", "convert"],
-               ["assets", "list"], ["assets", "path"], ["evaluate"], ["inherit"], ["analyze"], ["train"]] + [[name] for name in PENDING]
+               ["assets", "list"], ["assets", "path"], ["evaluate"], ["inherit"], ["analyze"], ["train"],
+               ["run"]]
 
 
 @pytest.mark.parametrize("argv", [[]] + SUBCOMMANDS, ids=lambda a: " ".join(a) or "top")
@@ -16,11 +17,6 @@ def test_help_explains_every_command(argv, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "usage: inheritune" in text and len(text.splitlines()) >= 4
-
-
-def test_pending_commands_say_so(capsys):
-    assert main(["train", "--model", "x"]) == 2
-    assert "not available yet" in capsys.readouterr().err
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):

@@ -20,9 +20,6 @@ typical session:
   inheritune evaluate smollm2 --data data/english  # validation loss / perplexity
 """
 
-PENDING = {
-    "run": ("the whole recipe: reference loss, growth rounds, baselines and a report", "the run issue"),
-}
 
 
 def _add_assets(sub) -> None:
@@ -54,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .analyze import AnalyzeConfig
     from .evaluate import EvalConfig
     from .inherit import InheritConfig
+    from .run import RunConfig
     from .train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="inheritune", description=DESCRIPTION,
@@ -123,10 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file with these options (flags override it)")
     add_config_arguments(train, TrainConfig)
 
-    for name, (summary, issue) in PENDING.items():
-        pending = sub.add_parser(name, help=f"{summary} (not yet available)",
-                                 description=f"{summary}.\n\nNot yet available in this version: it lands with "
-                                             f"{issue}.")
+    run = sub.add_parser(
+        "run", help="the whole recipe: reference loss, growth rounds, baselines and a report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure the reference's validation loss, inherit its first l blocks (l = L/2, a number, or "
+                    "'auto' from analyze),\ntrain, and grow by --step layers (re-inherited, retrained from step 0) "
+                    "until the child's val loss\nmatches the reference's; train the chosen baselines on the same "
+                    "budget and windows; write report.md,\nreport.json and plots. Resumable: run it again to "
+                    "continue.\n\nexamples:\n"
+                    "  inheritune run --data data/english --out runs/demo --start auto --steps 60\n"
+                    "  inheritune run --config docs/gpt2-medium-fineweb.yaml --budget 1")
+    run.add_argument("--config", help="YAML file with these options (flags override it)")
+    add_config_arguments(run, RunConfig)
+
     return parser
 
 
@@ -136,9 +143,7 @@ def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "ve
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in PENDING:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     try:
         if args.command == "assets":
             from . import assets
@@ -173,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             if summary.get("final_val_loss") is not None:
                 print(f"final val loss {summary['final_val_loss']:.4f} after {summary['steps']} steps "
                       f"({summary['tokens']:,} tokens)")
+        elif args.command == "run":
+            from .run import RunConfig, run
+
+            run(load_config(RunConfig, args.config, _overrides(args)))
         elif args.command == "inherit":
             from .inherit import InheritConfig, inherit
 
             inherit(load_config(InheritConfig, args.config, _overrides(args)))
-        elif args.command in PENDING:
-            raise UserError(f"'inheritune {args.command}' is not available yet (it lands with "
-                            f"{PENDING[args.command][1]})")
     except UserError as exc:
         print(f"inheritune {args.command}: error: {exc}", file=sys.stderr)
         return 2

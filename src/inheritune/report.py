@@ -1,0 +1,119 @@
+"""The recipe's report: a table like the paper's, the val-loss curves of every run, and a plain verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .config import to_dict
+
+
+def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref_loss: float) -> dict:
+    inference = measured.get("inference", {})
+    return {
+        "model": name, "layers": layers, "init": init,
+        "steps": trained["steps"] if trained else None, "tokens": trained["tokens"] if trained else None,
+        "parameters": inference.get("parameters"), "val_loss": measured["loss"], "val_loss_ci95": measured["loss_ci95"],
+        "perplexity": measured["perplexity"], "delta_vs_reference": measured["loss"] - ref_loss,
+        "training_flops": trained["training_flops"] if trained else None,
+        "wall_seconds": trained.get("wall_seconds") if trained else None,
+        "prefill_tokens_per_s": inference.get("prefill_tokens_per_s"),
+        "decode_tokens_per_s": inference.get("decode_tokens_per_s"),
+        "weights_mb": inference.get("weights_mb"), "peak_extra_mb": inference.get("peak_extra_mb"),
+        "history": trained.get("history") if trained else None,
+        "model_dir": trained.get("model_dir") if trained else None,
+    }
+
+
+def _fmt(value, spec: str, empty: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return empty
+    return format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | layers | init | steps | tokens | params | val loss [95% CI] | ppl | Δ vs ref | train FLOPs | "
+            "train time | prefill tok/s | decode tok/s | weights MB |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in rows:
+        low, high = r["val_loss_ci95"]
+        lines.append(
+            f"| {r['model']} | {r['layers']} | {r['init']} | {_fmt(r['steps'], 'd')} | {_fmt(r['tokens'], ',')} | "
+            f"{_fmt(r['parameters'] and r['parameters'] / 1e6, '.1f')}M | {r['val_loss']:.4f} [{low:.3f}, {high:.3f}] | "
+            f"{r['perplexity']:.1f} | {r['delta_vs_reference']:+.4f} | {_fmt(r['training_flops'], '.2e')} | "
+            f"{_fmt(r['wall_seconds'], '.0f')} s | {_fmt(r['prefill_tokens_per_s'], '.0f')} | "
+            f"{_fmt(r['decode_tokens_per_s'], '.1f')} | {_fmt(r['weights_mb'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, ref_training: dict | None,
+                 analysis: dict | None, start: int, rounds: list[dict], baselines: dict, matched: bool,
+                 comparison: str | None, seconds: float) -> dict:
+    from .plots import draw_loss
+
+    ref_loss = ref["loss"]
+    rows = [_row(f"reference ({Path(str(reference)).name})", n_layers,
+                 "scratch" if ref_training else "pretrained", ref_training, ref, ref_loss)]
+    for r in rounds:
+        rows.append(_row(f"Inheritune {r['name']}", r["layers"], "inherit", r, r["eval"], ref_loss))
+    for name, b in baselines.items():
+        if "skipped" not in b:
+            rows.append(_row(f"baseline {name}", b["layers"], name, b, b["eval"], ref_loss))
+    best = min(rounds, key=lambda r: r["eval"]["loss"])
+    lines = [f"# Inheritune run: {out}", ""]
+    if analysis:
+        lines += [f"Start: l = {start} from `analyze` ({analysis['reason']}); the paper's default would be "
+                  f"L/2 = {analysis['paper_default']}.", ""]
+    else:
+        lines += [f"Start: l = {start} ({config.start}).", ""]
+    if matched:
+        lines += [f"**Matched**: the {rounds[-1]['layers']}-layer child reaches val loss {rounds[-1]['eval']['loss']:.4f} "
+                  f"<= reference {ref_loss:.4f}{f' + {config.tolerance}' if config.tolerance else ''} after "
+                  f"{len(rounds)} round(s).", ""]
+    else:
+        gap = best["eval"]["loss"] - ref_loss
+        lines += [f"**Not matched** within this budget ({len(rounds)} round(s) of {rounds[0]['steps']} steps, "
+                  f"{rounds[0]['tokens']:,} tokens each): the best child ({best['layers']} layers) is at val loss "
+                  f"{best['eval']['loss']:.4f}, {gap:+.4f} nats from the reference's {ref_loss:.4f}.", ""]
+        if not ref_training:
+            lines += ["The reference was pretrained on far more data than this run can spend, so a child trained for "
+                      "minutes is not expected to match it; what this run shows is how far each round got and how "
+                      "inheritance compares with the baselines on the same budget. Raise `--budget` on real "
+                      "hardware.", ""]
+    for name, b in baselines.items():
+        if "skipped" in b:
+            lines += [f"- baseline {name}: skipped ({b['skipped']})"]
+            continue
+        diff = b["eval"]["loss"] - best["eval"]["loss"]
+        ci_b, ci_c = b["eval"]["loss_ci95"], best["eval"]["loss_ci95"]
+        separate = ci_b[0] > ci_c[1] or ci_c[0] > ci_b[1]
+        lines += [f"- baseline {name} ({b['layers']} layers, same windows): {b['eval']['loss']:.4f}; the best "
+                  f"Inheritune child is {'better' if diff > 0 else 'worse'} by {abs(diff):.4f} nats "
+                  f"({'95% intervals do not overlap' if separate else '95% intervals overlap'})."]
+    lines += ["", table(rows), "",
+              f"Validation: {ref['windows']} fixed windows of {config.seq_len} tokens ({ref['tokens']:,} tokens) of "
+              f"the val split of `{config.data}`, identical for every model; intervals are bootstrap 95% over windows. "
+              "Training FLOPs = (6 N + 12 L d T) per token; the pretrained reference's own training is not counted. "
+              f"Inference: batch 1, {config.seq_len}-token prefill, 16 decoded tokens.", "",
+              f"![validation loss](val_loss.png)", ""]
+    if comparison:
+        lines += [f"Reference vs final child, attention rank by layer (from `{comparison}`):", "",
+                  f"![rank by layer](compare/maxrank.png)", ""]
+    final = rounds[-1]["model_dir"]
+    lines += ["## The final child", "",
+              f"`{final}` is a Hugging Face directory:", "", "```python",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              f"model = AutoModelForCausalLM.from_pretrained({final!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({final!r})", "```", "",
+              f"Total wall time of this run: {seconds / 60:.1f} min."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    histories = {r["model"]: r["history"] for r in rows if r.get("history")}
+    if histories:
+        draw_loss(histories, out / "val_loss.png", title="Validation (markers) and training loss of every run")
+    report = {"config": to_dict(config), "matched": matched, "start": start, "reference_loss": ref_loss,
+              "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows], "analysis": analysis,
+              "wall_seconds": seconds}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print("\n" + "\n".join(lines[:lines.index("## The final child")]), flush=True)
+    return report

@@ -1,0 +1,306 @@
+"""The whole Inheritune recipe: measure the reference, choose the start, grow the child round by round until
+its validation loss matches the reference's, train the baselines on the same budget and windows, and
+report. Every stage records its result in ``state.json``, so an interrupted run picks up where it stopped:
+finished stages are not redone and an interrupted training resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import option, to_dict
+from .errors import UserError
+
+BASELINES = ("random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd")
+
+
+@dataclass
+class RunConfig:
+    """The recipe end to end (PAPER.md §2-3). Training fields apply to every round and baseline alike."""
+
+    reference: str = option("smollm2", help="pretrained reference: HF dir, .gguf, built-in name")
+    reference_from_scratch: str = option("", help="instead, train the reference first from this scratch spec "
+                                                  "(e.g. scratch:gpt2-medium) with the round budget")
+    data: str = option("", help="prepared dataset directory")
+    out: str = option("", help="run directory")
+    start: str = option("half", help="first child depth: 'half' (L/2, the paper), a number, or 'auto' (analyze)")
+    step: int = option(2, help="layers added per round")
+    max_rounds: int = option(3, help="cap on growth rounds")
+    tolerance: float = option(0.0, help="stop when child val loss <= reference val loss + tolerance")
+    grow: str = option("reinherit", help="reinherit (paper: fresh child of l + step layers, trained from step 0) or "
+                                         "continue (keep the trained child, append the next reference layers)")
+    steps: int = option(200, help="optimizer steps per round (and per baseline), before --budget scaling")
+    budget: float = option(1.0, help="multiplies every training budget (use > 1 on real hardware)")
+    max_total_flops: float = option(0.0, help="stop growing once the training FLOPs spent exceed this; 0 = no cap")
+    baselines: list[str] = option(["random"], help=f"baselines on the same budget: {', '.join(BASELINES)}")
+    seq_len: int = option(256, help="training and validation window")
+    micro_batch_size: int = option(8, help="windows per forward pass")
+    global_batch_tokens: int = option(0, help="tokens per optimizer step; 0 = one micro-batch per process")
+    lr: float = option(3e-4, help="peak learning rate")
+    min_lr: float = option(1e-5, help="cosine floor")
+    warmup_steps: int = option(-1, help="-1 = 2%% of the steps")
+    dtype: str = option("float32", help="float32 or bfloat16 autocast")
+    device: str = option("auto", help="auto, cpu or cuda")
+    eval_windows: int = option(32, help="fixed validation windows shared by every model")
+    eval_interval: int = option(50, help="validation every this many steps within a training")
+    kd_alpha: float = option(0.6, help="KD baseline: weight of CE")
+    kd_temperature: float = option(1.0, help="KD baseline: temperature")
+    analyze_n: int = option(100, help="sequences for the analysis (start auto, and the final comparison)")
+    analyze_t: int = option(100, help="tokens per analysis sequence")
+    compare_analysis: bool = option(True, help="analyse reference vs final child side by side at the end")
+    seed: int = option(1337, help="seed of data order and fresh weights")
+    progress: bool = option(True, help="progress bars")
+
+    def __post_init__(self):
+        if self.step <= 0:
+            raise UserError(f"step must be > 0, got {self.step}")
+        if self.max_rounds < 1:
+            raise UserError("max_rounds must be >= 1")
+        if self.grow not in ("reinherit", "continue"):
+            raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
+        if isinstance(self.baselines, str):
+            self.baselines = [b for b in self.baselines.split(",") if b]
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise UserError(f"unknown baseline '{unknown[0]}'; choose from {', '.join(BASELINES)}")
+        if round(self.steps * self.budget) < 1:
+            raise UserError(f"a budget of {self.steps} x {self.budget} steps is too small to train and evaluate once")
+        if self.start not in ("half", "auto") and not str(self.start).isdigit():
+            raise UserError(f"start must be 'half', 'auto' or a number of layers, not {self.start!r}")
+
+
+class _State:
+    """state.json: what each finished stage produced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, value) -> None:
+        self.data[key] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+
+
+def _train_config(config: RunConfig, model: str, out: Path, steps: int, **extra):
+    from .train import TrainConfig
+
+    return TrainConfig(model=model, data=config.data, out=str(out), max_steps=steps, seq_len=config.seq_len,
+                       micro_batch_size=config.micro_batch_size, global_batch_tokens=config.global_batch_tokens,
+                       lr=config.lr, min_lr=config.min_lr, warmup_steps=config.warmup_steps, dtype=config.dtype,
+                       device=config.device, eval_interval=config.eval_interval, eval_windows=config.eval_windows,
+                       checkpoint_interval=max(10, steps // 4), seed=config.seed, progress=config.progress, **extra)
+
+
+def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Path, steps: int, **extra) -> dict:
+    """Train once: reuse a finished run, resume an interrupted one, else start fresh."""
+    from .checkpoint import checkpoints
+    from .train import train
+
+    done = state.get(key)
+    if done and done.get("status") == "finished":
+        return done
+    resume = out.is_dir() and bool(checkpoints(out))
+    started = time.perf_counter()
+    summary = train(_train_config(config, model, out, steps, resume=resume, overwrite=not resume, **extra))
+    if summary["status"] != "finished":
+        raise KeyboardInterrupt  # stopped by a signal: the run resumes from here next time
+    summary = {k: v for k, v in summary.items()} | {"wall_seconds": round(time.perf_counter() - started, 1),
+                                                   "model_dir": str(out / "final")}
+    state.put(key, summary)
+    return summary
+
+
+def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
+    from .inherit import InheritConfig, inherit
+
+    if (out / "inheritune.json").is_file():
+        return out
+    return inherit(InheritConfig(reference=reference, out=str(out), overwrite=True, **kwargs))
+
+
+def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -> dict:
+    """Val loss with its bootstrap interval on the run's windows, plus inference cost."""
+    from .data import TokenData
+    from .evaluate import check_tokenizer_matches, inference_cost, validation_loss
+    from .models import load_model
+
+    done = state.get(key)
+    if done:
+        return done
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    model, tokenizer = load_model(path, device=device)
+    data = TokenData(config.data)
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, data, name)
+    result = validation_loss(model, data, config.seq_len, 0, config.eval_windows, config.micro_batch_size, device)
+    result["inference"] = inference_cost(model, seq_len=config.seq_len, new_tokens=16, device=device, path=path)
+    result["layers"] = model.config.num_hidden_layers
+    state.put(key, result)
+    return result
+
+
+def run(config: RunConfig) -> dict:
+    """Run the recipe; returns the report (also written as report.md / report.json in ``out``)."""
+    from transformers import AutoConfig
+
+    from .models import resolve_model_path
+
+    if not config.data or not config.out:
+        raise UserError("run needs --data and --out")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / "run.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        for key in ("reference", "reference_from_scratch", "data", "seq_len", "seed"):
+            if old.get(key) != getattr(config, key):
+                raise UserError(f"{out} holds a run with a different {key} ({old.get(key)!r}); use another --out")
+    previous.write_text(json.dumps(to_dict(config), indent=2))
+    state = _State(out / "state.json")
+    started = time.perf_counter()
+    steps = round(config.steps * config.budget)
+
+    # ---- reference --------------------------------------------------------------------------------
+    if config.reference_from_scratch:
+        summary = _train_stage(config, state, "reference_training", config.reference_from_scratch,
+                               out / "reference", steps)
+        reference = summary["model_dir"]
+    else:
+        reference = config.reference
+        summary = None
+    path, gguf = resolve_model_path(reference)
+    ref_config = AutoConfig.from_pretrained(path, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(path)
+    n_layers = ref_config.num_hidden_layers
+    ref = _measure(config, "reference", reference, state, "reference_eval")
+    ref_loss = ref["loss"]
+    print(f"reference: {n_layers} layers, val loss {ref_loss:.4f} on {ref['windows']} windows", flush=True)
+
+    # ---- start ------------------------------------------------------------------------------------
+    analysis = None
+    if config.start == "auto":
+        analysis = state.get("analysis")
+        if analysis is None:
+            from .analyze import AnalyzeConfig, analyze
+
+            report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
+                                           n=config.analyze_n, t=config.analyze_t), progress=config.progress)
+            analysis = report["recommendation"]
+            state.put("analysis", analysis)
+        start = analysis["k"]
+    else:
+        start = n_layers // 2 if config.start == "half" else int(config.start)
+    if not 1 <= start < n_layers:
+        raise UserError(f"start l = {start} must be between 1 and {n_layers - 1} (the reference has {n_layers} layers)")
+
+    # ---- growth rounds ----------------------------------------------------------------------------
+    rounds, spent = [], (summary or {}).get("training_flops", 0.0)
+    layers, matched = start, False
+    for index in range(config.max_rounds):
+        if layers >= n_layers:
+            print(f"stopping: the next child ({layers} layers) would be as deep as the reference", flush=True)
+            break
+        name = f"round-{index}-l{layers}"
+        child = out / "rounds" / name / "child"
+        if config.grow == "continue" and rounds:
+            _grown_child(reference, rounds[-1]["model_dir"], layers, child)
+        else:
+            _inherit_stage(reference, child, layers=str(layers), seed=config.seed)
+        trained = _train_stage(config, state, f"{name}/train", str(child), out / "rounds" / name / "train", steps)
+        measured = _measure(config, name, trained["model_dir"], state, f"{name}/eval")
+        spent += trained["training_flops"]
+        matched = measured["loss"] <= ref_loss + config.tolerance
+        rounds.append({"name": name, "layers": layers, "child_dir": str(child), **trained, "eval": measured})
+        print(f"{name}: val loss {measured['loss']:.4f} vs reference {ref_loss:.4f} "
+              f"({'matched' if matched else 'not matched'})", flush=True)
+        if matched or (config.max_total_flops and spent >= config.max_total_flops):
+            break
+        layers += config.step
+
+    # ---- baselines --------------------------------------------------------------------------------
+    final_layers = rounds[-1]["layers"]
+    baselines = {}
+    for baseline in config.baselines:
+        try:
+            baselines[baseline] = _baseline(config, state, baseline, reference, final_layers, out, steps)
+        except UserError as exc:
+            baselines[baseline] = {"skipped": str(exc)}
+            print(f"baseline {baseline} skipped: {exc}", flush=True)
+
+    # ---- report -----------------------------------------------------------------------------------
+    comparison = None
+    if config.compare_analysis and state.get("compare_done") is None:
+        from .analyze import AnalyzeConfig, analyze
+
+        analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
+                              out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t),
+                progress=config.progress)
+        state.put("compare_done", True)
+    if config.compare_analysis:
+        comparison = str(out / "compare")
+    from .report import write_report
+
+    return write_report(config, out, reference, n_layers, ref, summary, analysis, start, rounds, baselines, matched,
+                        comparison, time.perf_counter() - started)
+
+
+def _grown_child(reference: str, trained_dir: str, layers: int, out: Path) -> Path:
+    """--grow continue: the trained child's weights, with the next reference layers appended."""
+    import torch
+    from safetensors.torch import load_file
+
+    child = _inherit_stage(reference, out, layers=str(layers))
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(child)
+    trained = {}
+    for file in Path(trained_dir).glob("*.safetensors"):
+        trained.update(load_file(str(file)))
+    with torch.no_grad():
+        state = model.state_dict()
+        for key, tensor in trained.items():
+            if key in state and state[key].shape == tensor.shape:
+                state[key].copy_(tensor)
+    model.save_pretrained(child)
+    return child
+
+
+def _baseline(config: RunConfig, state: _State, name: str, reference: str, layers: int, out: Path, steps: int) -> dict:
+    """Train one baseline on the same budget and validation windows; returns its summary with eval."""
+    root = out / "baselines" / name
+    if name in ("random", "random-2x", "kd"):
+        child = _inherit_stage(reference, root / "child", layers=str(layers), init="random", seed=config.seed)
+        extra = {"teacher": reference, "kd_alpha": config.kd_alpha, "kd_temperature": config.kd_temperature} \
+            if name == "kd" else {}
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train",
+                               steps * (2 if name == "random-2x" else 1), **extra)
+    elif name == "stacking":  # l/2 layers from scratch (half the budget), stacked to l, trained again
+        half = max(1, layers // 2)
+        small = _inherit_stage(reference, root / "small", layers=str(half), init="random", seed=config.seed)
+        first = _train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train",
+                             max(1, steps // 2))
+        stacked = _inherit_stage(first["model_dir"], root / "child", init="stacking")
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train",
+                               max(1, steps - steps // 2))
+        trained = trained | {"training_flops": trained["training_flops"] + first["training_flops"],
+                             "steps": trained["steps"] + first["steps"], "tokens": trained["tokens"] + first["tokens"],
+                             "wall_seconds": trained["wall_seconds"] + first["wall_seconds"]}
+    elif name == "hybrid-stacking":
+        child = _inherit_stage(reference, root / "child", layers=str(layers - layers % 2), init="hybrid-stacking")
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
+    elif name == "half-width":
+        child = _inherit_stage(reference, root / "child", init="half-width")
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
+    else:
+        raise UserError(f"unknown baseline {name}")
+    measured = _measure(config, name, trained["model_dir"], state, f"baseline/{name}/eval")
+    return {**trained, "eval": measured, "layers": measured["layers"]}

@@ -1,0 +1,100 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from families import family_configs, trained_like
+from inheritune.data import PrepareConfig, prepare
+from inheritune.errors import UserError
+from inheritune.run import RunConfig, run
+
+
+@pytest.fixture
+def setup(tmp_path, text_dir, gpt2_tokenizer):
+    from transformers import LlamaConfig
+
+    data = prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer="gpt2",
+                                 val_fraction=0.2), progress=False)
+    config = LlamaConfig(num_hidden_layers=6, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=50257, tie_word_embeddings=True, max_position_embeddings=128)
+    reference = trained_like(config, seed=1)
+    reference.save_pretrained(tmp_path / "ref")
+    gpt2_tokenizer.save_pretrained(tmp_path / "ref")
+    return data, tmp_path / "ref"
+
+
+def _config(data, ref, out, **kw):
+    base = dict(reference=str(ref), data=str(data), out=str(out), start="2", step=2, max_rounds=2, steps=3,
+                seq_len=16, micro_batch_size=4, eval_windows=8, eval_interval=0, lr=1e-3, analyze_n=4, analyze_t=16,
+                compare_analysis=False, progress=False, device="cpu")
+    return RunConfig(**{**base, **kw})
+
+
+def test_growth_rounds_reinherit_and_stop_when_matched(setup, tmp_path):
+    data, ref = setup
+    # A random-weight reference is easy to beat: the tolerance decides whether round 0 "matches".
+    report = run(_config(data, ref, tmp_path / "run", tolerance=-100.0))  # nothing can match: 2 rounds
+    assert [row["layers"] for row in report["rows"][1:3]] == [2, 4] and not report["matched"]
+    reference = load_file(str(ref / "model.safetensors"))
+    round1 = load_file(str(tmp_path / "run" / "rounds" / "round-1-l4" / "child" / "model.safetensors"))
+    for key, tensor in round1.items():  # round 1 starts from the reference's first 4 layers, not round 0's child
+        assert torch.equal(tensor, reference[key]), key
+    for name in ("report.md", "report.json", "val_loss.png"):
+        assert (tmp_path / "run" / name).is_file()
+    assert "Not matched" in (tmp_path / "run" / "report.md").read_text()
+    baseline = report["rows"][-1]
+    assert baseline["model"] == "baseline random" and baseline["layers"] == 4
+
+    stopped = run(_config(data, ref, tmp_path / "easy", tolerance=100.0))  # round 0 matches at once
+    assert stopped["matched"] and len([r for r in stopped["rows"] if r["init"] == "inherit"]) == 1
+
+
+def test_resumed_run_skips_finished_rounds_and_gives_the_same_report(setup, tmp_path, monkeypatch):
+    data, ref = setup
+    first = run(_config(data, ref, tmp_path / "run", tolerance=-100.0))
+    import inheritune.train as train_module
+
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("a finished stage was trained again"))
+    again = run(_config(data, ref, tmp_path / "run", tolerance=-100.0))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows]  # noqa: E731
+    assert strip(first["rows"]) == strip(again["rows"])
+
+
+def test_every_baseline_runs_on_the_same_windows(setup, tmp_path):
+    data, ref = setup
+    report = run(_config(data, ref, tmp_path / "run", max_rounds=1, start="4",
+                         baselines=["random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd"]))
+    rows = {row["model"]: row for row in report["rows"]}
+    for name in ("random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd"):
+        assert f"baseline {name}" in rows, name
+    assert rows["baseline random-2x"]["steps"] == 2 * rows["baseline random"]["steps"]
+    assert rows["baseline half-width"]["layers"] == 6 and rows["baseline stacking"]["layers"] == 4
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    windows = {key: value["windows"] for key, value in state.items() if key.endswith("eval")}
+    assert len(windows) == 8 and len(set(windows.values())) == 1
+
+
+def test_bad_run_input_fails_before_training(setup, tmp_path):
+    data, ref = setup
+    with pytest.raises(UserError, match="between 1 and 5"):
+        run(_config(data, ref, tmp_path / "a", start="6"))
+    with pytest.raises(UserError, match="step must be > 0"):
+        _config(data, ref, tmp_path / "b", step=0)
+    with pytest.raises(UserError, match="too small"):
+        _config(data, ref, tmp_path / "c", steps=1, budget=0.1)
+    from inheritune.config import from_dict
+
+    with pytest.raises(UserError, match="did you mean 'max_rounds'"):
+        from_dict(RunConfig, {"max_round": 3})
+    other = tmp_path / "other-tok"
+    shutil.copytree(ref, other)
+    from inheritune.tokenizer import gpt2_tokenizer_from_tiktoken
+    import base64
+
+    gpt2_tokenizer_from_tiktoken(b"\n".join(base64.b64encode(bytes([b])) + b" " + str(b).encode()
+                                            for b in range(256))).save_pretrained(other)
+    with pytest.raises(UserError, match="differs from the one that prepared"):
+        run(_config(data, other, tmp_path / "d"))
+    assert not (tmp_path / "d" / "rounds").exists()
