@@ -28,8 +28,11 @@ assets: setup
 data: assets
 	$(BIN)/inheritune data prepare --input "$$($(BIN)/inheritune assets path corpus)" --tokenizer smollm2 --out $(DATA)
 
+# The recipe on the embedded default, sized for about 15 minutes on 2 CPU cores (see README).
+DEMO_ARGS ?= --steps 80 --seq-len 128 --micro-batch-size 4 --eval-windows 16 --eval-interval 20 \
+	--max-rounds 2 --baselines random --analyze-n 50
 demo: data
-	$(BIN)/inheritune evaluate smollm2 --data $(DATA) --seq-len 512 --max-windows 32 --out $(DEMO)
+	$(BIN)/inheritune run --reference smollm2 --data $(DATA) --out $(DEMO) --start auto $(DEMO_ARGS)
 
 test: assets
 	$(BIN)/python -m pytest -q
