@@ -142,3 +142,19 @@ def test_sequences_are_seeded_and_bad_input_is_refused(tmp_path, tiny_model_dir)
         analyze(_config(model=str(tiny_model_dir), data=str(long_text), n=2, t=300), progress=False)
     with pytest.raises(UserError, match="data not found"):
         analyze(_config(model=str(tiny_model_dir), data=str(tmp_path / "nope")), progress=False)
+
+
+def test_recommendation_is_the_prefix_before_the_first_lazy_group():
+    from inheritune.analyze import recommend
+
+    def layers(ranks):
+        return [{"max_rank": r, "lazy": r <= 1.25, "logit_lens_loss": 10.0 - i} for i, r in enumerate(ranks)]
+
+    # An isolated near-rank-1 layer early on (layer 2) does not start the tail; layers 6-7 do (mean 1.22).
+    ranks = [30, 50, 1.0, 20, 40, 12, 1.16, 1.28, 10, 30]
+    result = recommend(layers(ranks), AnalyzeConfig())
+    assert result["k"] == 6 and result["layers"] == list(range(6)) and result["paper_default"] == 5
+    assert result["lazy_layers"] == [2, 6]
+    assert recommend(layers([30, 2.5, 2.2, 40]), AnalyzeConfig())["k"] == 2  # fallback L/2
+    assert "falling back" in recommend(layers([30, 2.5, 2.2, 40]), AnalyzeConfig())["reason"]
+    assert recommend(layers(ranks), AnalyzeConfig(lazy_run=3))["k"] == 5  # no group of 3 has mean < 2: fallback to L/2

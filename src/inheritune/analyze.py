@@ -43,7 +43,8 @@ class AnalyzeConfig:
     sink_threshold: float = option(0.3, help="a head is a sink head when its first-token mass exceeds this")
     span: int = option(1, help="n of the angular distance of n-block spans")
     lens_sequences: int = option(10, help="sequences used for the logit-lens loss CE_k; 0 = all")
-    lazy_run: int = option(2, help="consecutive lazy layers that start the lazy tail (for the recommendation)")
+    lazy_run: int = option(2, help="size of the layer group whose mean MaxRank < 2 marks the lazy tail (for the "
+                                   "recommendation; the paper's group laziness: floor(AvgRank) = 1)")
     map_layers: list[int] = option([], help="layers whose attention maps are drawn (default: first, middle, "
                                            "laziest, last)")
     compare: str = option("", help="a second model analysed on the same sequences and drawn on the same axes")
@@ -231,24 +232,26 @@ def summarize(raw: dict, config: AnalyzeConfig) -> dict:
 
 
 def recommend(layers: list[dict], config: AnalyzeConfig) -> dict:
-    """The k to inherit: the prefix before the first run of ``lazy_run`` lazy layers (the lazy tail), with the
+    """The k to inherit: the prefix before the lazy tail, i.e. before the first group of ``lazy_run`` consecutive
+    layers that is lazy by the paper's group definition (floor of the group's mean MaxRank = 1), with the
     paper's L/2 and the logit-lens view alongside."""
     n_layers = len(layers)
-    lazy = [layer["lazy"] for layer in layers]
-    start = next((l for l in range(1, n_layers - config.lazy_run + 1) if all(lazy[l:l + config.lazy_run])), None)
+    max_rank = [layer["max_rank"] for layer in layers]
+    run = config.lazy_run
+    start = next((l for l in range(1, n_layers - run + 1) if math.floor(sum(max_rank[l:l + run]) / run) == 1), None)
     final_loss = layers[-1]["logit_lens_loss"]
     within = next((l + 1 for l, layer in enumerate(layers) if layer["logit_lens_loss"] <= final_loss + 0.5), n_layers)
     if start is not None:
         k = start
-        reason = (f"layers {start}..{start + config.lazy_run - 1} are the first run of {config.lazy_run} lazy layers "
-                  f"(MaxRank <= {1 + config.lazy_tolerance:g}); inherit the {k} blocks before them")
+        group = ", ".join(f"{max_rank[l]:.2f}" for l in range(start, start + run))
+        reason = (f"layers {start}..{start + run - 1} are the first lazy group of {run} (MaxRank {group}: "
+                  f"floor of the mean = 1); inherit the {k} blocks before them")
     else:
         k = max(1, n_layers // 2)
-        reason = (f"no run of {config.lazy_run} lazy layers (MaxRank <= {1 + config.lazy_tolerance:g}); "
-                  f"falling back to the paper's L/2 = {k}")
+        reason = f"no lazy group of {run} consecutive layers; falling back to the paper's L/2 = {k}"
     return {"k": k, "layers": list(range(k)), "method": "lazy-prefix", "reason": reason,
             "paper_default": n_layers // 2, "logit_lens_k_within_0.5_nats": within,
-            "lazy_layers": [l for l, flag in enumerate(lazy) if flag]}
+            "lazy_layers": [l for l, layer in enumerate(layers) if layer["lazy"]]}
 
 
 def print_table(layers: list[dict], name: str) -> None:

@@ -42,8 +42,11 @@ class RunConfig:
     lr: float = option(3e-4, help="peak learning rate")
     min_lr: float = option(1e-5, help="cosine floor")
     warmup_steps: int = option(-1, help="-1 = 2%% of the steps")
+    data_order: str = option("random", help="random windows with replacement, or sequential without")
     dtype: str = option("float32", help="float32 or bfloat16 autocast")
     device: str = option("auto", help="auto, cpu or cuda")
+    nproc_per_node: int = option(1, help="> 1: each training runs under torchrun with this many processes")
+    distributed: str = option("ddp", help="ddp or fsdp, when nproc_per_node > 1")
     eval_windows: int = option(32, help="fixed validation windows shared by every model")
     eval_interval: int = option(50, help="validation every this many steps within a training")
     kd_alpha: float = option(0.6, help="KD baseline: weight of CE")
@@ -59,6 +62,8 @@ class RunConfig:
             raise UserError(f"step must be > 0, got {self.step}")
         if self.max_rounds < 1:
             raise UserError("max_rounds must be >= 1")
+        if self.nproc_per_node < 1:
+            raise UserError("nproc_per_node must be >= 1")
         if self.grow not in ("reinherit", "continue"):
             raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
         if isinstance(self.baselines, str):
@@ -94,6 +99,7 @@ def _train_config(config: RunConfig, model: str, out: Path, steps: int, **extra)
 
     return TrainConfig(model=model, data=config.data, out=str(out), max_steps=steps, seq_len=config.seq_len,
                        micro_batch_size=config.micro_batch_size, global_batch_tokens=config.global_batch_tokens,
+                       data_order=config.data_order, distributed=config.distributed,
                        lr=config.lr, min_lr=config.min_lr, warmup_steps=config.warmup_steps, dtype=config.dtype,
                        device=config.device, eval_interval=config.eval_interval, eval_windows=config.eval_windows,
                        checkpoint_interval=max(10, steps // 4), seed=config.seed, progress=config.progress, **extra)
@@ -109,13 +115,32 @@ def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Pa
         return done
     resume = out.is_dir() and bool(checkpoints(out))
     started = time.perf_counter()
-    summary = train(_train_config(config, model, out, steps, resume=resume, overwrite=not resume, **extra))
+    train_config = _train_config(config, model, out, steps, resume=resume, overwrite=not resume, **extra)
+    summary = _torchrun(train_config, config.nproc_per_node) if config.nproc_per_node > 1 else train(train_config)
     if summary["status"] != "finished":
         raise KeyboardInterrupt  # stopped by a signal: the run resumes from here next time
     summary = {k: v for k, v in summary.items()} | {"wall_seconds": round(time.perf_counter() - started, 1),
                                                    "model_dir": str(out / "final")}
     state.put(key, summary)
     return summary
+
+
+def _torchrun(train_config, nproc: int) -> dict:
+    """One training under torchrun (the run itself stays a single process); returns its summary.json."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = Path(train_config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out.parent / f"{out.name}.train.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(train_config)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "inheritune", "train", "--config", str(config_file)]
+    if subprocess.run(command).returncode != 0:
+        raise UserError(f"training under torchrun failed: {' '.join(command)}")
+    return json.loads((out / "summary.json").read_text())
 
 
 def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
