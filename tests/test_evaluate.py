@@ -64,3 +64,17 @@ def test_evaluate_command_and_tokenizer_mismatch(dataset, tiny_model_dir, tmp_pa
         evaluate(EvalConfig(models=[str(tiny_model_dir)], data=str(dataset.path), seq_len=1024), progress=False)
     with pytest.raises(UserError, match="stride"):
         EvalConfig(models=["x"], data="d", seq_len=32, stride=64)
+
+
+def test_train_and_evaluate_report_the_same_validation_loss(dataset, tmp_path):
+    from inheritune.train import TrainConfig, train
+
+    summary = train(TrainConfig(model="scratch:llama:layers=2,hidden=32,heads=4", data=str(dataset.path),
+                                out=str(tmp_path / "run"), max_steps=3, seq_len=32, micro_batch_size=4, eval_windows=6,
+                                progress=False, device="cpu"))
+    model_dir = tmp_path / "run" / "final"
+    from inheritune.models import load_model
+
+    model, _ = load_model(model_dir)
+    result = validation_loss(model, dataset, seq_len=32, max_windows=6)
+    assert result["loss"] == pytest.approx(summary["final_val_loss"], abs=1e-5)

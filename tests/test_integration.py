@@ -82,3 +82,14 @@ def test_smollm2_lazy_layers(tmp_path):
     print("SmolLM2 MaxRank by layer:", [round(layer["max_rank"], 2) for layer in layers])
     print("SmolLM2 sink mass layer 0 vs last third:", round(layers[0]["sink_mass"], 3),
           [round(layer["sink_mass"], 2) for layer in last_third])
+
+
+def test_smollm2_general_knowledge_above_chance(smollm2):
+    from inheritune.zeroshot import zero_shot
+
+    model, tokenizer = smollm2
+    result = zero_shot(model, tokenizer, ["general_knowledge"], batch_size=16)
+    accuracy = result["general_knowledge"]["acc"]
+    print(f"SmolLM2 general_knowledge: {100 * accuracy:.1f}% over {result['general_knowledge']['n']} items")
+    assert result["general_knowledge"]["n"] == 70
+    assert accuracy > 0.25  # chance is about 14-17% (6-7 choices per item)

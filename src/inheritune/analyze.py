@@ -22,6 +22,7 @@ from . import metrics
 from .architectures import adapter_for
 from .config import option, to_dict
 from .errors import UserError
+from .progress import progress_bar
 
 
 @dataclass
@@ -104,8 +105,6 @@ def _eager(model) -> None:
 @torch.inference_mode()
 def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: bool = True) -> dict:
     """All per-head and per-layer metrics of ``model`` on ``sequences`` ([N, T] token ids)."""
-    from tqdm import tqdm
-
     adapter = adapter_for(model.config)
     _eager(model)
     blocks = adapter.block_list(model)
@@ -168,7 +167,7 @@ def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: boo
         hooks.append(block.register_forward_hook(on_block_output(index)))
     try:
         done = 0
-        for first in tqdm(range(0, n, config.batch_size), desc="analyze", unit="batch", disable=not progress):
+        for first in progress_bar(range(0, n, config.batch_size), desc="analyze", unit="batch", disable=not progress):
             batch = sequences[first:first + config.batch_size].to(device)
             state.update(ids=batch, lens_rows=max(0, min(len(batch), lens_n - done)))
             model(batch, logits_to_keep=1)

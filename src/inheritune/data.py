@@ -20,6 +20,7 @@ import numpy as np
 
 from .config import option, to_dict
 from .errors import UserError
+from .progress import progress_bar
 
 FORMAT = "inheritune-tokens/1"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
@@ -211,14 +212,12 @@ def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backen
                   dtype: np.dtype, batch_size: int, progress: bool) -> dict[str, int]:
     """Tokenise documents in batches (``encode_batch`` runs in Rust threads on all cores) and append each,
     followed by EOS, to its split's file."""
-    from tqdm import tqdm
-
     counts = {"train": 0, "val": 0}
     # encode_batch_fast skips character offsets, which we do not need (tokenizers >= 0.21).
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     with open(staging / "train.bin", "wb") as train_f, open(staging / "val.bin", "wb") as val_f:
         index = 0
-        bar = tqdm(total=len(is_val), unit="doc", desc="tokenising", disable=not progress)
+        bar = progress_bar(total=len(is_val), unit="doc", desc="tokenising", disable=not progress)
         for batch in _batches(docs, batch_size):
             for encoding in encode(batch, add_special_tokens=False):
                 split, handle = ("val", val_f) if is_val[index] else ("train", train_f)

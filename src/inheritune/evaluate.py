@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .config import option, to_dict
 from .data import TokenData, fixed_windows
 from .errors import UserError
+from .progress import progress_bar
 
 
 @dataclass
@@ -36,6 +37,12 @@ class EvalConfig:
     device: str = option("cpu", help="cpu or cuda")
     bootstrap: int = option(1000, help="bootstrap resamples for the 95%% interval")
     seed: int = option(0, help="seed of the bootstrap")
+    tasks: list[str] = option([], help="zero-shot tasks through lm-eval: BIG-bench names (general_knowledge, "
+                                       "social_iqa, winowhy, physical_intuition, bigbench:NAME), local task "
+                                       ".yaml files, or lm-eval task names (need a network)")
+    limit: int = option(0, help="at most this many items per task; 0 = all")
+    inference: bool = option(True, help="also measure parameters, memory, prefill and decode tokens/s")
+    inference_batch: int = option(1, help="batch size of the inference measurement")
 
     def __post_init__(self):
         if isinstance(self.models, str):
@@ -63,13 +70,11 @@ def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, s
                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(sum of token losses, number of scored tokens) per window. With a stride, windows after the first
     score only their last ``stride`` targets (the rest is context already scored by earlier windows)."""
-    from tqdm import tqdm
-
     vocab = model.get_input_embeddings().num_embeddings
     sums, counts = np.zeros(len(starts)), np.zeros(len(starts), dtype=np.int64)
     scored = stride or seq_len
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
-    for first in tqdm(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
+    for first in progress_bar(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
         batch_starts = starts[first:first + batch_size]
         rows = torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64)
                                           for s in batch_starts])).to(device)
@@ -109,7 +114,8 @@ def validation_loss(model, data: TokenData, seq_len: int = 512, stride: int = 0,
 
 
 def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
-    """Validation loss of each model; prints a table and writes ``results.json`` when ``out`` is set."""
+    """Validation loss (and zero-shot accuracy, inference cost) of each model, side by side: prints a table with
+    deltas against the first model and writes results.json/.csv/.md and a bar chart when ``out`` is set."""
     from .models import load_model, parse_dtype
 
     if not config.models:
@@ -128,21 +134,81 @@ def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
                             f"({model.config.max_position_embeddings})")
         result = validation_loss(model, data, config.seq_len, config.stride, config.max_windows, config.batch_size,
                                  config.device, dtype, config.bootstrap, config.seed, progress)
-        result.update(model=str(name), seconds=round(time.perf_counter() - started, 2),
-                      parameters=sum(p.numel() for p in model.parameters()))
+        result.update(model=str(name), parameters=sum(p.numel() for p in model.parameters()))
+        if config.tasks:
+            from .zeroshot import zero_shot
+
+            result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.batch_size, config.limit or None,
+                                            config.device)
+        if config.inference:
+            path = name if Path(str(name)).is_dir() else None
+            result["inference"] = inference_cost(model, config.seq_len, config.inference_batch, device=config.device,
+                                                 path=path)
+        result["seconds"] = round(time.perf_counter() - started, 2)
         results.append(result)
         del model
-    reference = results[0]["loss"]
-    print(f"{'model':40s} {'loss':>8s} {'95% CI':>17s} {'ppl':>9s} {'delta':>8s} {'tokens':>9s}")
-    for r in results:
-        low, high = r["loss_ci95"]
-        print(f"{r['model'][-40:]:40s} {r['loss']:8.4f} [{low:7.4f},{high:7.4f}] {r['perplexity']:9.2f} "
-              f"{r['loss'] - reference:+8.4f} {r['tokens']:9d}")
+    text = side_by_side(results)
+    print(text)
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"config": to_dict(config), "results": results}, indent=2))
+        (out / "results.md").write_text(text + "\n")
+        _write_csv(out / "results.csv", results)
+        from .plots import draw_comparison
+
+        draw_comparison(results, out / "comparison.png")
     return results
+
+
+def _columns(result: dict, reference: dict) -> dict:
+    """One flat row of the side-by-side table."""
+    row = {"model": result["model"], "parameters": result["parameters"], "val_loss": result["loss"],
+           "ci_low": result["loss_ci95"][0], "ci_high": result["loss_ci95"][1], "perplexity": result["perplexity"],
+           "delta_loss": result["loss"] - reference["loss"], "tokens": result["tokens"]}
+    for task, scores in result.get("zero_shot", {}).items():
+        row[f"{task}_acc"] = scores["acc"]
+        if task != "average":
+            row[f"{task}_acc_stderr"] = scores.get("acc_stderr")
+    inference = result.get("inference") or {}
+    for key in ("weights_mb", "disk_mb", "peak_extra_mb", "prefill_tokens_per_s", "decode_tokens_per_s"):
+        if key in inference:
+            row[key] = inference[key]
+    return row
+
+
+def side_by_side(results: list[dict]) -> str:
+    """A markdown table of all models, deltas against the first (the reference)."""
+    rows = [_columns(r, results[0]) for r in results]
+    tasks = [k for k in rows[0] if k.endswith("_acc")]
+    head = ["model", "params", "val loss [95% CI]", "ppl", "Δ loss"] + [t[:-4] for t in tasks]
+    if "prefill_tokens_per_s" in rows[0]:
+        head += ["prefill tok/s", "decode tok/s", "weights MB", "peak extra MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for row in rows:
+        cells = [row["model"], f"{row['parameters'] / 1e6:.1f}M",
+                 f"{row['val_loss']:.4f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]", f"{row['perplexity']:.2f}",
+                 f"{row['delta_loss']:+.4f}"]
+        for task in tasks:
+            stderr = row.get(task + "_stderr")
+            cells.append(f"{100 * row[task]:.1f}" + (f" ± {100 * stderr:.1f}" if stderr is not None else ""))
+        if "prefill_tokens_per_s" in row:
+            extra = row.get("peak_extra_mb")
+            cells += [f"{row['prefill_tokens_per_s']:.0f}", f"{row['decode_tokens_per_s']:.1f}",
+                      f"{row['weights_mb']:.0f}", "-" if extra is None else f"{extra:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, results: list[dict]) -> None:
+    import csv
+
+    rows = [_columns(r, results[0]) for r in results]
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _status_mb(field: str) -> float | None:

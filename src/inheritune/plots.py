@@ -109,6 +109,25 @@ def draw_loss(runs: dict[str, list[dict]], path: Path, title: str = "Training an
     return _save(fig, path)
 
 
+def draw_comparison(results: list[dict], path: Path) -> Path:
+    """Bars of validation loss (with 95% intervals) and, when measured, zero-shot average accuracy."""
+    plt = _plt()
+    names = [Path(str(r["model"])).name for r in results]
+    has_tasks = all("zero_shot" in r for r in results)
+    fig, axes = plt.subplots(1, 2 if has_tasks else 1, figsize=(5 + 2.5 * len(names), 4), squeeze=False)
+    losses = [r["loss"] for r in results]
+    errors = np.array([[r["loss"] - r["loss_ci95"][0], r["loss_ci95"][1] - r["loss"]] for r in results]).T
+    axes[0][0].bar(names, losses, yerr=errors, capsize=4, color="tab:blue")
+    axes[0][0].set(ylabel="validation loss (nats/token)", title="Validation loss, 95% interval")
+    if has_tasks:
+        accuracy = [100 * r["zero_shot"]["average"]["acc"] for r in results]
+        axes[0][1].bar(names, accuracy, color="tab:green")
+        axes[0][1].set(ylabel="accuracy (%)", title="Zero-shot average")
+    for ax in axes[0]:
+        ax.tick_params(axis="x", rotation=20)
+    return _save(fig, path)
+
+
 def _map_layers(result: dict, config) -> list[int]:
     """Early vs late: the first, middle, laziest and last layers (or the ones asked for) that were captured."""
     n = result["num_layers"]

@@ -24,6 +24,7 @@ from .checkpoint import RunLock, checkpoints, load_checkpoint, save_checkpoint
 from .config import option, to_dict
 from .data import RandomWindows, SequentialWindows, TokenData, fixed_windows
 from .errors import UserError
+from .progress import progress_bar
 from .optim import cross_entropy, default_peak_flops, distillation_loss, flops_per_token, lr_at, make_optimizer
 
 
@@ -185,20 +186,18 @@ def evaluate_windows(model, tokens, starts, config: TrainConfig, d: D.Dist, auto
 
 def train(config: TrainConfig, model=None) -> dict:
     """Run training as configured; returns the summary (also written to ``out/summary.json``)."""
-    from tqdm import tqdm
-
     from .models import parse_dtype
 
     if not config.data or not config.out or not (config.model or model is not None):
         raise UserError("train needs --model, --data and --out")
     d = D.setup(config.device)
     try:
-        return _train(config, model, d, tqdm, parse_dtype(config.dtype))
+        return _train(config, model, d, parse_dtype(config.dtype))
     finally:
         D.teardown(d)
 
 
-def _train(config: TrainConfig, model, d: D.Dist, tqdm, amp_dtype: torch.dtype) -> dict:
+def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dict:
     # ---- data, model, batch arithmetic ---------------------------------------------------------------
     data = TokenData(config.data)
     tokenizer = None
@@ -272,7 +271,7 @@ def _train(config: TrainConfig, model, d: D.Dist, tqdm, amp_dtype: torch.dtype) 
 
         # ---- the loop -------------------------------------------------------------------------------
         model.train()
-        bar = tqdm(total=max_steps, initial=step, unit="step", desc="train", disable=not (d.main and config.progress))
+        bar = progress_bar(total=max_steps, initial=step, unit="step", desc="train", disable=not (d.main and config.progress))
         status = "finished"
         with _StopRequest() as stop:
             while step < max_steps:
