@@ -98,3 +98,16 @@ def test_bad_run_input_fails_before_training(setup, tmp_path):
     with pytest.raises(UserError, match="differs from the one that prepared"):
         run(_config(data, other, tmp_path / "d"))
     assert not (tmp_path / "d" / "rounds").exists()
+
+
+def test_grow_continue_keeps_the_trained_child_and_appends_reference_layers(setup, tmp_path):
+    data, ref = setup
+    run(_config(data, ref, tmp_path / "run", tolerance=-100.0, grow="continue", baselines=[]))
+    trained = load_file(str(tmp_path / "run" / "rounds" / "round-0-l2" / "train" / "final" / "model.safetensors"))
+    grown = load_file(str(tmp_path / "run" / "rounds" / "round-1-l4" / "child" / "model.safetensors"))
+    reference = load_file(str(ref / "model.safetensors"))
+    for key, tensor in grown.items():
+        if key.startswith(("model.layers.2.", "model.layers.3.")):
+            assert torch.equal(tensor, reference[key]), key  # appended from the reference
+        else:
+            assert torch.equal(tensor, trained[key]), key  # kept from the trained round-0 child

@@ -59,10 +59,30 @@ def flops_per_token(model, seq_len: int) -> float:
     return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
+_MEASURED: dict = {}
+
+
+def measure_matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 4) -> float:
+    """FLOP/s of an n x n matmul on this CPU in ``dtype`` (best of a few): the peak that CPU MFU is quoted
+    against, measured rather than assumed, since CPUs differ (AVX-512, AMX) far more than GPU datasheets."""
+    if dtype not in _MEASURED:
+        import time
+
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - started)
+        _MEASURED[dtype] = 2 * n ** 3 / best
+    return _MEASURED[dtype]
+
+
 def default_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Peak FLOP/s for MFU: measured matmul peak on the project's 2-core CPU, datasheet dense peaks on GPUs."""
+    """Peak FLOP/s for MFU: the measured matmul peak on CPU, datasheet dense peaks on GPUs."""
     if device.type == "cpu":
-        return 400e9 if dtype == torch.bfloat16 else 180e9
+        return measure_matmul_flops(torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
     name = torch.cuda.get_device_name(device).lower()
     table = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l40": 181e12, "a10": 125e12, "4090": 165e12}
     bf16 = next((v for k, v in table.items() if k in name), 0.0)  # 0: unknown device, MFU not reported

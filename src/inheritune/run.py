@@ -44,6 +44,7 @@ class RunConfig:
     warmup_steps: int = option(-1, help="-1 = 2%% of the steps")
     data_order: str = option("random", help="random windows with replacement, or sequential without")
     dtype: str = option("float32", help="float32 or bfloat16 autocast")
+    compile: bool = option(False, help="torch.compile every training (pays off on long runs)")
     device: str = option("auto", help="auto, cpu or cuda")
     nproc_per_node: int = option(1, help="> 1: each training runs under torchrun with this many processes")
     distributed: str = option("ddp", help="ddp or fsdp, when nproc_per_node > 1")
@@ -99,7 +100,7 @@ def _train_config(config: RunConfig, model: str, out: Path, steps: int, **extra)
 
     return TrainConfig(model=model, data=config.data, out=str(out), max_steps=steps, seq_len=config.seq_len,
                        micro_batch_size=config.micro_batch_size, global_batch_tokens=config.global_batch_tokens,
-                       data_order=config.data_order, distributed=config.distributed,
+                       data_order=config.data_order, distributed=config.distributed, compile=config.compile,
                        lr=config.lr, min_lr=config.min_lr, warmup_steps=config.warmup_steps, dtype=config.dtype,
                        device=config.device, eval_interval=config.eval_interval, eval_windows=config.eval_windows,
                        checkpoint_interval=max(10, steps // 4), seed=config.seed, progress=config.progress, **extra)

@@ -1,0 +1,75 @@
+"""Speed of the validation-loss pass of `inheritune evaluate` vs a plain `model(x, labels=x)` loop on the same
+windows, and the wall time of the four BIG-bench tasks on SmolLM2-135M through lm-eval.
+
+Run: .venv/bin/python benchmarks/eval_speed.py [--windows 32] [--seq-len 512] [--task-limit 0] [--no-tasks]
+Target: >= 1.0x the plain loop (inference mode, batching, no wasted logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from inheritune.assets import asset_path  # noqa: E402
+from inheritune.data import PrepareConfig, TokenData, fixed_windows, prepare  # noqa: E402
+from inheritune.evaluate import validation_loss  # noqa: E402
+from inheritune.models import load_model  # noqa: E402
+
+
+def plain_loop(model, tokens, starts, seq_len) -> float:
+    losses = []
+    with torch.no_grad():
+        for start in starts:
+            x = torch.from_numpy(np.asarray(tokens[start:start + seq_len + 1], dtype=np.int64))[None]
+            losses.append(model(x, labels=x).loss.item())  # HF shifts the labels itself
+    return float(np.mean(losses))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--task-limit", type=int, default=0, help="items per BIG-bench task; 0 = all")
+    parser.add_argument("--no-tasks", action="store_true")
+    args = parser.parse_args()
+    model, tokenizer = load_model("smollm2")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = TokenData(prepare(PrepareConfig(input=[str(asset_path("corpus"))], out=f"{tmp}/data",
+                                               tokenizer="smollm2"), progress=False))
+        tokens = data.split("val")
+        starts = fixed_windows(tokens, args.seq_len, args.windows)  # the same windows evaluate uses
+        validation_loss(model, data, args.seq_len, max_windows=2)  # warm-up
+        started = time.perf_counter()
+        ours = validation_loss(model, data, args.seq_len, max_windows=args.windows, batch_size=8)
+        ours_s = time.perf_counter() - started
+        started = time.perf_counter()
+        theirs = plain_loop(model, tokens, starts, args.seq_len)
+        theirs_s = time.perf_counter() - started
+    n = args.windows * args.seq_len
+    print(f"validation loss on {args.windows} windows x {args.seq_len} tokens of SmolLM2-135M "
+          f"({torch.get_num_threads()} threads):")
+    print(f"  plain model(x, labels=x) loop : {theirs_s:6.1f} s  {n / theirs_s:7.0f} tokens/s  loss {theirs:.4f}")
+    print(f"  inheritune evaluate           : {ours_s:6.1f} s  {n / ours_s:7.0f} tokens/s  loss {ours['loss']:.4f}")
+    print(f"  ratio {theirs_s / ours_s:.2f}x (target >= 1.0x)")
+    if not args.no_tasks:
+        from inheritune.zeroshot import BIGBENCH_DEFAULT, zero_shot
+
+        started = time.perf_counter()
+        result = zero_shot(model, tokenizer, list(BIGBENCH_DEFAULT), batch_size=32, limit=args.task_limit or None)
+        seconds = time.perf_counter() - started
+        print(f"BIG-bench zero-shot on SmolLM2-135M through lm-eval: {seconds:.0f} s wall")
+        for task in BIGBENCH_DEFAULT:
+            r = result[task]
+            print(f"  {task:20s} acc {100 * r['acc']:5.1f} ± {100 * r['acc_stderr']:.1f}  (n = {r['n']})")
+        print(f"  average acc {100 * result['average']['acc']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
