@@ -78,3 +78,20 @@ def test_train_and_evaluate_report_the_same_validation_loss(dataset, tmp_path):
     model, _ = load_model(model_dir)
     result = validation_loss(model, dataset, seq_len=32, max_windows=6)
     assert result["loss"] == pytest.approx(summary["final_val_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3_text", "gpt_neox", "opt", "phi3"])
+def test_chunked_token_losses_equal_the_full_logits_path(family):
+    from families import family_configs, trained_like
+    from inheritune.evaluate import token_losses
+
+    model = trained_like(family_configs()[family])
+    if family == "gemma3_text":
+        model.config.final_logit_softcapping = 5.0  # exercise the soft-capping branch
+    ids = torch.randint(0, 128, (3, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = F.cross_entropy(model(ids[:, :-1]).logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        chunked = token_losses(model, ids[:, :-1], ids[:, 1:], chunk=7)
+        tail = token_losses(model, ids[:, :-1], ids[:, -5:], chunk=4)
+    assert (full - chunked).abs().max().item() < 1e-5
+    assert (full[:, -5:] - tail).abs().max().item() < 1e-5

@@ -64,6 +64,23 @@ def check_tokenizer_matches(tokenizer, data: TokenData, model_name: str) -> None
                         f"prepared {data.path} ({data.tokenizer['name_or_path']})")
 
 
+def token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """Per-token cross-entropy of the last ``targets.shape[1]`` positions, [B, n]. The head runs on chunks of
+    ``chunk`` positions, so the full [B, T, vocab] logits tensor is never built: on CPU, where that tensor
+    is hundreds of MB, memory traffic rather than FLOPs dominates the loss."""
+    hidden = model.base_model(input_ids=inputs).last_hidden_state[:, -targets.shape[1]:]  # after the final norm
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    out = torch.empty(flat_targets.shape, dtype=torch.float32, device=inputs.device)
+    for first in range(0, len(flat_targets), chunk):
+        logits = head(flat_hidden[first:first + chunk]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        out[first:first + chunk] = F.cross_entropy(logits, flat_targets[first:first + chunk], reduction="none")
+    return out.reshape(targets.shape)
+
+
 @torch.inference_mode()
 def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, stride: int = 0,
                   batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -83,8 +100,7 @@ def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, s
         # Only the scored positions need logits; the very first window of a strided pass is scored whole.
         need = seq_len if (stride and batch_starts[0] == 0) else scored
         with autocast:
-            logits = model(rows[:, :-1], logits_to_keep=need).logits
-        losses = F.cross_entropy(logits.float().transpose(1, 2), rows[:, -need:], reduction="none")
+            losses = token_losses(model, rows[:, :-1], rows[:, -need:])
         for i, start in enumerate(batch_starts):
             keep = losses[i] if (start == 0 or not stride) else losses[i, -stride:]
             sums[first + i] = float(keep.double().sum())

@@ -17,7 +17,9 @@ def _plt():
 
 
 def _label(result: dict) -> str:
-    return f"{Path(str(result['model'])).name} ({result['num_layers']}L)"
+    path = Path(str(result["model"]))
+    name = path.parent.parent.name if path.name == "final" and path.parent.parent.name else path.name
+    return f"{name} ({result['num_layers']}L)"
 
 
 def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
@@ -31,7 +33,7 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
         max_rank = np.array([r["max_rank"] for r in result["layers"]])
         std = np.array([r["max_rank_std"] for r in result["layers"]])
         (line,) = ax.plot(layers, max_rank, marker="o", ms=3, label=_label(result))
-        ax.fill_between(layers, max_rank - std, max_rank + std, color=line.get_color(), alpha=0.2)
+        ax.fill_between(layers, np.maximum(max_rank - std, 1.0), max_rank + std, color=line.get_color(), alpha=0.2)
     ax.axhline(1 + config.lazy_tolerance, color="red", ls="--", lw=1, label=f"lazy: MaxRank <= {1 + config.lazy_tolerance:g}")
     ax.set(xlabel="layer", ylabel=f"MaxRank (energy rank, tau={config.tau[0]})", yscale="log",
            title="Attention rank by layer (mean ± std over sequences of the top head)")

@@ -320,8 +320,8 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
                         for key, value in record.items():
                             if value is not None and key != "step":
                                 writer.add_scalar(key, value, step)
-                    bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{record['val_loss']:.3f}"}
-                                                                 if "val_loss" in record else {}))
+                    bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False,
+                                    **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
                 bar.update(1)
                 _test_kill_hook(step)
                 (stopping,) = D.all_sum([float(stop.requested)], d)
