@@ -111,3 +111,14 @@ def test_grow_continue_keeps_the_trained_child_and_appends_reference_layers(setu
             assert torch.equal(tensor, reference[key]), key  # appended from the reference
         else:
             assert torch.equal(tensor, trained[key]), key  # kept from the trained round-0 child
+
+
+def test_zero_shot_column_when_tasks_are_asked(setup, tmp_path):
+    from inheritune.zeroshot import write_task
+
+    data, ref = setup
+    items = [{"query": "Q: Is fire hot?\nA: ", "choices": ["yes", "no"], "gold": 0}] * 3
+    task = write_task("tiny_run_task", items, tmp_path / "tasks")
+    report = run(_config(data, ref, tmp_path / "run", max_rounds=1, baselines=[], tasks=[str(task)]))
+    assert all(row["zero_shot_avg"] is not None for row in report["rows"])
+    assert "zero-shot avg" in (tmp_path / "run" / "report.md").read_text()

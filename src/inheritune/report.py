@@ -21,6 +21,7 @@ def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref
         "prefill_tokens_per_s": inference.get("prefill_tokens_per_s"),
         "decode_tokens_per_s": inference.get("decode_tokens_per_s"),
         "weights_mb": inference.get("weights_mb"), "peak_extra_mb": inference.get("peak_extra_mb"),
+        "zero_shot_avg": measured["zero_shot"]["average"]["acc"] if "zero_shot" in measured else None,
         "history": trained.get("history") if trained else None,
         "model_dir": trained.get("model_dir") if trained else None,
     }
@@ -33,15 +34,19 @@ def _fmt(value, spec: str, empty: str = "-") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | layers | init | steps | tokens | params | val loss [95% CI] | ppl | Δ vs ref | train FLOPs | "
-            "train time | prefill tok/s | decode tok/s | weights MB |")
+    tasks = any(r["zero_shot_avg"] is not None for r in rows)
+    head = ("| model | layers | init | steps | tokens | params | val loss [95% CI] | ppl | Δ vs ref | "
+            + ("zero-shot avg | " if tasks else "") + "train FLOPs | train time | prefill tok/s | decode tok/s | "
+            "weights MB |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         low, high = r["val_loss_ci95"]
         lines.append(
             f"| {r['model']} | {r['layers']} | {r['init']} | {_fmt(r['steps'], 'd')} | {_fmt(r['tokens'], ',')} | "
             f"{_fmt(r['parameters'] and r['parameters'] / 1e6, '.1f')}M | {r['val_loss']:.4f} [{low:.3f}, {high:.3f}] | "
-            f"{r['perplexity']:.1f} | {r['delta_vs_reference']:+.4f} | {_fmt(r['training_flops'], '.2e')} | "
+            f"{r['perplexity']:.1f} | {r['delta_vs_reference']:+.4f} | "
+            + (f"{_fmt(r['zero_shot_avg'] and 100 * r['zero_shot_avg'], '.1f')} | " if tasks else "")
+            + f"{_fmt(r['training_flops'], '.2e')} | "
             f"{_fmt(r['wall_seconds'], '.0f')} s | {_fmt(r['prefill_tokens_per_s'], '.0f')} | "
             f"{_fmt(r['decode_tokens_per_s'], '.1f')} | {_fmt(r['weights_mb'], '.0f')} |")
     return "\n".join(lines)

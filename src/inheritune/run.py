@@ -52,6 +52,8 @@ class RunConfig:
     eval_interval: int = option(50, help="validation every this many steps within a training")
     kd_alpha: float = option(0.6, help="KD baseline: weight of CE")
     kd_temperature: float = option(1.0, help="KD baseline: temperature")
+    tasks: list[str] = option([], help="zero-shot tasks for every final model (see 'inheritune evaluate --tasks')")
+    task_limit: int = option(0, help="at most this many items per zero-shot task; 0 = all")
     analyze_n: int = option(100, help="sequences for the analysis (start auto, and the final comparison)")
     analyze_t: int = option(100, help="tokens per analysis sequence")
     compare_analysis: bool = option(True, help="analyse reference vs final child side by side at the end")
@@ -170,6 +172,11 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
         check_tokenizer_matches(tokenizer, data, name)
     result = validation_loss(model, data, config.seq_len, 0, config.eval_windows, config.micro_batch_size, device)
     result["inference"] = inference_cost(model, seq_len=config.seq_len, new_tokens=16, device=device, path=path)
+    if config.tasks:
+        from .zeroshot import zero_shot
+
+        result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.micro_batch_size,
+                                        config.task_limit or None, device)
     result["layers"] = model.config.num_hidden_layers
     state.put(key, result)
     return result
