@@ -48,6 +48,20 @@ def _add_assets(sub) -> None:
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
 
+def _config_command(sub, name: str, cls: type, help: str, description: str, positional: str | None = None,
+                    positional_help: str = "", nargs: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose options are the fields of a config dataclass, plus ``--config FILE.yaml``."""
+    parser = sub.add_parser(name, help=help, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    if positional:
+        parser.add_argument(positional, help=positional_help, **({"nargs": nargs} if nargs else {}))
+    parser.add_argument("--config", help="YAML file with these options (flags override it)")
+    add_config_arguments(parser, cls, skip=(positional,) if positional else ())
+    # The library function of the same name runs the command; the CLI only builds its config.
+    parser.set_defaults(_call=(cls.__module__, name, cls))
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data import PrepareConfig
@@ -65,83 +79,63 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare tokenised datasets",
                           description="Turn text into train.bin/val.bin token streams and meta.json.")
     data_verbs = data.add_subparsers(dest="verb", metavar="VERB", required=True)
-    prepare = data_verbs.add_parser(
-        "prepare", help="tokenise text files, directories, .jsonl or .parquet into a dataset",
-        description="Tokenise documents with a fast tokenizer on all cores, join them with EOS, split them "
-                    "into train/val by document (seeded), and write uint16/uint32 token files.")
-    prepare.add_argument("--config", help="YAML file with these options (flags override it)")
-    add_config_arguments(prepare, PrepareConfig)
+    _config_command(data_verbs, "prepare", PrepareConfig,
+                    "tokenise text files, directories, .jsonl or .parquet into a dataset",
+                    "Tokenise documents with a fast tokenizer on all cores, join them with EOS, split them into\n"
+                    "train/val by document (seeded), and write uint16/uint32 token files and meta.json.")
 
     _add_assets(sub)
 
-    evaluate = sub.add_parser(
-        "evaluate", help="validation loss and perplexity of one or more models",
-        description="Validation loss on the fixed windows of a prepared dataset's val split, with a bootstrap "
-                    "95%% interval; several models give one table with deltas against the first.")
-    evaluate.add_argument("models", nargs="+", help="HF dirs, .gguf files or built-in names (smollm2); the first is "
-                                                    "the reference of the deltas")
-    evaluate.add_argument("--config", help="YAML file with these options (flags override it)")
-    add_config_arguments(evaluate, EvalConfig, skip=("models",))
-
-    inherit = sub.add_parser(
-        "inherit", help="cut a child model out of a reference (first k layers, chosen layers, warm starts)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Build a child that inherits the embeddings, head, final norm and chosen blocks of a "
-                    "reference, saved as an HF directory\nthat AutoModelForCausalLM loads, with inheritune.json "
-                    "provenance.\n\nexamples:\n"
-                    "  inheritune inherit smollm2 --layers 15 --out runs/child15        # first 15 of 30 blocks\n"
-                    "  inheritune inherit ref/ --layers 0-7,10 --out child              # chosen blocks, in order\n"
-                    "  inheritune inherit ref/ --layers 12 --copy attention --out c     # sub-module ablation\n"
-                    "  inheritune inherit ref/ --layers 12 --init hybrid-stacking --out c  # warm-start baseline")
-    inherit.add_argument("reference", help="reference model: HF dir, .gguf, or built-in name (smollm2)")
-    inherit.add_argument("--config", help="YAML file with these options (flags override it)")
-    add_config_arguments(inherit, InheritConfig, skip=("reference",))
-
-    analyze = sub.add_parser(
-        "analyze", help="diagnose lazy layers: attention rank, mass, entropy, sinks, block influence, logit lens",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Measure, per head and layer, the energy rank of the causal attention (MaxRank), column mass, "
-                    "entropy and first-token sinks;\nper block, Block Influence, angular distance and the "
-                    "logit-lens loss CE_k (a first-k child's loss before training).\nWrites report.json (with a "
-                    "recommended k that 'inherit --from-report' uses), layers.csv, heads.csv and PNG plots.\n\n"
-                    "examples:\n"
-                    "  inheritune analyze smollm2 --data data/english --out runs/analysis\n"
-                    "  inheritune analyze smollm2 --data book.txt --tau 0.9 0.8 0.95 --out runs/a\n"
-                    "  inheritune analyze ref/ --compare child/ --data data/english --out runs/compare")
-    analyze.add_argument("model", help="model: HF dir, .gguf, or built-in name (smollm2)")
-    analyze.add_argument("--config", help="YAML file with these options (flags override it)")
-    add_config_arguments(analyze, AnalyzeConfig, skip=("model",))
-
-    train = sub.add_parser(
-        "train", help="pretrain or continue-train a model on a prepared dataset (single process or torchrun)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train with the paper's recipe (AdamW 0.9/0.95, decay 0.1 on matrices, clip 1.0, warmup + "
-                    "cosine to 1e-5).\nResumable (--resume), evaluated on fixed validation windows, optional KD "
-                    "(--teacher). Under torchrun it runs DDP or FSDP2.\n\nexamples:\n"
-                    "  inheritune train --model runs/child15 --data data/english --out runs/train15 --max-steps 200\n"
-                    "  inheritune train --model scratch:gpt2:layers=4,hidden=128,heads=4 --data data/english "
-                    "--out runs/s --max-tokens 2000000\n"
-                    "  torchrun --nproc_per_node 8 -m inheritune train --config train.yaml --distributed fsdp")
-    train.add_argument("--config", help="YAML file with these options (flags override it)")
-    add_config_arguments(train, TrainConfig)
-
-    run = sub.add_parser(
-        "run", help="the whole recipe: reference loss, growth rounds, baselines and a report",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Measure the reference's validation loss, inherit its first l blocks (l = L/2, a number, or "
-                    "'auto' from analyze),\ntrain, and grow by --step layers (re-inherited, retrained from step 0) "
-                    "until the child's val loss\nmatches the reference's; train the chosen baselines on the same "
-                    "budget and windows; write report.md,\nreport.json and plots. Resumable: run it again to "
-                    "continue.\n\nexamples:\n"
-                    "  inheritune run --data data/english --out runs/demo --start auto --steps 60\n"
-                    "  inheritune run --config docs/gpt2-medium-fineweb.yaml --budget 1")
-    run.add_argument("--config", help="YAML file with these options (flags override it)")
-    add_config_arguments(run, RunConfig)
-
+    _config_command(
+        sub, "evaluate", EvalConfig, "validation loss, zero-shot tasks and inference cost of one or more models",
+        "Validation loss on the fixed windows of a prepared dataset's val split, with a bootstrap 95% interval;\n"
+        "optional zero-shot tasks through lm-eval and inference speed/memory; several models give one table\n"
+        "with deltas against the first.\n\nexamples:\n"
+        "  inheritune evaluate smollm2 runs/demo/rounds/round-1-l25/train/final --data data/english --out runs/ev\n"
+        "  inheritune evaluate smollm2 --data data/english --tasks general_knowledge winowhy",
+        "models", "HF dirs, .gguf files or built-in names (smollm2); the first is the reference of the deltas", "+")
+    _config_command(
+        sub, "inherit", InheritConfig, "cut a child model out of a reference (first k layers, chosen layers, warm starts)",
+        "Build a child that inherits the embeddings, head, final norm and chosen blocks of a reference, saved as an\n"
+        "HF directory that AutoModelForCausalLM loads, with inheritune.json provenance.\n\nexamples:\n"
+        "  inheritune inherit smollm2 --layers 15 --out runs/child15        # first 15 of 30 blocks\n"
+        "  inheritune inherit ref/ --layers 0-7,10 --out child              # chosen blocks, in order\n"
+        "  inheritune inherit ref/ --layers 12 --copy attention --out c     # sub-module ablation\n"
+        "  inheritune inherit ref/ --layers 12 --init hybrid-stacking --out c  # warm-start baseline",
+        "reference", "reference model: HF dir, .gguf, or built-in name (smollm2)")
+    _config_command(
+        sub, "analyze", AnalyzeConfig, "diagnose lazy layers: attention rank, mass, entropy, sinks, block influence, "
+        "logit lens",
+        "Measure, per head and layer, the energy rank of the causal attention (MaxRank), column mass, entropy and\n"
+        "first-token sinks; per block, Block Influence, angular distance and the logit-lens loss CE_k (a first-k\n"
+        "child's loss before training). Writes report.json (with a recommended k that 'inherit --from-report'\n"
+        "uses), layers.csv, heads.csv and PNG plots.\n\nexamples:\n"
+        "  inheritune analyze smollm2 --data data/english --out runs/analysis\n"
+        "  inheritune analyze smollm2 --data book.txt --tau 0.9 0.8 0.95 --out runs/a\n"
+        "  inheritune analyze ref/ --compare child/ --data data/english --out runs/compare",
+        "model", "model: HF dir, .gguf, or built-in name (smollm2)")
+    _config_command(
+        sub, "train", TrainConfig, "pretrain or continue-train a model on a prepared dataset (single process or "
+        "torchrun)",
+        "Train with the paper's recipe (AdamW 0.9/0.95, decay 0.1 on matrices, clip 1.0, warmup + cosine to 1e-5).\n"
+        "Resumable (--resume), evaluated on fixed validation windows, optional KD (--teacher). Under torchrun it\n"
+        "runs DDP or FSDP2.\n\nexamples:\n"
+        "  inheritune train --model runs/child15 --data data/english --out runs/train15 --max-steps 200\n"
+        "  inheritune train --model scratch:gpt2:layers=4,hidden=128,heads=4 --data data/english --out runs/s "
+        "--max-tokens 2000000\n"
+        "  torchrun --nproc_per_node 8 -m inheritune train --config train.yaml --distributed fsdp")
+    _config_command(
+        sub, "run", RunConfig, "the whole recipe: reference loss, growth rounds, baselines and a report",
+        "Measure the reference's validation loss, inherit its first l blocks (l = L/2, a number, or 'auto' from\n"
+        "analyze), train, and grow by --step layers (re-inherited, retrained from step 0) until the child's val\n"
+        "loss matches the reference's; train the chosen baselines on the same budget and windows; write report.md,\n"
+        "report.json and plots. Resumable: run it again to continue.\n\nexamples:\n"
+        "  inheritune run --data data/english --out runs/demo --start auto --steps 60\n"
+        "  inheritune run --config docs/gpt2-medium-fineweb.yaml --budget 1")
     return parser
 
 
-def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "verb", "config")) -> dict:
+def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "verb", "config", "_call")) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -169,33 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                 from .models import convert_gguf
 
                 print(convert_gguf(args.gguf, args.out, overwrite=args.overwrite))
-        elif args.command == "data":
-            from .data import PrepareConfig, prepare
+        else:
+            import importlib
 
-            prepare(load_config(PrepareConfig, args.config, _overrides(args)))
-        elif args.command == "evaluate":
-            from .evaluate import EvalConfig, evaluate
-
-            evaluate(load_config(EvalConfig, args.config, _overrides(args)))
-        elif args.command == "analyze":
-            from .analyze import AnalyzeConfig, analyze
-
-            analyze(load_config(AnalyzeConfig, args.config, _overrides(args)))
-        elif args.command == "train":
-            from .train import TrainConfig, train
-
-            summary = train(load_config(TrainConfig, args.config, _overrides(args)))
-            if summary.get("final_val_loss") is not None:
-                print(f"final val loss {summary['final_val_loss']:.4f} after {summary['steps']} steps "
-                      f"({summary['tokens']:,} tokens)")
-        elif args.command == "run":
-            from .run import RunConfig, run
-
-            run(load_config(RunConfig, args.config, _overrides(args)))
-        elif args.command == "inherit":
-            from .inherit import InheritConfig, inherit
-
-            inherit(load_config(InheritConfig, args.config, _overrides(args)))
+            module, function, cls = args._call
+            config = load_config(cls, args.config, _overrides(args))
+            getattr(importlib.import_module(module), function)(config)
     except UserError as exc:
         print(f"inheritune {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -348,6 +348,9 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
             if d.main:
                 _save_final(raw_model, model_state, tokenizer, data, out / "final")
         if d.main:
+            if summary["final_val_loss"] is not None:
+                print(f"final val loss {summary['final_val_loss']:.4f} after {step} steps "
+                      f"({summary['tokens']:,} tokens); model in {out / 'final'}", flush=True)
             summary["history"] = history
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             _plot_loss(history, out / "loss.png")
