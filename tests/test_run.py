@@ -122,3 +122,16 @@ def test_zero_shot_column_when_tasks_are_asked(setup, tmp_path):
     report = run(_config(data, ref, tmp_path / "run", max_rounds=1, baselines=[], tasks=[str(task)]))
     assert all(row["zero_shot_avg"] is not None for row in report["rows"])
     assert "zero-shot avg" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_run_from_the_command_line(setup, tmp_path, capsys):
+    from inheritune.cli import main
+
+    data, ref = setup
+    argv = ["run", "--reference", str(ref), "--data", str(data), "--out", str(tmp_path / "cli"), "--start", "2",
+            "--max-rounds", "1", "--steps", "2", "--seq-len", "16", "--micro-batch-size", "4", "--eval-windows", "4",
+            "--compare-analysis", "false", "--progress", "false", "--baselines", "random", "--device", "cpu"]
+    assert main(argv) == 0
+    assert "| Inheritune round-0-l2 | 2 | inherit |" in capsys.readouterr().out
+    assert main(["run", "--data", str(data), "--out", str(tmp_path / "x"), "--step", "0"]) == 2
+    assert "step must be > 0" in capsys.readouterr().err
