@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from families import family_configs, trained_like
+from families import trained_like
 from inheritune.data import PrepareConfig, prepare
 from inheritune.errors import UserError
 from inheritune.run import RunConfig, run

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inheritune.data import PrepareConfig, TokenData, prepare
+from inheritune.data import PrepareConfig, prepare
 from inheritune.errors import UserError
 from inheritune.optim import distillation_loss, lr_at, param_groups
 from inheritune.train import TrainConfig, train

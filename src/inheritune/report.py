@@ -101,10 +101,10 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               f"the val split of `{config.data}`, identical for every model; intervals are bootstrap 95% over windows. "
               "Training FLOPs = (6 N + 12 L d T) per token; the pretrained reference's own training is not counted. "
               f"Inference: batch 1, {config.seq_len}-token prefill, 16 decoded tokens.", "",
-              f"![validation loss](val_loss.png)", ""]
+              "![validation loss](val_loss.png)", ""]
     if comparison:
         lines += [f"Reference vs final child, attention rank by layer (from `{comparison}`):", "",
-                  f"![rank by layer](compare/maxrank.png)", ""]
+                  "![rank by layer](compare/maxrank.png)", ""]
     final = rounds[-1]["model_dir"]
     lines += ["## The final child", "",
               f"`{final}` is a Hugging Face directory:", "", "```python",
