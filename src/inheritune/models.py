@@ -57,13 +57,14 @@ def resolve_model_path(name_or_path: str | Path, tokenizer_only: bool = False) -
     return name, None  # a hub name, for users with a network
 
 
-def _hub_error(name: str, exc: Exception) -> UserError:
+def hub_error(name: str, exc: Exception) -> UserError:
+    """One line for a failed load: the hub is unreachable (no network), or the loader's own first line."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     if any(word in text.lower() for word in ("offline", "connect", "resolve", "internet", "network", "hub")):
         return UserError(f"'{name}' is not a local path and the model hub cannot be reached (no network?): "
                          "give a local HF directory, a .gguf file or a built-in name (smollm2)")
-    return UserError(f"cannot load model '{name}': {first}")
+    return UserError(f"cannot load '{name}': {first}")
 
 
 def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu",
@@ -84,7 +85,7 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "float32", d
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
-        raise _hub_error(str(name_or_path), exc) from None
+        raise hub_error(str(name_or_path), exc) from None
     except ValueError as exc:
         raise UserError(f"cannot load {name_or_path} as a causal LM: {str(exc).splitlines()[0]}") from None
     model.to(device).eval()

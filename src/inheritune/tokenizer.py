@@ -81,7 +81,7 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     """A fast tokenizer from a built-in asset name (``gpt2``, ``smollm2``), an HF dir, a GGUF file or a hub name."""
     from transformers import AutoTokenizer
 
-    from .models import resolve_model_path
+    from .models import hub_error, resolve_model_path
 
     path, gguf = resolve_model_path(name_or_path, tokenizer_only=True)
     try:
@@ -90,20 +90,12 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise UserError(_load_error(name_or_path, exc)) from None
+        raise hub_error(str(name_or_path), exc) from None
     except (ValueError, KeyError) as exc:
         raise UserError(f"cannot load a tokenizer from {name_or_path}: {str(exc).splitlines()[0]}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"the tokenizer of {name_or_path} has no fast (Rust) version; inheritune needs one")
     return tokenizer
-
-
-def _load_error(name: str | Path, exc: Exception) -> str:
-    text = str(exc)
-    if not Path(str(name)).exists() and ("offline" in text.lower() or "connect" in text.lower()
-                                         or "resolve" in text.lower() or "internet" in text.lower()):
-        return f"'{name}' is not a local path and the model hub cannot be reached (no network?)"
-    return f"cannot load '{name}': {text.splitlines()[0] if text else type(exc).__name__}"
 
 
 def tokenizer_identity(tokenizer) -> dict:
