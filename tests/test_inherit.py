@@ -271,3 +271,82 @@ def test_sharded_inheritance_memory_is_child_plus_a_shard(tmp_path):
     assert len(files) >= 8
     assert result["peak_rss_growth_mb"] < 2 * child_mb + shard_mb + 64
     assert result["peak_rss_growth_mb"] < reference_mb / 2
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_inherits_from_a_saved_directory(family, tmp_path):
+    """References as users have them: written by save_pretrained (GPT-NeoX stores its head as embed_out)."""
+    reference = trained_like(FAMILIES[family])
+    reference.save_pretrained(tmp_path / "ref")
+    out = inherit(InheritConfig(reference=str(tmp_path / "ref"), layers="0,2,4", out=str(tmp_path / "child")))
+    child = AutoModelForCausalLM.from_pretrained(out).eval()
+    in_memory, _ = build_child(reference, [0, 2, 4])
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(child(ids).logits, in_memory(ids).logits)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: transformers" in card and "base_model: ref" in card
+
+
+def test_gpt2_position_scaled_blocks_keep_their_function_anywhere():
+    config = FAMILIES["gpt2"].__class__(**{**FAMILIES["gpt2"].to_dict(), "scale_attn_by_inverse_layer_idx": True})
+    reference = trained_like(config)
+    ids = torch.randint(0, 128, (2, 20))
+    child, record = build_child(reference, [0, 2, 4])
+    assert record["folded_position_scaling"] and not child.config.scale_attn_by_inverse_layer_idx
+    hooks = skipping(reference, keep={0, 2, 4})
+    with torch.no_grad():
+        expected = reference(ids).logits
+        for hook in hooks:
+            hook.remove()
+        assert (child(ids).logits - expected).abs().max().item() <= 1e-5
+    prefix, record = build_child(reference, [0, 1, 2])  # a prefix keeps its indices: nothing to fold
+    assert not record["folded_position_scaling"] and prefix.config.scale_attn_by_inverse_layer_idx
+    with torch.no_grad():
+        assert (prefix(ids).logits - early_exit_logits(reference, ids, 3)).abs().max().item() <= 1e-5
+    # Stacking: block i of the small model sits at i + depth in the stack and still computes block i.
+    stacked, record = build_child(reference, [0, 1, 0, 1], init="stacking")
+    assert record["folded_position_scaling"]
+
+
+def test_stacking_depth_and_from_report(tmp_path):
+    reference = trained_like(FAMILIES["llama"])
+    reference.save_pretrained(tmp_path / "ref")
+    out = inherit(InheritConfig(reference=str(tmp_path / "ref"), layers="3", init="stacking", depth=5,
+                                out=str(tmp_path / "stacked")))
+    assert json.loads((out / "inheritune.json").read_text())["layers"] == [0, 1, 2, 0, 1]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"config": {"model": str(tmp_path / "ref")}, "recommendation": {"k": 2}}))
+    out = inherit(InheritConfig(reference=str(tmp_path / "ref"), from_report=str(report), init="stacking",
+                                out=str(tmp_path / "from-report")))
+    assert json.loads((out / "inheritune.json").read_text())["layers"] == [0, 1, 0, 1]
+    with pytest.raises(UserError, match="depth between 4 and 6"):
+        inherit(InheritConfig(reference=str(tmp_path / "ref"), layers="3", init="stacking", depth=7,
+                              out=str(tmp_path / "x")))
+    odd = inherit(InheritConfig(reference=str(tmp_path / "ref"), layers="3", init="hybrid-stacking",
+                                out=str(tmp_path / "hybrid")))
+    assert json.loads((odd / "inheritune.json").read_text())["layers"] == [0, 1, 0]
+
+
+def test_output_over_the_reference_is_refused_and_nothing_is_lost(tmp_path):
+    reference = trained_like(FAMILIES["llama"])
+    reference.save_pretrained(tmp_path / "ref")
+    before = sorted(p.name for p in (tmp_path / "ref").iterdir())
+    for out in (tmp_path / "ref", tmp_path / "ref" / "inside", tmp_path):
+        with pytest.raises(UserError, match="would overwrite the input"):
+            inherit(InheritConfig(reference=str(tmp_path / "ref"), layers="2", out=str(out), overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        inherit(InheritConfig(reference=str(tmp_path / "ref"), layers="2", out=str(tmp_path / "file")))
+    with pytest.raises(UserError, match="empty item"):
+        parse_layers("0-1,,3", 6)
+
+
+def test_report_about_another_model_is_refused(tmp_path):
+    for name in ("ref", "other"):
+        trained_like(FAMILIES["llama"]).save_pretrained(tmp_path / name)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"config": {"model": str(tmp_path / "other")}, "recommendation": {"k": 2}}))
+    with pytest.raises(UserError, match="analyses"):
+        inherit(InheritConfig(reference=str(tmp_path / "ref"), from_report=str(report), out=str(tmp_path / "c")))

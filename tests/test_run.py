@@ -62,18 +62,54 @@ def test_resumed_run_skips_finished_rounds_and_gives_the_same_report(setup, tmp_
     assert strip(first["rows"]) == strip(again["rows"])
 
 
-def test_every_baseline_runs_on_the_same_windows(setup, tmp_path):
+def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_path, monkeypatch):
+    from inheritune.errors import Interrupted
+
     data, ref = setup
-    report = run(_config(data, ref, tmp_path / "run", max_rounds=1, start="4",
+    whole = run(_config(data, ref, tmp_path / "whole", max_rounds=1, steps=4, baselines=[]))
+    monkeypatch.setenv("INHERITUNE_TEST_SIGNAL_AT", "2:TERM")  # the first training stops after its step 2
+    with pytest.raises(Interrupted, match="same 'inheritune run' command"):
+        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=4, baselines=[]))
+    monkeypatch.delenv("INHERITUNE_TEST_SIGNAL_AT")
+    with pytest.raises(UserError, match="steps 4 -> 5"):
+        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=5, baselines=[]))
+    with pytest.raises(UserError, match="lr 0.001 -> 0.002"):
+        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=4, lr=2e-3, baselines=[]))
+    resumed = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=4, baselines=[]))
+    metrics = (tmp_path / "run" / "rounds" / "round-0-l2" / "train" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3, 4]
+    assert abs(resumed["rows"][1]["val_loss"] - whole["rows"][1]["val_loss"]) <= 1e-6
+    # Adding a baseline is applied (and said), not refused.
+    more = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=4, baselines=["random"]))
+    assert [r["model"] for r in more["rows"]][-1] == "baseline random"
+
+
+def test_every_baseline_runs_at_the_childs_depth_on_the_same_windows(setup, tmp_path):
+    data, ref = setup
+    report = run(_config(data, ref, tmp_path / "run", max_rounds=1, start="3",
                          baselines=["random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd"]))
     rows = {row["model"]: row for row in report["rows"]}
-    for name in ("random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd"):
-        assert f"baseline {name}" in rows, name
-    assert rows["baseline random-2x"]["steps"] == 2 * rows["baseline random"]["steps"]
-    assert rows["baseline half-width"]["layers"] == 6 and rows["baseline stacking"]["layers"] == 4
+    for name in ("random", "random-2x", "stacking", "hybrid-stacking", "kd"):
+        assert rows[f"baseline {name}"]["layers"] == 3, name  # an odd depth: exactly the child's
+    assert rows["baseline half-width"]["layers"] == 6  # half the width at the reference's depth, by design
+    child = rows["Inheritune round-0-l3"]
+    assert rows["baseline random-2x"]["steps"] == 2 * child["steps"]
+    stacking = rows["baseline stacking"]  # each stage its full budget, both counted
+    assert stacking["steps"] == 2 * child["steps"] and stacking["tokens"] == 2 * child["tokens"]
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    windows = {key: value["windows"] for key, value in state.items() if key.endswith("eval")}
-    assert len(windows) == 8 and len(set(windows.values())) == 1
+    assert state["baseline/stacking/small"]["data_offset"] == 0
+    assert state["baseline/stacking/train"]["data_offset"] == child["steps"]  # data continues, never replayed
+    stacked = json.loads((tmp_path / "run" / "baselines" / "stacking" / "child" / "inheritune.json").read_text())
+    assert stacked["layers"] == [0, 1, 0]
+    # KD pays for its teacher's forward passes; the random baseline of the same shape does not.
+    assert rows["baseline kd"]["training_flops"] > rows["baseline random"]["training_flops"]
+    starts = {key: value["window_starts"] for key, value in state.items() if key.endswith("eval")}
+    assert len(starts) == 8 and all(s == starts["reference_eval"] for s in starts.values())
+    for row in report["rows"][1:]:
+        low, high = row["delta_ci95"]
+        assert low <= row["delta_vs_reference"] <= high
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "paired 95% CI" in text and "Inheritune spent" in text
 
 
 def test_bad_run_input_fails_before_training(setup, tmp_path):

@@ -51,11 +51,15 @@ def test_loss_falls_and_outputs_are_written(dataset, tmp_path):
     vals = [h["val_loss"] for h in history if "val_loss" in h]
     assert len(vals) == 4 and vals[-1] < vals[0]
     run = tmp_path / "run"
-    for name in ("metrics.jsonl", "summary.json", "loss.png", "run.json", "final/config.json", "final/tokenizer.json"):
+    for name in ("metrics.jsonl", "summary.json", "loss.png", "run.json", "final/config.json", "final/tokenizer.json",
+                 "final/README.md", "final/inheritune.json"):
         assert (run / name).is_file(), name
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(lines[0])
     assert len(list(run.glob("ckpt-*.pt"))) == 2 and not (run / ".lock").exists()
+    card = (run / "final" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: transformers" in card and "validation loss" in card
+    assert json.loads((run / "final" / "inheritune.json").read_text())["trained"]["steps"] == 40
     assert summary["best_val_loss"] <= summary["final_val_loss"]
 
 
@@ -72,14 +76,27 @@ def test_resume_after_sigkill_is_exact(dataset, tmp_path, order):
     assert "resuming from" in resumed.stdout
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "broken")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    logged = [json.loads(line)["step"] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, config.max_steps + 1))  # steps 5-6 of the killed run are not logged twice
     final = [json.loads((tmp_path / r / "summary.json").read_text())["final_val_loss"] for r in ("whole", "broken")]
     assert abs(final[0] - final[1]) <= 1e-6
 
 
-def test_sigterm_checkpoints_and_exits_cleanly(dataset, tmp_path):
+def test_resume_with_other_settings_is_refused_naming_them(dataset, tmp_path):
+    broken = _config(dataset, tmp_path / "run")
+    assert _cli(broken, env={"INHERITUNE_TEST_SIGNAL_AT": "5:KILL"}).returncode == -9
+    for flag, value, named in (("--lr", "0.002", "lr 0.003 -> 0.002"), ("--max-steps", "20", "max_steps 10 -> 20"),
+                               ("--micro-batch-size", "2", "tokens_per_step 128 -> 64")):
+        again = _cli(broken, extra=["--resume", flag, value])
+        assert again.returncode == 2 and named in again.stderr, again.stderr
+    assert _cli(broken, extra=["--resume"]).returncode == 0
+
+
+def test_sigterm_checkpoints_and_exits_with_the_signal(dataset, tmp_path):
     run = _cli(_config(dataset, tmp_path / "run", checkpoint_interval=0), env={"INHERITUNE_TEST_SIGNAL_AT": "3:TERM"})
-    assert run.returncode == 0, run.stderr
-    assert "stopped at step 3" in run.stdout
+    assert run.returncode == 128 + 15, run.stderr  # so that `train && next` stops, as a shell would
+    assert "stopped at step 3" in run.stdout and "model in" not in run.stdout
+    assert "--resume" in run.stderr and not (tmp_path / "run" / "final").exists()
     assert [p.name for p in (tmp_path / "run").glob("ckpt-*.pt")] == ["ckpt-0000003.pt"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
 
@@ -107,6 +124,8 @@ def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path, s
     assert len(losses) == 10
     assert max(abs(a - b) for a, b in zip(losses, single_losses)) <= 1e-4
     assert abs(summary["final_val_loss"] - single["final_val_loss"]) <= 1e-4
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / strategy)
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
 
 
 def test_weight_decay_skips_norms_and_biases():
@@ -173,8 +192,25 @@ def test_bad_input_is_refused_and_nothing_is_lost(dataset, tmp_path, tiny_model_
     assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() == before
     newest = sorted((tmp_path / "run").glob("ckpt-*.pt"))[-1]
     newest.write_bytes(newest.read_bytes()[:1000])
+    # --overwrite with a bad setting or damaged data must fail before the finished run is touched.
+    import shutil
+
+    broken = tmp_path / "broken-ds"
+    shutil.copytree(dataset, broken)
+    (broken / "train.bin").write_bytes((broken / "train.bin").read_bytes()[:-10])
+    with pytest.raises(UserError, match="damaged"):
+        train(_config(broken, tmp_path / "run", max_steps=8, overwrite=True))
+    for bad in (dict(lr=float("nan")), dict(lr=-1.0), dict(beta1=1.5), dict(log_interval=0), dict(grad_clip=-1.0),
+                dict(warmup_steps=20), dict(dtype="float16")):
+        with pytest.raises(UserError):
+            train(_config(dataset, tmp_path / "run", max_steps=8, overwrite=True, **bad))
+    with pytest.raises(UserError, match="bad scratch option|whole number|at least 1"):
+        train(_config(dataset, tmp_path / "run", model="scratch:llama:layers=0,hidden=32,heads=4", overwrite=True))
+    with pytest.raises(UserError, match="whole number"):
+        train(_config(dataset, tmp_path / "run", model="scratch:llama:layers=two,hidden=32,heads=4", overwrite=True))
+    assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() == before
     with pytest.raises(UserError, match=r"corrupt.*older checkpoint .*ckpt-0000004.pt is available"):
-        train(_config(dataset, tmp_path / "run", max_steps=12, resume=True))
+        train(_config(dataset, tmp_path / "run", max_steps=8, resume=True))
     summary = train(_config(dataset, tmp_path / "run", max_steps=12,
                             resume_from=str(tmp_path / "run" / "ckpt-0000004.pt")))
     assert summary["steps"] == 12

@@ -50,8 +50,13 @@ class AnalyzeConfig:
                                            "laziest, last)")
     compare: str = option("", help="a second model analysed on the same sequences and drawn on the same axes")
     trust_remote_code: bool = option(False, help="allow model code from the model directory")
+    overwrite: bool = option(False, help="replace results in --out that are about another model")
 
     def __post_init__(self):
+        if self.lazy_run < 1:
+            raise UserError(f"lazy_run must be >= 1, got {self.lazy_run}")
+        if self.lens_sequences < 0 or any(i < 0 for i in self.map_layers):
+            raise UserError("lens_sequences and map_layers must be >= 0")
         if isinstance(self.tau, (int, float)):
             self.tau = [float(self.tau)]
         if not self.tau or any(not 0.0 < t <= 1.0 for t in self.tau):
@@ -86,7 +91,10 @@ def load_tokens(data: str, tokenizer) -> tuple[np.ndarray, str]:
         dataset = TokenData(path)
         check_tokenizer_matches(tokenizer, dataset, "the model")
         return dataset.split("val"), f"{path} (val split)"
-    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text (give a text file or a prepared dataset)") from None
     if not text.strip():
         raise UserError(f"{path} holds no text")
     return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64), str(path)
@@ -293,6 +301,14 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool = 
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device,
                                       attn_implementation="eager", trust_remote_code=config.trust_remote_code)
     adapter_for(model.config)
+    n_layers = model.config.num_hidden_layers
+    bad = [i for i in config.map_layers if i >= n_layers]
+    if bad:
+        raise UserError(f"--map-layers {bad[0]} is out of range: the model has layers 0-{n_layers - 1}")
+    if config.out:
+        from .evaluate import check_output_dir
+
+        check_output_dir(Path(config.out), "report.json", "model", config.model, config.overwrite)
     tokens, source = load_tokens(config.data, tokenizer)
     sequences = sample_sequences(tokens, config.n, config.t, config.seed)
     main = _analyze_one(config.model or type(model).__name__, model, tokenizer, sequences, config, progress)

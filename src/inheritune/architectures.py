@@ -71,6 +71,21 @@ class Adapter:
     def attention_module(self, block):
         return getattr(block, self.attention[0].rstrip("."))
 
+    # ------------------------------------------------------------------- position-dependent attention scale
+    def position_scaled(self, config) -> bool:
+        """Whether attention logits are divided by (layer index + 1): GPT-2's scale_attn_by_inverse_layer_idx
+        (the authors' option). A block moved to another index then computes something else."""
+        return self.family == "gpt2" and bool(getattr(config, "scale_attn_by_inverse_layer_idx", False))
+
+    def fold_position_scale(self, block, source_index: int) -> None:
+        """Fold a block's own 1/(source_index + 1) into its query projection, for a model whose config has the
+        position scaling switched off: the block then computes what it did at its source index, anywhere."""
+        qkv = block.attn.c_attn  # Conv1D: weight [in, 3 * hidden], query first
+        hidden = qkv.weight.shape[1] // 3
+        with torch.no_grad():
+            qkv.weight[:, :hidden] /= source_index + 1
+            qkv.bias[:hidden] /= source_index + 1
+
     def logits(self, model, hidden):
         """What the model's own head makes of a residual-stream state: head(final_norm(x)), with the family's
         extra steps (OPT's output projection, Gemma's logit soft-capping)."""

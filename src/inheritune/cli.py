@@ -7,7 +7,7 @@ import os
 import sys
 
 from .config import add_config_arguments, load_config
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 DESCRIPTION = """\
 inheritune makes small language models out of large ones (the Inheritune recipe): diagnose the lazy
@@ -168,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
 
             module, function, cls = args._call
             config = load_config(cls, args.config, _overrides(args))
-            getattr(importlib.import_module(module), function)(config)
+            result = getattr(importlib.import_module(module), function)(config)
+            if isinstance(result, dict) and result.get("status") == "interrupted":
+                raise Interrupted(result.get("signal") or 15, "interrupted; checkpoint written. Continue with the "
+                                                             "same command and --resume")
+    except Interrupted as exc:
+        print(f"inheritune {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signal
     except UserError as exc:
         print(f"inheritune {args.command}: error: {exc}", file=sys.stderr)
         return 2

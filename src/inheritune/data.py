@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import option, to_dict
-from .errors import UserError
+from .errors import UserError, replace_dir
 from .progress import progress_bar
 
 FORMAT = "inheritune-tokens/1"
@@ -39,6 +39,8 @@ class PrepareConfig:
     val_fraction: float = option(0.05, help="fraction of documents held out for validation")
     seed: int = option(1337, help="seed of the document-level train/val split")
     batch_size: int = option(512, help="documents per tokenizer batch (batches run on all cores)")
+    train_tokenizer: int = option(0, help="instead of --tokenizer, train a byte-level BPE of this vocabulary size on "
+                                         "the train split only; it is saved inside the dataset (tokenizer/)")
     overwrite: bool = option(False, help="replace an output directory that holds a different dataset")
 
     def __post_init__(self):
@@ -50,6 +52,8 @@ class PrepareConfig:
             raise UserError(f"doc_split must be 'file' or 'paragraph', got {self.doc_split!r}")
         if self.batch_size < 1:
             raise UserError("batch_size must be at least 1")
+        if self.train_tokenizer < 0 or 0 < self.train_tokenizer <= 258:
+            raise UserError(f"train_tokenizer is a vocabulary size above 258 (256 bytes + EOS), got {self.train_tokenizer}")
 
 
 # ------------------------------------------------------------------------------------------ reading input
@@ -87,8 +91,11 @@ def read_documents(files: list[Path], text_field: str = "text", doc_split: str =
                         raise UserError(f"{path}:{number} is not valid JSON") from None
                     if not isinstance(record, dict) or text_field not in record:
                         raise UserError(f"{path}:{number} has no field '{text_field}' (set --text-field)")
-                    if str(record[text_field]).strip():
-                        yield str(record[text_field])
+                    text = record[text_field]
+                    if not isinstance(text, str):
+                        raise UserError(f"{path}:{number}: field '{text_field}' is {type(text).__name__}, not text")
+                    if text.strip():
+                        yield text
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -96,9 +103,11 @@ def read_documents(files: list[Path], text_field: str = "text", doc_split: str =
                 table = pq.read_table(path, columns=[text_field])
             except (KeyError, ValueError) as exc:
                 raise UserError(f"{path}: cannot read column '{text_field}' ({exc})".splitlines()[0]) from None
-            for text in table.column(text_field).to_pylist():
-                if text and str(text).strip():
-                    yield str(text)
+            for number, text in enumerate(table.column(text_field).to_pylist()):
+                if text is not None and not isinstance(text, str):
+                    raise UserError(f"{path} row {number}: column '{text_field}' is {type(text).__name__}, not text")
+                if text and text.strip():
+                    yield text
         else:
             try:
                 text = path.read_text(encoding="utf-8")
@@ -132,7 +141,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def prepare(config: PrepareConfig, progress: bool = True) -> Path:
     """Tokenise the inputs into ``config.out``; return it. Does nothing if the same dataset is already there."""
-    from .tokenizer import load_tokenizer, tokenizer_identity
+    from .tokenizer import load_tokenizer, tokenizer_identity, train_bpe
 
     if not config.out:
         raise UserError("no output directory given (--out)")
@@ -141,12 +150,18 @@ def prepare(config: PrepareConfig, progress: bool = True) -> Path:
     for path in files:
         if path.stat().st_size == 0:
             raise UserError(f"input file is empty: {path}")
-    tokenizer = load_tokenizer(config.tokenizer)
-    identity = tokenizer_identity(tokenizer)
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"tokenizer {config.tokenizer} has no EOS token to separate documents")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if any(out.resolve() == p.resolve() or out.resolve() in p.resolve().parents for p in files):
+        raise UserError(f"the output {out} would overwrite the input; choose another --out")
+    tokenizer = None
+    if not config.train_tokenizer:
+        tokenizer = load_tokenizer(config.tokenizer)
+        if tokenizer.eos_token_id is None:
+            raise UserError(f"tokenizer {config.tokenizer} has no EOS token to separate documents")
     inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files]
-    recipe = {"inputs": [i["sha256"] for i in inputs], "tokenizer": identity["sha256"],
+    recipe = {"inputs": [i["sha256"] for i in inputs],
+              "tokenizer": f"bpe-{config.train_tokenizer}" if tokenizer is None else tokenizer_identity(tokenizer)["sha256"],
               "text_field": config.text_field, "doc_split": config.doc_split,
               "val_fraction": config.val_fraction, "seed": config.seed}
     fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
@@ -169,13 +184,21 @@ def prepare(config: PrepareConfig, progress: bool = True) -> Path:
     is_val = np.zeros(n_docs, dtype=bool)
     is_val[np.random.default_rng(config.seed).permutation(n_docs)[:n_val]] = True
 
-    dtype = token_dtype(len(tokenizer))
-    eos = np.array([tokenizer.eos_token_id], dtype=dtype)
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     started = time.perf_counter()
     try:
+        if tokenizer is None:  # trained on the train documents only: validation text never shapes the vocabulary
+            train_docs = (doc for doc, val in zip(read_documents(files, config.text_field, config.doc_split), is_val)
+                          if not val)
+            tokenizer = train_bpe(train_docs, config.train_tokenizer, staging / "tokenizer")
+        identity = tokenizer_identity(tokenizer)
+        if config.train_tokenizer:
+            identity["name_or_path"] = f"tokenizer/ (byte-level BPE, {config.train_tokenizer} tokens, trained on the " \
+                                       "train split)"
+        dtype = token_dtype(len(tokenizer))
+        eos = np.array([tokenizer.eos_token_id], dtype=dtype)
         counts = _write_splits(staging, read_documents(files, config.text_field, config.doc_split), is_val,
                                tokenizer.backend_tokenizer, eos, dtype, config.batch_size, progress)
     except BaseException:
@@ -197,11 +220,10 @@ def prepare(config: PrepareConfig, progress: bool = True) -> Path:
         "inputs": inputs,
         "tokenize_seconds": round(seconds, 3),
     }
+    if config.train_tokenizer:
+        meta["tokenizer_dir"] = "tokenizer"
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
+    replace_dir(staging, out)
     total = counts["train"] + counts["val"]
     print(f"prepared {out}: {counts['train']:,} train + {counts['val']:,} val tokens from {n_docs} documents "
           f"({total / max(seconds, 1e-9):,.0f} tokens/s)", flush=True)
@@ -232,19 +254,45 @@ def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backen
 
 # ----------------------------------------------------------------------------------------------- reading
 class TokenData:
-    """A prepared dataset opened as memmaps; ``split("train")`` is a flat array of token ids."""
+    """A prepared dataset opened as memmaps; ``split("train")`` is a flat array of token ids. Opening it checks
+    meta.json against the token files, so a damaged dataset fails here with a message, not mid-training."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise UserError(f"{self.path} is not a prepared dataset (no meta.json); run 'inheritune data prepare'")
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format") != FORMAT:
-            raise UserError(f"{self.path} has dataset format {self.meta.get('format')!r}, expected {FORMAT!r}")
-        self.dtype = np.dtype(self.meta["dtype"])
-        self.vocab_size = int(self.meta["vocab_size"])
-        self.tokenizer = self.meta["tokenizer"]
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            if self.meta.get("format") != FORMAT:
+                raise UserError(f"{self.path} has dataset format {self.meta.get('format')!r}, expected {FORMAT!r}")
+            self.dtype = np.dtype(self.meta["dtype"])
+            self.vocab_size = int(self.meta["vocab_size"])
+            self.tokenizer = dict(self.meta["tokenizer"])
+            sizes = {name: int(self.meta[f"{name}_tokens"]) for name in ("train", "val")}
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{meta_path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''});"
+                            " prepare the dataset again") from None
+        if self.dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+            raise UserError(f"{meta_path} names token dtype {self.dtype}; prepared datasets are uint16 or uint32")
+        if self.vocab_size < 1 or self.vocab_size > np.iinfo(self.dtype).max + 1 or \
+                self.tokenizer.get("vocab_size", self.vocab_size) != self.vocab_size:
+            raise UserError(f"{meta_path} gives vocab_size {self.vocab_size}, which does not fit its tokenizer "
+                            f"({self.tokenizer.get('vocab_size')}) or dtype {self.dtype}")
+        for name, count in sizes.items():
+            file = self.path / f"{name}.bin"
+            expected = count * self.dtype.itemsize
+            if not file.is_file():
+                raise UserError(f"{file} is missing; prepare the dataset again")
+            if file.stat().st_size != expected:
+                raise UserError(f"{file} has {file.stat().st_size:,} bytes, meta.json says {count:,} tokens "
+                                f"({expected:,} bytes): the dataset is damaged; prepare it again")
+
+    def tokenizer_path(self) -> str:
+        """Where the dataset's tokenizer loads from: the copy inside the dataset when it has one (a tokenizer
+        trained on it), else the name or path that prepared it."""
+        bundled = self.meta.get("tokenizer_dir")
+        return str(self.path / bundled) if bundled else str(self.tokenizer.get("name_or_path"))
 
     def split(self, name: str) -> np.ndarray:
         if name not in ("train", "val"):

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass
 class Dist:
@@ -33,6 +35,10 @@ def setup(device: str) -> Dist:
     """Join the torchrun process group if there is one; pick the device (cuda:LOCAL_RANK or cpu)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu or auto)")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     target = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:

@@ -1,5 +1,51 @@
-"""One error type for mistakes a user can fix; the CLI prints it as one line instead of a traceback."""
+"""One error type for mistakes a user can fix (the CLI prints it as one line instead of a traceback), and the
+small guards that keep a user's files safe: never write over an input, swap a finished output in whole."""
+
+import os
+import shutil
+from pathlib import Path
 
 
 class UserError(Exception):
     """Bad input, a missing file, a refused overwrite: something the user can act on from the message alone."""
+
+
+class Interrupted(Exception):
+    """A signal stopped the work cleanly (state saved); the command exits 128 + signal, like a shell."""
+
+    def __init__(self, signal: int, message: str):
+        super().__init__(message)
+        self.signal = signal
+
+
+def refuse_output_over_input(out: str | Path, *inputs: str | Path | None) -> None:
+    """An output directory that is, contains or lies inside an input would destroy that input when replaced."""
+    target = Path(out).expanduser().resolve()
+    for item in inputs:
+        if not item:
+            continue
+        source = Path(str(item)).expanduser()
+        if not source.exists():
+            continue
+        source = source.resolve()
+        if target == source or target in source.parents or source in target.parents:
+            raise UserError(f"the output {out} would overwrite the input {item}; choose another --out")
+
+
+def replace_dir(staging: Path, out: Path) -> None:
+    """Swap a fully written ``staging`` directory in as ``out``: the old one is moved aside first and deleted
+    only once the new one is in place, so a failure never leaves neither."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists() or out.is_symlink():
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if old.exists():
+            os.replace(old, out)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()

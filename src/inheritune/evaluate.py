@@ -43,6 +43,7 @@ class EvalConfig:
     limit: int = option(0, help="at most this many items per task; 0 = all")
     inference: bool = option(True, help="also measure parameters, memory, prefill and decode tokens/s")
     inference_batch: int = option(1, help="batch size of the inference measurement")
+    overwrite: bool = option(False, help="replace results in --out that are about other models")
 
     def __post_init__(self):
         if isinstance(self.models, str):
@@ -53,6 +54,24 @@ class EvalConfig:
             raise UserError(f"stride must be between 0 and seq_len ({self.seq_len}), got {self.stride}")
         if self.batch_size < 1 or self.max_windows < 0:
             raise UserError("batch_size must be >= 1 and max_windows >= 0")
+        if self.bootstrap < 100:
+            raise UserError(f"bootstrap must be >= 100 resamples for a 95% interval, got {self.bootstrap}")
+        if self.max_windows == 1:
+            raise UserError("max_windows must be 0 (all) or >= 2: intervals are over windows")
+
+
+def check_output_dir(out: Path, report: str, key: str, value, overwrite: bool) -> None:
+    """Refuse an --out that is a file, or that holds results about something else (unless --overwrite)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    previous = out / report
+    if previous.is_file() and not overwrite:
+        try:
+            old = json.loads(previous.read_text()).get("config", {}).get(key)
+        except (json.JSONDecodeError, AttributeError):
+            old = None
+        if old != value:
+            raise UserError(f"{out} holds results for {old!r}; pass --overwrite to replace them, or use another --out")
 
 
 def check_tokenizer_matches(tokenizer, data: TokenData, model_name: str) -> None:
@@ -108,6 +127,21 @@ def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, s
     return sums, counts
 
 
+def paired_delta(a: dict, b: dict, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Loss of ``a`` minus loss of ``b``, both scored on the same windows, with a paired bootstrap 95% interval:
+    each resample draws windows once and scores both models on them, so the interval reflects the noise of
+    the difference, not of each loss on its own (the windows' shared difficulty cancels)."""
+    sums_a, counts_a = np.asarray(a["window_sums"]), np.asarray(a["window_counts"])
+    sums_b, counts_b = np.asarray(b["window_sums"]), np.asarray(b["window_counts"])
+    if len(sums_a) != len(sums_b) or not np.array_equal(counts_a, counts_b):
+        raise UserError("a paired comparison needs both models scored on the same windows")
+    delta = float(sums_a.sum() / counts_a.sum() - sums_b.sum() / counts_b.sum())
+    picks = np.random.default_rng(seed).integers(0, len(sums_a), size=(bootstrap, len(sums_a)))
+    boot = sums_a[picks].sum(1) / counts_a[picks].sum(1) - sums_b[picks].sum(1) / counts_b[picks].sum(1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"delta": delta, "ci95": [float(low), float(high)], "significant": bool(low > 0 or high < 0)}
+
+
 def summarize(sums: np.ndarray, counts: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> dict:
     """Token-weighted mean loss, perplexity and a bootstrap 95% interval over windows."""
     loss = float(sums.sum() / counts.sum())
@@ -121,12 +155,16 @@ def summarize(sums: np.ndarray, counts: np.ndarray, bootstrap: int = 1000, seed:
 
 def validation_loss(model, data: TokenData, seq_len: int = 512, stride: int = 0, max_windows: int | None = 64,
                     batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                    bootstrap: int = 1000, seed: int = 0, progress: bool = False) -> dict:
-    """Loss of ``model`` on the fixed validation windows of ``data`` (same windows for every model)."""
+                    bootstrap: int = 1000, seed: int = 0, progress: bool = False, keep_windows: bool = True) -> dict:
+    """Loss of ``model`` on the fixed validation windows of ``data`` (same windows for every model). With
+    ``keep_windows`` the result keeps each window's start, loss sum and token count, for paired comparisons."""
     tokens = data.split("val")
     starts = fixed_windows(tokens, seq_len, max_windows or None, stride or None)
     sums, counts = window_losses(model, tokens, starts, seq_len, stride, batch_size, device, dtype, progress)
-    return summarize(sums, counts, bootstrap, seed)
+    result = summarize(sums, counts, bootstrap, seed)
+    if keep_windows:
+        result.update(window_starts=starts.tolist(), window_sums=sums.tolist(), window_counts=counts.tolist())
+    return result
 
 
 def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
@@ -140,6 +178,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
         raise UserError("no dataset given (--data)")
     data = TokenData(config.data)
     dtype = parse_dtype(config.dtype)
+    if config.out:
+        check_output_dir(Path(config.out), "results.json", "models", [str(m) for m in config.models], config.overwrite)
     results = []
     for name in config.models:
         started = time.perf_counter()
@@ -161,6 +201,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
             result["inference"] = inference_cost(model, config.seq_len, config.inference_batch, device=config.device,
                                                  path=path)
         result["seconds"] = round(time.perf_counter() - started, 2)
+        if results:
+            result["paired_vs_first"] = paired_delta(result, results[0], config.bootstrap, config.seed)
         results.append(result)
         del model
     text = side_by_side(results)
@@ -182,6 +224,8 @@ def _columns(result: dict, reference: dict) -> dict:
     row = {"model": result["model"], "parameters": result["parameters"], "val_loss": result["loss"],
            "ci_low": result["loss_ci95"][0], "ci_high": result["loss_ci95"][1], "perplexity": result["perplexity"],
            "delta_loss": result["loss"] - reference["loss"], "tokens": result["tokens"]}
+    if result is not reference and "paired_vs_first" in result:
+        row["delta_ci_low"], row["delta_ci_high"] = result["paired_vs_first"]["ci95"]
     for task, scores in result.get("zero_shot", {}).items():
         row[f"{task}_acc"] = scores["acc"]
         if task != "average":
@@ -197,14 +241,15 @@ def side_by_side(results: list[dict]) -> str:
     """A markdown table of all models, deltas against the first (the reference)."""
     rows = [_columns(r, results[0]) for r in results]
     tasks = [k for k in rows[0] if k.endswith("_acc")]
-    head = ["model", "params", "val loss [95% CI]", "ppl", "Δ loss"] + [t[:-4] for t in tasks]
+    head = ["model", "params", "val loss [95% CI]", "ppl", "Δ loss [paired 95% CI]"] + [t[:-4] for t in tasks]
     if "prefill_tokens_per_s" in rows[0]:
         head += ["prefill tok/s", "decode tok/s", "weights MB", "peak extra MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for row in rows:
         cells = [row["model"], f"{row['parameters'] / 1e6:.1f}M",
                  f"{row['val_loss']:.4f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]", f"{row['perplexity']:.2f}",
-                 f"{row['delta_loss']:+.4f}"]
+                 f"{row['delta_loss']:+.4f}" + (f" [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]"
+                                                 if "delta_ci_low" in row else "")]
         for task in tasks:
             stderr = row.get(task + "_stderr")
             cells.append(f"{100 * row[task]:.1f}" + (f" ± {100 * stderr:.1f}" if stderr is not None else ""))
@@ -257,12 +302,16 @@ def inference_cost(model, seq_len: int = 256, batch_size: int = 1, new_tokens: i
             Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
         except OSError:
             base = None
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # CUDA runs async: wait before reading the clock
+    sync()
     started = time.perf_counter()
     model(ids)
+    sync()
     prefill = time.perf_counter() - started
     started = time.perf_counter()
     model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                    pad_token_id=model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0)
+    sync()
     generate = time.perf_counter() - started
     if cuda:
         extra = (torch.cuda.max_memory_allocated(device) - base) / 2**20

@@ -19,7 +19,8 @@ import torch
 from . import __version__
 from .architectures import Adapter, adapter_for
 from .config import option, to_dict
-from .errors import UserError
+from .cards import child_card, write_card
+from .errors import UserError, refuse_output_over_input, replace_dir
 from .weights import ModelSource, SafetensorsSource, open_reference, shrink_to
 
 # Which parts of each block, and which parts outside the blocks, each copy mode inherits.
@@ -45,6 +46,8 @@ class InheritConfig:
     init: str = option("inherit", help="inherit | random | stacking | hybrid-stacking | half-width | distil")
     copy: str = option("full", help="what inherited blocks bring: full | authors (fresh positional embeddings and "
                                     "final norm) | attention | mlp | attention-mlp (no norms)")
+    depth: int = option(0, help="stacking: depth of the stacked child (default twice the base; an odd depth takes "
+                                "the first DEPTH blocks of the stack)")
     seed: int = option(0, help="seed of the fresh initialisation of everything not copied")
     dtype: str = option("float32", help="dtype of the saved child")
     overwrite: bool = option(False, help="replace a non-empty output directory")
@@ -57,6 +60,8 @@ class InheritConfig:
             raise UserError(f"unknown copy mode '{self.copy}'; choose one of {', '.join(COPY_MODES)}")
         if self.layers and self.from_report:
             raise UserError("give either --layers or --from-report, not both")
+        if self.depth < 0 or (self.depth and self.init != "stacking"):
+            raise UserError("--depth is a positive number, and only for --init stacking")
 
 
 def parse_layers(spec: str | int | list[int], n_layers: int, allow_repeats: bool = False) -> list[int]:
@@ -76,7 +81,10 @@ def parse_layers(spec: str | int | list[int], n_layers: int, allow_repeats: bool
                     raise UserError(f"cannot inherit {count} layers from a reference with {n_layers}")
                 return list(range(count))
             layers = []
-            for piece in filter(None, text.split(",")):
+            pieces = text.split(",")
+            if "" in pieces:
+                raise UserError(f"layer spec '{spec}' has an empty item between commas")
+            for piece in pieces:
                 low, dash, high = piece.partition("-")
                 start, end = int(low), int(high) if dash else int(low)
                 if end < start:
@@ -109,19 +117,41 @@ def layers_from_report(path: str | Path) -> list[int]:
     return list(range(int(recommendation["k"])))
 
 
+def _check_report_is_about(report: str, reference: str) -> None:
+    """A recommendation is about one model: refuse one made for another."""
+    from .models import resolve_model_path
+
+    try:
+        analysed = json.loads(Path(report).read_text()).get("config", {}).get("model")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return  # layers_from_report gives the precise error
+    if not analysed or analysed == reference:
+        return
+
+    def where(name):
+        path, gguf = resolve_model_path(name)
+        return Path(path, gguf or "").resolve() if Path(path).exists() else name
+
+    if where(analysed) != where(reference):
+        raise UserError(f"{report} analyses {analysed}, not the reference {reference}; analyse the reference first")
+
+
 def choose_layers(config: InheritConfig, n_layers: int) -> list[int]:
     """The reference block behind each child block, for every init."""
     spec = layers_from_report(config.from_report) if config.from_report else (config.layers or str(n_layers // 2))
     if config.init == "half-width":
         return list(range(n_layers))  # full depth; width is what shrinks
-    if config.init == "stacking":  # the model's own blocks on top of themselves: 2x depth
-        base = parse_layers(config.layers, n_layers) if (config.layers or config.from_report) else list(range(n_layers))
-        return base + base
+    if config.init == "stacking":  # the model's own blocks on top of themselves: 2x depth (or the first `depth`)
+        base = parse_layers(spec, n_layers) if (config.layers or config.from_report) else list(range(n_layers))
+        depth = config.depth or 2 * len(base)
+        if not len(base) < depth <= 2 * len(base):
+            raise UserError(f"stacking {len(base)} blocks gives a depth between {len(base) + 1} and {2 * len(base)}, "
+                            f"not {depth}")
+        return (base + base)[:depth]
     count = len(parse_layers(spec, n_layers, allow_repeats=True))
-    if config.init == "hybrid-stacking":  # reference layers 0..l/2-1, twice
-        if count % 2:
-            raise UserError(f"hybrid stacking needs an even number of layers, got {count}")
-        return list(range(count // 2)) * 2
+    if config.init == "hybrid-stacking":  # reference layers 0..ceil(l/2)-1, twice; the first l of them
+        half = (count + 1) // 2
+        return (list(range(half)) * 2)[:count]
     if config.init == "distil":  # DistilBERT-style: every other reference layer
         if 2 * (count - 1) >= n_layers:
             raise UserError(f"every other layer of a {n_layers}-layer reference gives at most "
@@ -195,6 +225,11 @@ def build_child(reference, layers: list[int] | None = None, init: str = "inherit
     if layers is None:
         layers = list(range(n_ref if init == "half-width" else n_ref // 2))
     config = child_config(ref.config, adapter, layers, half_width=init == "half-width")
+    # A block copied to another index keeps its own logit scale only if the scale moves into its weights.
+    fold = (adapter.position_scaled(ref.config) and init not in ("random", "half-width")
+            and "attention" in COPY_MODES[copy_mode][0] and layers != list(range(len(layers))))
+    if fold:
+        config.scale_attn_by_inverse_layer_idx = False
     torch.manual_seed(seed)
     child = AutoModelForCausalLM.from_config(config, dtype=dtype)
     tied = bool(getattr(config, "tie_word_embeddings", False))
@@ -222,6 +257,9 @@ def build_child(reference, layers: list[int] | None = None, init: str = "inherit
         raise UserError(f"the reference has no tensor for {missing[0]} (and {len(missing) - 1} more)")
     if tied:
         child.tie_weights()
+    if fold:
+        for block, source in zip(adapter.block_list(child), layers):
+            adapter.fold_position_scale(block, source)
     child.eval()
     record = {
         "family": adapter.family,
@@ -233,6 +271,7 @@ def build_child(reference, layers: list[int] | None = None, init: str = "inherit
         "copied": sorted(copied),
         "fresh": sorted(k for k, src in plan.items() if src is None and not (tied and adapter.outer_part(k) == "head")),
         "tied_embeddings": tied,
+        "folded_position_scaling": fold,
     }
     return child, record
 
@@ -246,8 +285,16 @@ def inherit(config: InheritConfig) -> Path:
     if not config.out:
         raise UserError("no output directory given (--out)")
     out = Path(config.out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    from .models import resolve_model_path
+
+    path, gguf = resolve_model_path(config.reference)
+    refuse_output_over_input(out, Path(path) / gguf if gguf else path, config.from_report)
+    if config.from_report:
+        _check_report_is_about(config.from_report, config.reference)
     ref = open_reference(config.reference, trust_remote_code=config.trust_remote_code)
     adapter_for(ref.config)  # unsupported families fail before any work
     layers = choose_layers(config, ref.config.num_hidden_layers)
@@ -258,6 +305,7 @@ def inherit(config: InheritConfig) -> Path:
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         child.save_pretrained(staging, safe_serialization=True)
         if ref.tokenizer is not None:
             ref.tokenizer.save_pretrained(staging)
@@ -266,13 +314,11 @@ def inherit(config: InheritConfig) -> Path:
                       parameters=sum(p.numel() for p in child.parameters()),
                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         (staging / "inheritune.json").write_text(json.dumps(record, indent=2))
+        write_card(staging, child_card(record))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
+    replace_dir(staging, out)
     print(f"child with {len(layers)} blocks ({record['parameters']:,} parameters, init {config.init}, "
           f"copy {config.copy}) written to {out}", flush=True)
     return out

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .cards import converted_card, write_card
+from .errors import UserError, refuse_output_over_input, replace_dir
 
 # Built-in names resolve to fetched assets: what the demo and tests use on machines with no model hub.
 BUILTIN_MODELS = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "smollm2-gguf": "smollm2-gguf"}
@@ -126,10 +128,20 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
     gguf_path, out = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise UserError(f"GGUF file not found: {gguf_path}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty; pass --overwrite to replace it")
+    refuse_output_over_input(out, gguf_path)
     model, tokenizer = load_model(gguf_path, dtype="float32")
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        write_card(staging, converted_card(str(gguf_path), model.config.model_type, model.config.num_hidden_layers))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_dir(staging, out)
     return out

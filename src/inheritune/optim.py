@@ -79,11 +79,19 @@ def measure_matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 4) ->
     return _MEASURED[dtype]
 
 
-def default_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Peak FLOP/s for MFU: the measured matmul peak on CPU, datasheet dense peaks on GPUs."""
+# Dense datasheet peaks per device: (bf16/fp16 tensor cores, plain fp32). TF32 tensor cores run at half the
+# bf16 rate on these parts.
+GPU_PEAKS = {"h200": (989e12, 67e12), "h100": (989e12, 67e12), "a100": (312e12, 19.5e12), "l40": (181e12, 90.5e12),
+             "a10": (125e12, 31.2e12), "4090": (165e12, 82.6e12)}
+
+
+def default_peak_flops(device: torch.device, dtype: torch.dtype, tf32: bool = True) -> float:
+    """Peak FLOP/s of ONE device for MFU: the measured matmul peak on CPU, datasheet dense peaks on GPUs (bf16
+    tensor cores for bf16; TF32 when float32 matmuls are allowed to use it, else plain fp32). 0 = unknown."""
     if device.type == "cpu":
         return measure_matmul_flops(torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
     name = torch.cuda.get_device_name(device).lower()
-    table = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l40": 181e12, "a10": 125e12, "4090": 165e12}
-    bf16 = next((v for k, v in table.items() if k in name), 0.0)  # 0: unknown device, MFU not reported
-    return bf16 if dtype in (torch.bfloat16, torch.float16) else bf16 / 2  # fp32 matmuls run as TF32
+    bf16, fp32 = next((v for k, v in GPU_PEAKS.items() if k in name), (0.0, 0.0))
+    if dtype in (torch.bfloat16, torch.float16):
+        return bf16
+    return bf16 / 2 if tf32 else fp32

@@ -7,16 +7,22 @@ import math
 from pathlib import Path
 
 from .config import to_dict
+from .evaluate import paired_delta
 
 
-def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref_loss: float) -> dict:
+def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref: dict, bootstrap: int,
+         cumulative: float | None) -> dict:
     inference = measured.get("inference", {})
+    ref_loss = ref["loss"]
+    paired = paired_delta(measured, ref, bootstrap) if measured is not ref and "window_sums" in measured else None
     return {
         "model": name, "layers": layers, "init": init,
         "steps": trained["steps"] if trained else None, "tokens": trained["tokens"] if trained else None,
         "parameters": inference.get("parameters"), "val_loss": measured["loss"], "val_loss_ci95": measured["loss_ci95"],
         "perplexity": measured["perplexity"], "delta_vs_reference": measured["loss"] - ref_loss,
+        "delta_ci95": paired["ci95"] if paired else None,
         "training_flops": trained["training_flops"] if trained else None,
+        "cumulative_flops": cumulative,
         "wall_seconds": trained.get("wall_seconds") if trained else None,
         "prefill_tokens_per_s": inference.get("prefill_tokens_per_s"),
         "decode_tokens_per_s": inference.get("decode_tokens_per_s"),
@@ -33,20 +39,29 @@ def _fmt(value, spec: str, empty: str = "-") -> str:
     return format(value, spec)
 
 
+def _spent(b: dict) -> str:
+    stages = b.get("stages") or []
+    if len(stages) > 1:
+        return " + ".join(f"{s['steps']} steps" + (f" (data from step {s['data_offset']})" if s.get("data_offset") else "")
+                          for s in stages) + f" = {b['tokens']:,} tokens"
+    return f"{b['steps']} steps, {b['tokens']:,} tokens"
+
+
 def table(rows: list[dict]) -> str:
     tasks = any(r["zero_shot_avg"] is not None for r in rows)
-    head = ("| model | layers | init | steps | tokens | params | val loss [95% CI] | ppl | Δ vs ref | "
-            + ("zero-shot avg | " if tasks else "") + "train FLOPs | train time | prefill tok/s | decode tok/s | "
-            "weights MB |")
+    head = ("| model | layers | init | steps | tokens | params | val loss [95% CI] | ppl | Δ vs ref [paired 95% CI] | "
+            + ("zero-shot avg | " if tasks else "") + "train FLOPs | total FLOPs spent | train time | prefill tok/s | "
+            "decode tok/s | weights MB |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         low, high = r["val_loss_ci95"]
         lines.append(
             f"| {r['model']} | {r['layers']} | {r['init']} | {_fmt(r['steps'], 'd')} | {_fmt(r['tokens'], ',')} | "
             f"{_fmt(r['parameters'] and r['parameters'] / 1e6, '.1f')}M | {r['val_loss']:.4f} [{low:.3f}, {high:.3f}] | "
-            f"{r['perplexity']:.1f} | {r['delta_vs_reference']:+.4f} | "
+            f"{r['perplexity']:.1f} | {r['delta_vs_reference']:+.4f}"
+            + (f" [{r['delta_ci95'][0]:+.3f}, {r['delta_ci95'][1]:+.3f}]" if r["delta_ci95"] else "") + " | "
             + (f"{_fmt(r['zero_shot_avg'] and 100 * r['zero_shot_avg'], '.1f')} | " if tasks else "")
-            + f"{_fmt(r['training_flops'], '.2e')} | "
+            + f"{_fmt(r['training_flops'], '.2e')} | {_fmt(r['cumulative_flops'], '.2e')} | "
             f"{_fmt(r['wall_seconds'], '.0f')} s | {_fmt(r['prefill_tokens_per_s'], '.0f')} | "
             f"{_fmt(r['decode_tokens_per_s'], '.1f')} | {_fmt(r['weights_mb'], '.0f')} |")
     return "\n".join(lines)
@@ -58,13 +73,18 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
     from .plots import draw_loss
 
     ref_loss = ref["loss"]
-    rows = [_row(f"reference ({Path(str(reference)).name})", n_layers,
-                 "scratch" if ref_training else "pretrained", ref_training, ref, ref_loss)]
-    for r in rounds:
-        rows.append(_row(f"Inheritune {r['name']}", r["layers"], "inherit", r, r["eval"], ref_loss))
+    bootstrap = config.bootstrap
+    ref_flops = ref_training["training_flops"] if ref_training else 0.0
+    rows = [_row(f"reference ({Path(str(reference)).name})", n_layers, "scratch" if ref_training else "pretrained",
+                 ref_training, ref, ref, bootstrap, ref_flops if ref_training else None)]
+    spent = ref_flops
+    for r in rounds:  # Inheritune's cost: the reference's training (when this run trained it) and every round so far
+        spent += r["training_flops"]
+        rows.append(_row(f"Inheritune {r['name']}", r["layers"], "inherit", r, r["eval"], ref, bootstrap, spent))
     for name, b in baselines.items():
         if "skipped" not in b:
-            rows.append(_row(f"baseline {name}", b["layers"], name, b, b["eval"], ref_loss))
+            own = b["training_flops"] + (ref_flops if b.get("uses_reference") else 0.0)
+            rows.append(_row(f"baseline {name}", b["layers"], name, b, b["eval"], ref, bootstrap, own))
     best = min(rounds, key=lambda r: r["eval"]["loss"])
     lines = [f"# Inheritune run: {out}", ""]
     if analysis:
@@ -72,10 +92,15 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
                   f"L/2 = {analysis['paper_default']}.", ""]
     else:
         lines += [f"Start: l = {start} ({config.start}).", ""]
+    final = rounds[-1]
     if matched:
-        lines += [f"**Matched**: the {rounds[-1]['layers']}-layer child reaches val loss {rounds[-1]['eval']['loss']:.4f} "
+        pair = paired_delta(final["eval"], ref, bootstrap)
+        lines += [f"**Matched**: the {final['layers']}-layer child reaches val loss {final['eval']['loss']:.4f} "
                   f"<= reference {ref_loss:.4f}{f' + {config.tolerance}' if config.tolerance else ''} after "
-                  f"{len(rounds)} round(s).", ""]
+                  f"{len(rounds)} round(s) (child - reference = {pair['delta']:+.4f}, paired 95% CI "
+                  f"[{pair['ci95'][0]:+.4f}, {pair['ci95'][1]:+.4f}]"
+                  + ("; the child is significantly better)." if pair["ci95"][1] < 0 else
+                     "; within noise of the reference)."), ""]
     else:
         gap = best["eval"]["loss"] - ref_loss
         lines += [f"**Not matched** within this budget ({len(rounds)} round(s) of {rounds[0]['steps']} steps, "
@@ -90,27 +115,37 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
         if "skipped" in b:
             lines += [f"- baseline {name}: skipped ({b['skipped']})"]
             continue
-        diff = b["eval"]["loss"] - best["eval"]["loss"]
-        ci_b, ci_c = b["eval"]["loss_ci95"], best["eval"]["loss_ci95"]
-        separate = ci_b[0] > ci_c[1] or ci_c[0] > ci_b[1]
-        lines += [f"- baseline {name} ({b['layers']} layers, same windows): {b['eval']['loss']:.4f}; the best "
-                  f"Inheritune child is {'better' if diff > 0 else 'worse'} by {abs(diff):.4f} nats "
-                  f"({'95% intervals do not overlap' if separate else '95% intervals overlap'})."]
+        pair = paired_delta(b["eval"], final["eval"], bootstrap)
+        verdict = ("significant: the paired 95% interval excludes 0" if pair["significant"]
+                   else "not significant: the paired 95% interval includes 0")
+        lines += [f"- baseline {name} ({b['layers']} layers, {_spent(b)}): val loss {b['eval']['loss']:.4f}; the final "
+                  f"{final['layers']}-layer Inheritune child is {'better' if pair['delta'] > 0 else 'worse'} by {abs(pair['delta']):.4f} nats "
+                  f"[paired 95% CI of baseline - child: {pair['ci95'][0]:+.4f}, {pair['ci95'][1]:+.4f}] ({verdict})."]
+    spent_line = (f"- Inheritune spent {rows[len(rounds)]['cumulative_flops']:.3g} training FLOPs in all: "
+                  + (f"the reference's training ({ref_flops:.3g}) + " if ref_training else "")
+                  + " + ".join(f"{r['name']} ({r['training_flops']:.3g})" for r in rounds) + ".")
+    lines += [spent_line]
     lines += ["", table(rows), "",
               f"Validation: {ref['windows']} fixed windows of {config.seq_len} tokens ({ref['tokens']:,} tokens) of "
-              f"the val split of `{config.data}`, identical for every model; intervals are bootstrap 95% over windows. "
-              "Training FLOPs = (6 N + 12 L d T) per token; the pretrained reference's own training is not counted. "
+              f"the val split of `{config.data}`, identical for every model; loss intervals are bootstrap 95% over windows "
+              f"({bootstrap} resamples), deltas are paired bootstrap intervals over the same windows. "
+              "Training FLOPs = (6 N + 12 L d T) per token, plus the teacher's forward pass (2 N + 4 L d T) for KD. "
+              "'Total FLOPs spent' adds what a method needed before its own training: the reference's training for "
+              "Inheritune and for the baselines built from the reference (KD, hybrid stacking, half-width) when this "
+              "run trained the reference"
+              + ("" if ref_training else " (it did not: the pretrained reference's own training is counted nowhere)")
+              + "; stacking counts both of its stages. "
               f"Inference: batch 1, {config.seq_len}-token prefill, 16 decoded tokens.", "",
               "![validation loss](val_loss.png)", ""]
     if comparison:
         lines += [f"Reference vs final child, attention rank by layer (from `{comparison}`):", "",
                   "![rank by layer](compare/maxrank.png)", ""]
-    final = rounds[-1]["model_dir"]
+    final_dir = rounds[-1]["model_dir"]
     lines += ["## The final child", "",
-              f"`{final}` is a Hugging Face directory:", "", "```python",
+              f"`{final_dir}` is a Hugging Face directory:", "", "```python",
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              f"model = AutoModelForCausalLM.from_pretrained({final!r})",
-              f"tokenizer = AutoTokenizer.from_pretrained({final!r})", "```", "",
+              f"model = AutoModelForCausalLM.from_pretrained({final_dir!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({final_dir!r})", "```", "",
               f"Total wall time of this run: {seconds / 60:.1f} min."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     histories = {r["model"]: r["history"] for r in rows if r.get("history")}

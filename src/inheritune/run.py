@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import option, to_dict
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 BASELINES = ("random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd")
 
@@ -42,6 +42,10 @@ class RunConfig:
     lr: float = option(3e-4, help="peak learning rate")
     min_lr: float = option(1e-5, help="cosine floor")
     warmup_steps: int = option(-1, help="-1 = 2%% of the steps")
+    weight_decay: float = option(0.1, help="AdamW decay on matrices only")
+    beta1: float = option(0.9, help="AdamW beta1")
+    beta2: float = option(0.95, help="AdamW beta2")
+    grad_clip: float = option(1.0, help="gradient-norm clip; 0 = off")
     data_order: str = option("random", help="random windows with replacement, or sequential without")
     dtype: str = option("float32", help="float32 or bfloat16 autocast")
     compile: bool = option(False, help="torch.compile every training (pays off on long runs)")
@@ -57,6 +61,7 @@ class RunConfig:
     analyze_n: int = option(100, help="sequences for the analysis (start auto, and the final comparison)")
     analyze_t: int = option(100, help="tokens per analysis sequence")
     compare_analysis: bool = option(True, help="analyse reference vs final child side by side at the end")
+    bootstrap: int = option(1000, help="bootstrap resamples of the validation windows for intervals (paired for deltas)")
     seed: int = option(1337, help="seed of data order and fresh weights")
     progress: bool = option(True, help="progress bars")
 
@@ -78,6 +83,24 @@ class RunConfig:
             raise UserError(f"a budget of {self.steps} x {self.budget} steps is too small to train and evaluate once")
         if self.start not in ("half", "auto") and not str(self.start).isdigit():
             raise UserError(f"start must be 'half', 'auto' or a number of layers, not {self.start!r}")
+        if self.bootstrap < 100:
+            raise UserError(f"bootstrap must be >= 100 resamples for a 95% interval, got {self.bootstrap}")
+        if self.eval_windows < 2:
+            raise UserError(f"eval_windows must be >= 2 (intervals are over windows), got {self.eval_windows}")
+        self.train_config("x", "x", round(self.steps * self.budget))  # every training knob is validated now, not after hours of work
+
+
+    def train_config(self, model: str, out: str, steps: int, **extra):
+        """The TrainConfig of one stage: every training knob of the run, this stage's model, budget and data."""
+        from .train import TrainConfig
+
+        return TrainConfig(model=model, data=self.data, out=out, max_steps=steps, seq_len=self.seq_len,
+                           micro_batch_size=self.micro_batch_size, global_batch_tokens=self.global_batch_tokens,
+                           data_order=self.data_order, distributed=self.distributed, compile=self.compile,
+                           lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps, dtype=self.dtype,
+                           weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip,
+                           device=self.device, eval_interval=self.eval_interval, eval_windows=self.eval_windows,
+                           checkpoint_interval=max(10, steps // 4), seed=self.seed, progress=self.progress, **extra)
 
 
 class _State:
@@ -97,15 +120,6 @@ class _State:
         tmp.replace(self.path)
 
 
-def _train_config(config: RunConfig, model: str, out: Path, steps: int, **extra):
-    from .train import TrainConfig
-
-    return TrainConfig(model=model, data=config.data, out=str(out), max_steps=steps, seq_len=config.seq_len,
-                       micro_batch_size=config.micro_batch_size, global_batch_tokens=config.global_batch_tokens,
-                       data_order=config.data_order, distributed=config.distributed, compile=config.compile,
-                       lr=config.lr, min_lr=config.min_lr, warmup_steps=config.warmup_steps, dtype=config.dtype,
-                       device=config.device, eval_interval=config.eval_interval, eval_windows=config.eval_windows,
-                       checkpoint_interval=max(10, steps // 4), seed=config.seed, progress=config.progress, **extra)
 
 
 def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Path, steps: int, **extra) -> dict:
@@ -118,10 +132,11 @@ def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Pa
         return done
     resume = out.is_dir() and bool(checkpoints(out))
     started = time.perf_counter()
-    train_config = _train_config(config, model, out, steps, resume=resume, overwrite=not resume, **extra)
+    train_config = config.train_config(model, str(out), steps, resume=resume, overwrite=not resume, **extra)
     summary = _torchrun(train_config, config.nproc_per_node) if config.nproc_per_node > 1 else train(train_config)
-    if summary["status"] != "finished":
-        raise KeyboardInterrupt  # stopped by a signal: the run resumes from here next time
+    if summary["status"] != "finished":  # stopped by a signal: the run resumes from here next time
+        raise Interrupted(summary.get("signal") or 15, f"interrupted during {key}; its checkpoint is written. Run "
+                                                       "the same 'inheritune run' command again to continue")
     summary = {k: v for k, v in summary.items()} | {"wall_seconds": round(time.perf_counter() - started, 1),
                                                    "model_dir": str(out / "final")}
     state.put(key, summary)
@@ -147,6 +162,7 @@ def _torchrun(train_config, nproc: int) -> dict:
 
 
 def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
+    """Cut a child once (an existing one is reused when the run is re-entered)."""
     from .inherit import InheritConfig, inherit
 
     if (out / "inheritune.json").is_file():
@@ -163,14 +179,13 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
     done = state.get(key)
     if done:
         return done
-    import torch
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    device = _device(config)
     model, tokenizer = load_model(path, device=device)
     data = TokenData(config.data)
     if tokenizer is not None:
         check_tokenizer_matches(tokenizer, data, name)
-    result = validation_loss(model, data, config.seq_len, 0, config.eval_windows, config.micro_batch_size, device)
+    result = validation_loss(model, data, config.seq_len, 0, config.eval_windows, config.micro_batch_size, device,
+                             bootstrap=config.bootstrap, keep_windows=True)
     result["inference"] = inference_cost(model, seq_len=config.seq_len, new_tokens=16, device=device, path=path)
     if config.tasks:
         from .zeroshot import zero_shot
@@ -182,6 +197,38 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
     return result
 
 
+def _device(config: RunConfig) -> str:
+    import torch
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu or auto)")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+
+
+# Settings that change what a stage trains or how it is measured: a run re-entered with any of them changed
+# would mix two experiments, so it is refused. The rest (more rounds, other baselines, a tolerance, tasks,
+# progress) only decide which stages run and how they are reported: they are applied, and said.
+FIXED_KEYS = ("reference", "reference_from_scratch", "data", "seq_len", "seed", "start", "step", "grow", "steps",
+              "budget", "micro_batch_size", "global_batch_tokens", "lr", "min_lr", "warmup_steps", "weight_decay",
+              "beta1", "beta2", "grad_clip", "data_order", "dtype", "eval_windows", "kd_alpha", "kd_temperature",
+              "analyze_n", "analyze_t", "bootstrap")
+
+
+def _check_rerun(out: Path, config: RunConfig) -> None:
+    previous = out / "run.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        new = to_dict(config)
+        fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in FIXED_KEYS if k in old and old[k] != new[k]]
+        if fixed:
+            raise UserError(f"{out} holds a run with other settings ({'; '.join(fixed)}); finished stages would be "
+                            "mixed with new ones. Use another --out, or the same settings to continue")
+        applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k not in FIXED_KEYS and k in old and old[k] != new[k]]
+        if applied:
+            print(f"continuing {out} with changed settings (applied): {'; '.join(applied)}", flush=True)
+    previous.write_text(json.dumps(to_dict(config), indent=2))
+
+
 def run(config: RunConfig) -> dict:
     """Run the recipe; returns the report (also written as report.md / report.json in ``out``)."""
     from transformers import AutoConfig
@@ -191,14 +238,14 @@ def run(config: RunConfig) -> dict:
     if not config.data or not config.out:
         raise UserError("run needs --data and --out")
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    _device(config)
+    from .data import TokenData
+
+    TokenData(config.data)  # a missing or damaged dataset fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    previous = out / "run.json"
-    if previous.is_file():
-        old = json.loads(previous.read_text())
-        for key in ("reference", "reference_from_scratch", "data", "seq_len", "seed"):
-            if old.get(key) != getattr(config, key):
-                raise UserError(f"{out} holds a run with a different {key} ({old.get(key)!r}); use another --out")
-    previous.write_text(json.dumps(to_dict(config), indent=2))
+    _check_rerun(out, config)
     state = _State(out / "state.json")
     started = time.perf_counter()
     steps = round(config.steps * config.budget)
@@ -226,7 +273,8 @@ def run(config: RunConfig) -> dict:
             from .analyze import AnalyzeConfig, analyze
 
             report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
-                                           n=config.analyze_n, t=config.analyze_t), progress=config.progress)
+                                           n=config.analyze_n, t=config.analyze_t, device=_device(config),
+                                           overwrite=True), progress=config.progress)
             analysis = report["recommendation"]
             state.put("analysis", analysis)
         start = analysis["k"]
@@ -275,8 +323,8 @@ def run(config: RunConfig) -> dict:
         from .analyze import AnalyzeConfig, analyze
 
         analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
-                              out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t),
-                progress=config.progress)
+                              out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t, device=_device(config),
+                              overwrite=True), progress=config.progress)
         state.put("compare_done", True)
     if config.compare_analysis:
         comparison = str(out / "compare")
@@ -308,7 +356,9 @@ def _grown_child(reference: str, trained_dir: str, layers: int, out: Path) -> Pa
 
 
 def _baseline(config: RunConfig, state: _State, name: str, reference: str, layers: int, out: Path, steps: int) -> dict:
-    """Train one baseline on the same budget and validation windows; returns its summary with eval."""
+    """Train one baseline at the child's depth on the same budget and validation windows; returns its summary
+    with eval. ``uses_reference`` says whether it was built from the reference's weights (then the reference's
+    own training is part of what it cost)."""
     root = out / "baselines" / name
     if name in ("random", "random-2x", "kd"):
         child = _inherit_stage(reference, root / "child", layers=str(layers), init="random", seed=config.seed)
@@ -316,24 +366,32 @@ def _baseline(config: RunConfig, state: _State, name: str, reference: str, layer
             if name == "kd" else {}
         trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train",
                                steps * (2 if name == "random-2x" else 1), **extra)
-    elif name == "stacking":  # l/2 layers from scratch (half the budget), stacked to l, trained again
-        half = max(1, layers // 2)
+        stages = [trained]
+    elif name == "stacking":
+        # Gong et al. as the authors ran it: ceil(l/2) layers from scratch with the full budget, stacked on top of
+        # themselves (the first l of the 2 ceil(l/2) blocks), then trained again with the full budget on data
+        # that continues where the first stage stopped (no batch seen twice).
+        half = (layers + 1) // 2
         small = _inherit_stage(reference, root / "small", layers=str(half), init="random", seed=config.seed)
-        first = _train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train",
-                             max(1, steps // 2))
-        stacked = _inherit_stage(first["model_dir"], root / "child", init="stacking")
-        trained = _train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train",
-                               max(1, steps - steps // 2))
-        trained = trained | {"training_flops": trained["training_flops"] + first["training_flops"],
-                             "steps": trained["steps"] + first["steps"], "tokens": trained["tokens"] + first["tokens"],
-                             "wall_seconds": trained["wall_seconds"] + first["wall_seconds"]}
-    elif name == "hybrid-stacking":
-        child = _inherit_stage(reference, root / "child", layers=str(layers - layers % 2), init="hybrid-stacking")
+        first = _train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train", steps)
+        stacked = _inherit_stage(first["model_dir"], root / "child", init="stacking", depth=layers)
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train", steps,
+                               data_offset=first["steps"])
+        stages = [first, trained]
+    elif name == "hybrid-stacking":  # reference layers 0..ceil(l/2)-1 twice, the first l of them
+        child = _inherit_stage(reference, root / "child", layers=str(layers), init="hybrid-stacking")
         trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
+        stages = [trained]
     elif name == "half-width":
         child = _inherit_stage(reference, root / "child", init="half-width")
         trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
+        stages = [trained]
     else:
         raise UserError(f"unknown baseline {name}")
+    total = trained | {key: sum(stage[key] for stage in stages)
+                       for key in ("training_flops", "steps", "tokens", "wall_seconds")}
+    total["stages"] = [{key: stage[key] for key in ("steps", "tokens", "training_flops", "data_offset")
+                        if key in stage} for stage in stages]
     measured = _measure(config, name, trained["model_dir"], state, f"baseline/{name}/eval")
-    return {**trained, "eval": measured, "layers": measured["layers"]}
+    return {**total, "eval": measured, "layers": measured["layers"],
+            "uses_reference": name in ("kd", "hybrid-stacking", "half-width")}

@@ -35,7 +35,13 @@ def _options(text: str) -> dict:
                 raise UserError(f"scratch option {key} takes true or false, not '{value}'")
             options[key] = value.lower() in ("true", "1")
         else:
-            options[key] = value
+            try:
+                number = int(value)
+            except ValueError:
+                raise UserError(f"scratch option {key} takes a whole number, not '{value}'") from None
+            if number < 1:
+                raise UserError(f"scratch option {key} must be at least 1, got {number}")
+            options[key] = number
     return options
 
 

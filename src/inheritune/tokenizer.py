@@ -77,6 +77,27 @@ def gpt2_tokenizer_from_tiktoken(data: bytes):
     return tokenizer
 
 
+def train_bpe(documents, vocab_size: int, out: Path):
+    """A byte-level BPE (GPT-2's scheme: bytes as symbols, no unknown token) trained on ``documents`` with the
+    ``tokenizers`` library, saved as an HF tokenizer in ``out`` and returned as loaded from there. Given the
+    same documents in the same order, training is deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 257 + 1:
+        raise UserError(f"a byte-level BPE needs a vocabulary of more than 257 (256 bytes + EOS), got {vocab_size}")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[GPT2_EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(documents, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=GPT2_EOS, eos_token=GPT2_EOS,
+                                        unk_token=GPT2_EOS, model_max_length=1 << 20)
+    tokenizer.save_pretrained(out)
+    return load_tokenizer(out)
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     """A fast tokenizer from a built-in asset name (``gpt2``, ``smollm2``), an HF dir, a GGUF file or a hub name."""
     from transformers import AutoTokenizer

@@ -51,7 +51,12 @@ class TrainConfig:
     grad_clip: float = option(1.0, help="gradient-norm clip; 0 = off")
     data_order: str = option("random", help="random (windows with replacement) or sequential (no replacement)")
     seed: int = option(1337, help="seed of data order and of fresh weights")
-    dtype: str = option("float32", help="float32 or bfloat16 (autocast; weights and optimizer stay fp32)")
+    data_offset: int = option(0, help="start the data stream at this step (a second training stage that must not "
+                                      "replay the first one's batches, e.g. the stacked stage of stacking)")
+    dtype: str = option("float32", help="float32 or bfloat16 (autocast; weights and optimizer stay fp32); float16 "
+                                        "is refused (it needs loss scaling; use bfloat16)")
+    tf32: bool = option(True, help="on CUDA, let float32 matmuls use TF32 tensor cores (as nanoGPT); MFU is then "
+                                   "quoted against the TF32 peak, else against the plain fp32 peak")
     compile: bool = option(False, help="torch.compile the model")
     device: str = option("auto", help="auto, cpu or cuda")
     distributed: str = option("ddp", help="under torchrun: ddp or fsdp (FSDP2 fully_shard per block)")
@@ -71,6 +76,32 @@ class TrainConfig:
     progress: bool = option(True, help="show a progress bar")
 
     def __post_init__(self):
+        numbers = {"lr": self.lr, "min_lr": self.min_lr, "weight_decay": self.weight_decay, "grad_clip": self.grad_clip,
+                   "peak_flops": self.peak_flops}
+        for name, value in numbers.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr == 0:
+            raise UserError("lr must be > 0")
+        if self.min_lr > self.lr:
+            raise UserError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        for name, value in (("beta1", self.beta1), ("beta2", self.beta2)):
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise UserError(f"{name} must be in [0, 1), got {value!r}")
+        for name in ("max_steps", "max_tokens", "global_batch_tokens", "eval_windows", "data_offset", "eval_interval",
+                     "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < -1:
+            raise UserError(f"warmup_steps must be >= 0 (or -1 for 2% of the steps), got {self.warmup_steps}")
+        if self.max_steps and self.warmup_steps >= self.max_steps:
+            raise UserError(f"warmup_steps ({self.warmup_steps}) must be shorter than the run ({self.max_steps} steps)")
+        if self.log_interval < 1 or self.keep_checkpoints < 1:
+            raise UserError("log_interval and keep_checkpoints must be >= 1")
+        if self.dtype in ("float16", "fp16", "half"):
+            raise UserError("float16 training needs loss scaling, which inheritune does not do; use --dtype bfloat16")
+        if self.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
+            raise UserError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
         if self.data_order not in ("random", "sequential"):
             raise UserError(f"data_order must be random or sequential, not {self.data_order!r}")
         if self.distributed not in ("ddp", "fsdp"):
@@ -111,33 +142,58 @@ def _check_fit(model, data: TokenData, config: TrainConfig) -> None:
         raise UserError(f"seq_len {config.seq_len} is longer than the model's context ({context})")
 
 
-def _prepare_out(out: Path, config: TrainConfig, main: bool) -> Path | None:
-    """Refuse to mix runs: an out dir with another run needs --resume or --overwrite. Returns the checkpoint
-    to resume from, if any."""
+# Settings that shape a run's trajectory: resuming with any of them changed would silently mix two runs.
+RESUME_KEYS = ("model", "data", "seq_len", "data_order", "seed", "data_offset", "max_steps", "tokens_per_step",
+               "lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "teacher", "kd_alpha",
+               "kd_temperature")
+
+
+def _prepare_out(out: Path, config: TrainConfig, plan: dict) -> tuple[Path | None, bool]:
+    """Refuse to mix runs: an out dir with another run needs --resume or --overwrite. Returns (the checkpoint to
+    resume from, whether the previous run's files are to be cleared). Nothing is deleted here: the caller
+    clears the old run only once everything else has been validated."""
     run_file = out / "run.json"
     if config.resume_from:
         path = Path(config.resume_from)
         if not path.is_file():
             raise UserError(f"checkpoint not found: {path}")
-        return path
+        return path, False
     if config.resume:
         found = checkpoints(out)
         if not found:
             raise UserError(f"nothing to resume in {out}: no checkpoint")
         previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        for key in ("model", "data", "seq_len", "data_order", "seed"):
-            if key in previous and previous[key] != getattr(config, key):
-                raise UserError(f"--resume with a different {key} ({getattr(config, key)!r}) than the run in {out} "
-                                f"({previous[key]!r}); use --overwrite to start over")
-        return found[-1]
+        current = {**to_dict(config), **plan}
+        changed = [f"{key} {previous[key]!r} -> {current[key]!r}" for key in RESUME_KEYS
+                   if key in previous and key in current and previous[key] != current[key]]
+        if changed:
+            raise UserError(f"--resume would change the run in {out}: {'; '.join(changed)}. Resume with the same "
+                            "settings, or start over with --overwrite (or another --out)")
+        return found[-1], False
+    if out.is_file():
+        raise UserError(f"--out {out} is a file, not a directory")
     if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         if not config.overwrite:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        if main:
-            for child in out.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-    return None
+        return None, True
+    return None, False
+
+
+def _clear_previous_run(out: Path) -> None:
+    for child in out.iterdir():
+        if child.name != ".lock":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """After a kill, metrics.jsonl holds steps past the checkpoint that the resumed run will redo: drop them,
+    so that every step is logged once."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 class _StopRequest:
@@ -145,6 +201,7 @@ class _StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.signal = 0
         self.previous = {}
 
     def __enter__(self):
@@ -154,6 +211,7 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signal = signum
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -220,43 +278,53 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
         out.mkdir(parents=True, exist_ok=True)
     D.barrier(d)
 
+    plan = {"max_steps": max_steps, "tokens_per_step": tokens_per_step, "warmup": warmup}
     lock = RunLock(out) if d.main else None
     if lock:
         lock.__enter__()
     try:
-        resume_path = _prepare_out(out, config, d.main)
+        resume_path, clear_previous = _prepare_out(out, config, plan)
+        if d.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = config.tf32
+            torch.backends.cudnn.allow_tf32 = config.tf32
         model.to(d.device)
         raw_model = model
         model = D.wrap(model, d, config.distributed, _blocks(raw_model))
         optimizer = make_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2), d.device.type)
         forward = torch.compile(model) if config.compile else model  # state dicts and hooks stay on `model`
-        teacher = None
-        if config.teacher:
-            from .models import load_model
-
-            teacher, _ = load_model(config.teacher, device=str(d.device))
-            teacher.requires_grad_(False)
+        teacher = _load_teacher(config, raw_model, d) if config.teacher else None
         autocast = torch.autocast(device_type=d.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
 
         train_tokens, val_tokens = data.split("train"), data.split("val")
         windows = RandomWindows(train_tokens, config.seq_len, rows_per_step, config.seed) \
             if config.data_order == "random" else SequentialWindows(train_tokens, config.seq_len, rows_per_step)
         val_starts = fixed_windows(val_tokens, config.seq_len, config.eval_windows or None)
+        # Training FLOPs per token count everything the step computes: the student's forward and backward
+        # and, with KD, the teacher's forward (a third of its training cost).
         flops = flops_per_token(raw_model, config.seq_len)
-        peak = config.peak_flops or default_peak_flops(d.device, amp_dtype)
+        teacher_flops = flops_per_token(teacher, config.seq_len) / 3 if teacher is not None else 0.0
+        # MFU: the step's FLOPs over the peak of every device that ran it.
+        peak = (config.peak_flops or default_peak_flops(d.device, amp_dtype, config.tf32)) * d.world
 
         # ---- resume ---------------------------------------------------------------------------------
         step, best_val, history = 0, math.inf, []
         if resume_path is not None:
             state = load_checkpoint(resume_path)
-            D.load_full_state(model, optimizer, state["model"], state["optimizer"])
+            try:
+                D.load_full_state(model, optimizer, state["model"], state["optimizer"])
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise UserError(f"checkpoint {resume_path} does not fit this model: {str(exc).splitlines()[0]}") \
+                    from None
             step, best_val, history = state["step"], state["best_val"], state["history"]
             torch.set_rng_state(state["rng"])
             if d.main:
+                _truncate_metrics(out / "metrics.jsonl", step)
                 print(f"resuming from {resume_path} at step {step}", flush=True)
+        if clear_previous and d.main:  # everything is validated: only now is the old run replaced
+            _clear_previous_run(out)
+        D.barrier(d)
         if d.main:
-            (out / "run.json").write_text(json.dumps({**to_dict(config), "grad_accum": grad_accum,
-                                                      "tokens_per_step": tokens_per_step, "max_steps": max_steps,
+            (out / "run.json").write_text(json.dumps({**to_dict(config), **plan, "grad_accum": grad_accum,
                                                       "world_size": d.world}, indent=2))
         log = open(out / "metrics.jsonl", "a") if d.main else None
         writer = _tensorboard(out, config) if d.main else None
@@ -272,7 +340,7 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
         # ---- the loop -------------------------------------------------------------------------------
         model.train()
         bar = progress_bar(total=max_steps, initial=step, unit="step", desc="train", disable=not (d.main and config.progress))
-        status = "finished"
+        status, stopped_by = "finished", 0
         with _StopRequest() as stop:
             while step < max_steps:
                 started = time.perf_counter()
@@ -282,7 +350,7 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
                 loss_sum = 0.0
                 for micro in range(grad_accum):
                     offset = (d.rank * grad_accum + micro) * config.micro_batch_size
-                    x, y = windows.batch(step, offset, config.micro_batch_size)
+                    x, y = windows.batch(config.data_offset + step, offset, config.micro_batch_size)
                     x, y = x.to(d.device), y.to(d.device)
                     with D.gradient_sync(model, micro == grad_accum - 1), autocast:
                         logits = forward(x).logits
@@ -307,7 +375,7 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
                 seconds = time.perf_counter() - started
                 record = {"step": step, "tokens": step * tokens_per_step, "loss": train_loss, "lr": lr,
                           "grad_norm": grad_norm, "tokens_per_s": tokens_per_step / seconds,
-                          "mfu": flops * tokens_per_step / seconds / peak if peak else None}
+                          "mfu": (flops + teacher_flops) * tokens_per_step / seconds / peak if peak else None}
                 if config.eval_interval and step % config.eval_interval == 0 or step == max_steps:
                     record["val_loss"] = evaluate_windows(forward, val_tokens, val_starts, config, d, autocast)
                     best_val = min(best_val, record["val_loss"])
@@ -330,8 +398,9 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
                     checkpoint(step)
                 if stopping:
                     status = "interrupted"
+                    stopped_by = stop.signal or signal.SIGTERM
                     if d.main:
-                        print(f"\nstopped at step {step}; checkpoint written. Continue with --resume.", flush=True)
+                        print(f"\nstopped at step {step}; checkpoint written.", flush=True)
                     break
         bar.close()
 
@@ -341,14 +410,19 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
                    "best_val_loss": best_val if math.isfinite(best_val) else None,
                    "final_train_loss": history[-1]["loss"] if history else None,
                    "parameters": sum(p.numel() for p in raw_model.parameters()),
-                   "flops_per_token": flops, "training_flops": flops * step * tokens_per_step,
-                   "world_size": d.world, "grad_accum": grad_accum}
+                   "flops_per_token": flops + teacher_flops,
+                   "training_flops": (flops + teacher_flops) * step * tokens_per_step,
+                   "teacher_flops": teacher_flops * step * tokens_per_step, "data_offset": config.data_offset,
+                   "world_size": d.world, "grad_accum": grad_accum, "signal": int(stopped_by)}
         if status == "finished":
             model_state, _ = D.full_state(model)
             if d.main:
-                _save_final(raw_model, model_state, tokenizer, data, out / "final")
+                facts = {**to_dict(config), **plan, "steps": step, "tokens": summary["tokens"],
+                         "training_flops": summary["training_flops"], "final_val_loss": summary["final_val_loss"],
+                         "tokenizer": data.tokenizer.get("name_or_path")}
+                _save_final(raw_model, model_state, tokenizer, data, out / "final", facts)
         if d.main:
-            if summary["final_val_loss"] is not None:
+            if status == "finished" and summary["final_val_loss"] is not None:
                 print(f"final val loss {summary['final_val_loss']:.4f} after {step} steps "
                       f"({summary['tokens']:,} tokens); model in {out / 'final'}", flush=True)
             summary["history"] = history
@@ -363,6 +437,19 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
             lock.__exit__()
 
 
+def _load_teacher(config: TrainConfig, student, d: D.Dist):
+    """The KD teacher, frozen; its vocabulary must be the student's (the KL compares the two distributions)."""
+    from .models import load_model
+
+    teacher, _ = load_model(config.teacher, device=str(d.device))
+    teacher.requires_grad_(False)
+    ours, theirs = student.get_output_embeddings().out_features, teacher.get_output_embeddings().out_features
+    if ours != theirs:
+        raise UserError(f"the teacher {config.teacher} predicts {theirs} tokens, the student {ours}: KD needs the "
+                        "same vocabulary (and tokenizer)")
+    return teacher
+
+
 def _blocks(model):
     from .architectures import adapter_for
 
@@ -372,11 +459,13 @@ def _blocks(model):
         return []
 
 
-def _save_final(model, state: dict, tokenizer, data: TokenData, path: Path) -> None:
-    """The trained model as an HF directory (with the tokenizer of the model or of the dataset)."""
+def _save_final(model, state: dict, tokenizer, data: TokenData, path: Path, facts: dict) -> None:
+    """The trained model as an HF directory with the dataset's tokenizer (the one its ids mean), a model card and
+    inheritune.json (how it was made)."""
     from transformers import AutoModelForCausalLM
 
-    from .tokenizer import load_tokenizer
+    from .cards import trained_card, write_card
+    from .tokenizer import load_tokenizer, tokenizer_identity
 
     fresh = AutoModelForCausalLM.from_config(model.config)
     missing, unexpected = fresh.load_state_dict(state, strict=False)
@@ -387,13 +476,22 @@ def _save_final(model, state: dict, tokenizer, data: TokenData, path: Path) -> N
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None and tokenizer_identity(tokenizer)["sha256"] != data.tokenizer.get("sha256"):
+        tokenizer = None  # the model came with another tokenizer than the one that made the training data
     if tokenizer is None:
         try:
-            tokenizer = load_tokenizer(data.tokenizer["name_or_path"])
+            tokenizer = load_tokenizer(data.tokenizer_path())
         except UserError:
             tokenizer = None
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    inherited = None
+    source = Path(str(facts["model"])) / "inheritune.json"
+    if source.is_file():
+        inherited = json.loads(source.read_text())
+        inherited = inherited.get("inherited", inherited)
+    (tmp / "inheritune.json").write_text(json.dumps({"trained": facts, "inherited": inherited}, indent=2))
+    write_card(tmp, trained_card(facts, inherited if inherited and "layers" in inherited else None))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 

@@ -33,8 +33,9 @@ class ModelSource:
 class SafetensorsSource:
     """Tensors of a safetensors checkpoint directory, read lazily and grouped by shard."""
 
-    def __init__(self, directory: Path, base_prefix: str = ""):
+    def __init__(self, directory: Path, base_prefix: str = "", config=None):
         self.directory = Path(directory)
+        self.aliases: dict[str, str] = {}
         index = self.directory / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -43,6 +44,16 @@ class SafetensorsSource:
 
             with safe_open(self.directory / "model.safetensors", framework="pt") as handle:
                 weight_map = {key: "model.safetensors" for key in handle.keys()}
+        # Checkpoints may store keys under older names that transformers renames when it loads (GPT-NeoX's
+        # `embed_out` is the model's `lm_head`): apply the same renamings, so the model's names find them.
+        renames = _load_renamings(config) if config is not None else []
+        for stored in list(weight_map):
+            renamed = stored
+            for pattern, target in renames:
+                renamed = pattern.sub(target, renamed)
+            if renamed != stored and renamed not in weight_map:
+                weight_map[renamed] = weight_map[stored]
+                self.aliases[renamed] = stored
         self.weight_map = weight_map
         self.base_prefix = base_prefix
 
@@ -50,6 +61,8 @@ class SafetensorsSource:
         return [self.directory / name for name in sorted(set(self.weight_map.values()))]
 
     def _stored_name(self, key: str) -> str | None:
+        if key in self.aliases:
+            return self.aliases[key]
         if key in self.weight_map:
             return key
         # Older checkpoints store keys without the base model prefix ("h.0..." for "transformer.h.0...").
@@ -128,8 +141,27 @@ def open_reference(reference, trust_remote_code: bool = False) -> Reference:
     from .architectures import adapter_for
 
     prefix = adapter_for(config).blocks.split(".")[0]
-    source = SafetensorsSource(directory, base_prefix=prefix)
+    source = SafetensorsSource(directory, base_prefix=prefix, config=config)
     return Reference(config, source, tokenizer, generation, source.files())
+
+
+def _load_renamings(config) -> list:
+    """The plain key renamings transformers applies when it loads a checkpoint of this family, as compiled
+    (pattern, replacement) pairs."""
+    import re
+
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+    transforms = (class_name and get_checkpoint_conversion_mapping(class_name)) or \
+        get_checkpoint_conversion_mapping(config.model_type) or []
+    pairs = []
+    for transform in transforms:
+        if type(transform) is WeightRenaming and len(transform.source_patterns) == 1:
+            pairs.append((re.compile(transform.source_patterns[0]), transform.target_patterns[0]))
+    return pairs
 
 
 # ------------------------------------------------------------------------------------------ half-width
