@@ -33,6 +33,19 @@ def test_damaged_asset_is_fetched_again(tmp_path, monkeypatch):
     assert not assets.status(cache)["gpt2-tokenizer"][1]
     assets.fetch(["gpt2-tokenizer"], cache, verbose=False)
     assert assets.status(cache)["gpt2-tokenizer"][1]
+    # Damage that keeps the size (one byte flipped) is caught by the sha256, not only by sizes.
+    path = cache / "gpt2-tokenizer" / "tokenizer.json"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == len(data) and not assets.status(cache)["gpt2-tokenizer"][1]
+
+
+def test_relative_cache_dir_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INHERITUNE_CACHE", "rel-cache")
+    assert assets.cache_dir() == tmp_path / "rel-cache"
+    assert assets.cache_dir("other") == tmp_path / "other"
 
 
 def test_missing_tools_name_the_manual_step(tmp_path, monkeypatch):

@@ -40,6 +40,24 @@ def test_gguf_load_matches_the_converted_directory(smollm2):
     assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings
 
 
+def test_converted_tensors_equal_ggufs_own_dequantisation(smollm2):
+    """Not circular: the converted directory's tensors against the gguf library's dequantisation of the file."""
+    import gguf
+
+    model, _ = smollm2
+    reader = gguf.GGUFReader(str(asset_path("smollm2-gguf")))
+    tensors = {t.name: t for t in reader.tensors}
+    state = model.state_dict()
+    for gguf_name, hf_name in (("token_embd.weight", "model.embed_tokens.weight"),
+                               ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight"),
+                               ("blk.29.ffn_gate.weight", "model.layers.29.mlp.gate_proj.weight"),
+                               ("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight")):
+        tensor = tensors[gguf_name]
+        expected = torch.from_numpy(np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
+                                               dtype=np.float32))
+        assert torch.equal(state[hf_name].float(), expected.reshape(state[hf_name].shape)), hf_name
+
+
 def test_smollm2_first_k_child_equals_early_exit(smollm2, tmp_path):
     from transformers import AutoModelForCausalLM
 

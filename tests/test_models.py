@@ -36,6 +36,38 @@ def test_bad_model_paths_fail_in_one_line(tmp_path):
 def test_hub_names_pass_through_and_fail_clearly_offline(monkeypatch):
     assert resolve_model_path("some-org/some-model") == ("some-org/some-model", None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="no network") as info:
+    with pytest.raises(UserError, match="not a local path") as info:
         load_model("some-org/some-model-that-is-not-here", with_tokenizer=False)
     assert "\n" not in str(info.value)
+
+
+def test_unreachable_hub_fails_at_once(monkeypatch):
+    import socket
+    import time
+
+    from inheritune import models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_HUB_REACHABLE", {})
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="cannot be reached"):
+        load_model("gpt2-nonexistent-name", with_tokenizer=False)
+    assert time.perf_counter() - started < 5
+
+
+def test_damaged_weights_fail_in_one_line(tmp_path, tiny_model_dir):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match="damaged or not a model"):
+        load_model(damaged)
+    with pytest.raises(UserError, match="no CUDA"):
+        load_model(tiny_model_dir, device="cuda")

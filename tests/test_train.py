@@ -163,6 +163,32 @@ def test_distillation_loss_by_hand():
     assert loss.item() == pytest.approx(0.6 * ce.item() + 0.4 * by_hand.item(), rel=1e-5)
 
 
+def test_kd_first_step_loss_is_ce_plus_kl_against_another_teacher(dataset, tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from inheritune.data import RandomWindows, TokenData
+
+    teacher_dir = tmp_path / "teacher"  # a teacher that is not the student: the KL term is far from 0
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    teacher.save_pretrained(teacher_dir)
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    teacher.eval()
+    summary = train(_config(dataset, tmp_path / "kd", model=str(tiny_model_dir), max_steps=2, teacher=str(teacher_dir),
+                            kd_alpha=0.6, kd_temperature=2.0))
+    x, y = RandomWindows(TokenData(dataset).split("train"), 32, 4, 1337).batch(0)
+    with torch.no_grad():
+        s, t = student(x).logits.float(), teacher(x).logits.float()
+    ce = torch.nn.functional.cross_entropy(s.reshape(-1, s.shape[-1]), y.reshape(-1))
+    p_t = torch.softmax(t / 2.0, -1)
+    kl = (p_t * (torch.log_softmax(t / 2.0, -1) - torch.log_softmax(s / 2.0, -1))).sum(-1).mean() * 4.0
+    assert kl.item() > 0.1
+    assert summary["history"][0]["loss"] == pytest.approx(0.6 * ce.item() + 0.4 * kl.item(), rel=1e-5)
+    assert summary["teacher_flops"] > 0 and summary["training_flops"] > summary["teacher_flops"]
+
+
 def test_kd_with_alpha_one_equals_plain_training(dataset, tmp_path, tiny_model_dir):
     plain = train(_config(dataset, tmp_path / "plain", model=str(tiny_model_dir), max_steps=4))
     kd = train(_config(dataset, tmp_path / "kd", model=str(tiny_model_dir), max_steps=4,

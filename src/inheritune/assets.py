@@ -57,10 +57,11 @@ ASSET_NAMES = ("smollm2-gguf", "smollm2", "gpt2-tokenizer", "corpus")
 
 def cache_dir(override: str | Path | None = None) -> Path:
     """Where assets live: ``override``, else ``$INHERITUNE_CACHE``, else ``$XDG_CACHE_HOME/inheritune``."""
+    # Absolute: package clients run in temporary folders, where a relative path would point elsewhere.
     if override:
-        return Path(override).expanduser()
+        return Path(override).expanduser().absolute()
     if os.environ.get("INHERITUNE_CACHE"):
-        return Path(os.environ["INHERITUNE_CACHE"]).expanduser()
+        return Path(os.environ["INHERITUNE_CACHE"]).expanduser().absolute()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "inheritune"
 
@@ -85,27 +86,39 @@ def _check(data_or_path: bytes | Path, size: int, sha256: str | None, what: str)
 
 
 def _complete(folder: Path) -> dict | None:
-    """The marker of a finished asset folder whose files still have their recorded sizes, else None."""
+    """The marker of a finished asset folder whose files are intact, else None. A file whose size and
+    modification time are as recorded is taken as is; one touched since is hashed and must match its sha256,
+    so damage that keeps the size is caught without hashing every file on every call."""
     marker = folder / MARKER
     if not marker.is_file():
         return None
-    info = json.loads(marker.read_text())
-    for name, size in info.get("sizes", {}).items():
+    try:
+        info = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+    files = info.get("files") or {name: {"size": size} for name, size in info.get("sizes", {}).items()}
+    for name, record in files.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
+        if not path.is_file() or path.stat().st_size != record["size"]:
+            return None
+        if "sha256" in record and path.stat().st_mtime_ns != record.get("mtime_ns") \
+                and sha256_file(path) != record["sha256"]:
             return None
     return info
 
 
 def _publish(staging: Path, folder: Path, info: dict) -> Path:
     """Write the marker and move the finished staging folder into place atomically."""
-    info["sizes"] = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*"))
-                     if p.is_file() and p.name != MARKER}
-    (staging / MARKER).write_text(json.dumps(info, indent=2))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER]
+    info["files"] = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p),
+                                                   "mtime_ns": p.stat().st_mtime_ns} for p in files}
+    tmp = folder / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(folder / MARKER)  # the marker last: a folder without it never counts as fetched
     return folder
 
 

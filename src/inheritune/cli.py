@@ -178,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"inheritune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:
+        print(f"inheritune {args.command}: error: permission denied: {exc.filename}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        print(f"inheritune {args.command}: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"inheritune {args.command}: interrupted", file=sys.stderr)
         return 130

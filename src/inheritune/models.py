@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .cards import converted_card, write_card
 from .errors import UserError, refuse_output_over_input, replace_dir
@@ -59,6 +61,33 @@ def resolve_model_path(name_or_path: str | Path, tokenizer_only: bool = False) -
     return name, None  # a hub name, for users with a network
 
 
+_HUB_REACHABLE: dict[str, bool] = {}
+
+
+def check_hub_reachable(name: str, timeout: float = 3.0) -> None:
+    """A name that is not a local path means the model hub: say at once when it cannot be reached, instead of
+    letting the hub client retry for half a minute before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError(f"'{name}' is not a local path, and HF_HUB_OFFLINE=1: give a local HF directory, a .gguf "
+                        "file or a built-in name (smollm2)")
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    if host not in _HUB_REACHABLE:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _HUB_REACHABLE[host] = True
+        except OSError:
+            _HUB_REACHABLE[host] = False
+    if not _HUB_REACHABLE[host]:
+        raise UserError(f"'{name}' is not a local path and the model hub ({host}) cannot be reached: give a local "
+                        "HF directory, a .gguf file or a built-in name (smollm2)")
+
+
 def hub_error(name: str, exc: Exception) -> UserError:
     """One line for a failed load: the hub is unreachable (no network), or the loader's own first line."""
     text = str(exc).strip()
@@ -77,7 +106,11 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "float32", d
     from .tokenizer import load_tokenizer
 
     torch_dtype = parse_dtype(dtype)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu)")
     path, gguf = resolve_model_path(name_or_path)
+    if not Path(path).exists():
+        check_hub_reachable(str(name_or_path))
     kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -88,8 +121,9 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "float32", d
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise hub_error(str(name_or_path), exc) from None
-    except ValueError as exc:
-        raise UserError(f"cannot load {name_or_path} as a causal LM: {str(exc).splitlines()[0]}") from None
+    except (ValueError, KeyError, EOFError, struct.error, SafetensorError) as exc:  # bad config, damaged weights
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot load {name_or_path} as a causal LM (damaged or not a model?): {first}") from None
     model.to(device).eval()
     tokenizer = None
     if with_tokenizer:

@@ -75,7 +75,8 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
     ref_loss = ref["loss"]
     bootstrap = config.bootstrap
     ref_flops = ref_training["training_flops"] if ref_training else 0.0
-    rows = [_row(f"reference ({Path(str(reference)).name})", n_layers, "scratch" if ref_training else "pretrained",
+    ref_name = "reference (trained from scratch)" if ref_training else f"reference ({Path(str(reference)).name})"
+    rows = [_row(ref_name, n_layers, "scratch" if ref_training else "pretrained",
                  ref_training, ref, ref, bootstrap, ref_flops if ref_training else None)]
     spent = ref_flops
     for r in rounds:  # Inheritune's cost: the reference's training (when this run trained it) and every round so far

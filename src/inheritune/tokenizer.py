@@ -102,9 +102,11 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     """A fast tokenizer from a built-in asset name (``gpt2``, ``smollm2``), an HF dir, a GGUF file or a hub name."""
     from transformers import AutoTokenizer
 
-    from .models import hub_error, resolve_model_path
+    from .models import check_hub_reachable, hub_error, resolve_model_path
 
     path, gguf = resolve_model_path(name_or_path, tokenizer_only=True)
+    if not Path(path).exists():
+        check_hub_reachable(str(name_or_path))
     try:
         if gguf is not None:
             tokenizer = AutoTokenizer.from_pretrained(str(path), gguf_file=gguf)

@@ -23,7 +23,7 @@ from . import distributed as D
 from .checkpoint import RunLock, checkpoints, load_checkpoint, save_checkpoint
 from .config import option, to_dict
 from .data import RandomWindows, SequentialWindows, TokenData, fixed_windows
-from .errors import UserError
+from .errors import UserError, refuse_output_over_input
 from .progress import progress_bar
 from .optim import cross_entropy, default_peak_flops, distillation_loss, flops_per_token, lr_at, make_optimizer
 
@@ -273,7 +273,13 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
     if max_steps <= 0:
         raise UserError("give a budget: --max-steps or --max-tokens")
     warmup = config.warmup_steps if config.warmup_steps >= 0 else max(1, round(0.02 * max_steps))
+    if config.warmup_steps >= max_steps:
+        raise UserError(f"warmup_steps ({config.warmup_steps}) must be shorter than the run ({max_steps} steps)")
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    refuse_output_over_input(out, config.data, config.model if not config.model.startswith("scratch:") else None,
+                             config.teacher or None)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     D.barrier(d)
