@@ -298,6 +298,10 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool = 
     if model is None:
         if not config.model:
             raise UserError("no model given")
+        if config.data and Path(config.data).is_dir():
+            from .data import TokenData
+
+            TokenData(config.data)  # a damaged dataset fails before the model is loaded
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device,
                                       attn_implementation="eager", trust_remote_code=config.trust_remote_code)
     adapter_for(model.config)

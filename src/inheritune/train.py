@@ -447,7 +447,7 @@ def _load_teacher(config: TrainConfig, student, d: D.Dist):
     """The KD teacher, frozen; its vocabulary must be the student's (the KL compares the two distributions)."""
     from .models import load_model
 
-    teacher, _ = load_model(config.teacher, device=str(d.device))
+    teacher, _ = load_model(config.teacher, device=str(d.device), with_tokenizer=False)
     teacher.requires_grad_(False)
     ours, theirs = student.get_output_embeddings().out_features, teacher.get_output_embeddings().out_features
     if ours != theirs:
