@@ -52,7 +52,8 @@ def test_evaluate_command_and_tokenizer_mismatch(dataset, tiny_model_dir, tmp_pa
     results = evaluate(EvalConfig(models=[str(tiny_model_dir), str(tiny_model_dir)], data=str(dataset.path),
                                   seq_len=32, out=str(tmp_path / "ev")), progress=False)
     assert results[0]["loss"] == results[1]["loss"] and (tmp_path / "ev" / "results.json").is_file()
-    assert "+0.0000" in capsys.readouterr().out
+    assert results[1]["paired_vs_first"]["ci95"] == [0.0, 0.0]  # the same model: a paired delta of exactly 0
+    assert "+0.0000 [+0.000, +0.000]" in capsys.readouterr().out
     from inheritune.tokenizer import gpt2_tokenizer_from_tiktoken
     import base64
 
@@ -95,3 +96,20 @@ def test_chunked_token_losses_equal_the_full_logits_path(family):
         tail = token_losses(model, ids[:, :-1], ids[:, -5:], chunk=4)
     assert (full - chunked).abs().max().item() < 1e-5
     assert (full[:, -5:] - tail).abs().max().item() < 1e-5
+
+
+def test_paired_interval_sees_a_consistent_gap_that_separate_intervals_miss():
+    from inheritune.evaluate import paired_delta
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(2.0, 6.0, size=40)  # windows differ a lot; model b is 0.05 nats better on every one
+    counts = np.full(40, 100)
+    a = {"window_sums": (difficulty * 100).tolist(), "window_counts": counts.tolist()}
+    b = {"window_sums": ((difficulty - 0.05) * 100).tolist(), "window_counts": counts.tolist()}
+    pair = paired_delta(a, b, bootstrap=2000)
+    assert pair["delta"] == pytest.approx(0.05) and pair["significant"] and pair["ci95"][0] > 0.04
+    alone_a = summarize(np.array(a["window_sums"]), counts, 2000)["loss_ci95"]
+    alone_b = summarize(np.array(b["window_sums"]), counts, 2000)["loss_ci95"]
+    assert alone_a[0] < alone_b[1]  # the unpaired intervals overlap: they would call it noise
+    with pytest.raises(UserError, match="same windows"):
+        paired_delta(a, {"window_sums": [1.0], "window_counts": [100]})

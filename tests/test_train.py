@@ -110,12 +110,16 @@ def _torchrun_losses(config: TrainConfig, nproc: int):
     result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()]
-    return [line["loss"] for line in lines], json.loads((Path(config.out) / "summary.json").read_text())
+    summary = json.loads((Path(config.out) / "summary.json").read_text())
+    for line in lines:  # MFU divides by the peak of every device that ran the step
+        expected = summary["flops_per_token"] * line["tokens_per_s"] / (config.peak_flops * nproc)
+        assert line["mfu"] == pytest.approx(expected, rel=1e-9)
+    return [line["loss"] for line in lines], summary
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path, strategy):
-    common = dict(max_steps=10, eval_interval=10, checkpoint_interval=10, global_batch_tokens=32 * 8)
+    common = dict(max_steps=10, eval_interval=10, checkpoint_interval=10, global_batch_tokens=32 * 8, peak_flops=1e12)
     single = train(_config(dataset, tmp_path / "one", micro_batch_size=4, **common))  # 2 accumulation steps
     single_losses = [h["loss"] for h in single["history"]]
     losses, summary = _torchrun_losses(_config(dataset, tmp_path / strategy, distributed=strategy,

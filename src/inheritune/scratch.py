@@ -45,7 +45,7 @@ def _options(text: str) -> dict:
     return options
 
 
-def scratch_config(spec: str, vocab_size: int, seq_len: int):
+def scratch_config(spec: str, vocab_size: int, seq_len: int, eos_token_id: int | None = None):
     """An HF config for a fresh model described by ``spec`` (see the module docstring)."""
     from transformers import AutoConfig, GPT2Config, LlamaConfig
 
@@ -83,8 +83,10 @@ def scratch_config(spec: str, vocab_size: int, seq_len: int):
         return GPT2Config(n_layer=layers, n_embd=hidden, n_head=heads, vocab_size=vocab, n_positions=context,
                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                           scale_attn_by_inverse_layer_idx=options.get("scale_attn_by_inverse_layer_idx", True),
-                          tie_word_embeddings=options.get("tie", True))
+                          tie_word_embeddings=options.get("tie", True), bos_token_id=eos_token_id,
+                          eos_token_id=eos_token_id)
     ffn = int(options.get("ffn", 256 * ((8 * hidden // 3 + 255) // 256)))
     return LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                        num_key_value_heads=int(options.get("kv_heads", heads)), intermediate_size=ffn,
-                       vocab_size=vocab, max_position_embeddings=context, tie_word_embeddings=options.get("tie", True))
+                       vocab_size=vocab, max_position_embeddings=context, tie_word_embeddings=options.get("tie", True),
+                       bos_token_id=eos_token_id, eos_token_id=eos_token_id)

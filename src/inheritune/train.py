@@ -122,7 +122,8 @@ def load_training_model(config: TrainConfig, data: TokenData, dtype: torch.dtype
 
     if is_scratch(config.model):
         torch.manual_seed(config.seed)
-        model = AutoModelForCausalLM.from_config(scratch_config(config.model, data.vocab_size, config.seq_len),
+        model = AutoModelForCausalLM.from_config(scratch_config(config.model, data.vocab_size, config.seq_len,
+                                                                data.meta.get("eos_token_id")),
                                                  dtype=dtype)
         return model, None
     model, _ = load_model(config.model, dtype=dtype, attn_implementation="sdpa", with_tokenizer=False)
