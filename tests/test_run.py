@@ -126,7 +126,7 @@ def test_bad_run_input_fails_before_training(setup, tmp_path):
         from_dict(RunConfig, {"max_round": 3})
     other = tmp_path / "other-tok"
     shutil.copytree(ref, other)
-    from inheritune.tokenizer import gpt2_tokenizer_from_tiktoken
+    from inheritune.bpe import gpt2_tokenizer_from_tiktoken
     import base64
 
     gpt2_tokenizer_from_tiktoken(b"\n".join(base64.b64encode(bytes([b])) + b" " + str(b).encode()

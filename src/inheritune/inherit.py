@@ -18,10 +18,13 @@ import torch
 
 from . import __version__
 from .architectures import Adapter, adapter_for
-from .config import option, to_dict
 from .cards import child_card, write_card
+from .config import option, to_dict
 from .errors import UserError, refuse_output_over_input, replace_dir
+from .models import parse_dtype
+from .sources import resolve_model_path
 from .weights import ModelSource, SafetensorsSource, open_reference, shrink_to
+
 
 # Which parts of each block, and which parts outside the blocks, each copy mode inherits.
 COPY_MODES = {
@@ -119,8 +122,6 @@ def layers_from_report(path: str | Path) -> list[int]:
 
 def _check_report_is_about(report: str, reference: str) -> None:
     """A recommendation is about one model: refuse one made for another."""
-    from .models import resolve_model_path
-
     try:
         analysed = json.loads(Path(report).read_text()).get("config", {}).get("model")
     except (OSError, json.JSONDecodeError, AttributeError):
@@ -278,8 +279,6 @@ def build_child(reference, layers: list[int] | None = None, init: str = "inherit
 
 def inherit(config: InheritConfig) -> Path:
     """Cut the child described by ``config`` and save it as an HF directory with ``inheritune.json``."""
-    from .models import parse_dtype
-
     if not config.reference:
         raise UserError("no reference model given")
     if not config.out:
@@ -289,7 +288,6 @@ def inherit(config: InheritConfig) -> Path:
         raise UserError(f"--out {out} is a file, not a directory")
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    from .models import resolve_model_path
 
     path, gguf = resolve_model_path(config.reference)
     refuse_output_over_input(out, Path(path) / gguf if gguf else path, config.from_report)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import to_dict
 from .evaluate import paired_delta
+from .plots import draw_loss
 
 
 def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref: dict, bootstrap: int,
@@ -70,8 +71,6 @@ def table(rows: list[dict]) -> str:
 def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, ref_training: dict | None,
                  analysis: dict | None, start: int, rounds: list[dict], baselines: dict, matched: bool,
                  comparison: str | None, seconds: float) -> dict:
-    from .plots import draw_loss
-
     ref_loss = ref["loss"]
     bootstrap = config.bootstrap
     ref_flops = ref_training["training_flops"] if ref_training else 0.0

@@ -11,8 +11,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .analyze import AnalyzeConfig, analyze
+from .checkpoint import checkpoints
 from .config import option, to_dict
+from .data import TokenData
 from .errors import Interrupted, UserError
+from .evaluate import check_tokenizer_matches, inference_cost, validation_loss
+from .inherit import InheritConfig, inherit
+from .models import load_model
+from .report import write_report
+from .sources import resolve_model_path
+from .train import TrainConfig, train
+from .zeroshot import zero_shot
+
 
 BASELINES = ("random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd")
 
@@ -92,8 +103,6 @@ class RunConfig:
 
     def train_config(self, model: str, out: str, steps: int, **extra):
         """The TrainConfig of one stage: every training knob of the run, this stage's model, budget and data."""
-        from .train import TrainConfig
-
         return TrainConfig(model=model, data=self.data, out=out, max_steps=steps, seq_len=self.seq_len,
                            micro_batch_size=self.micro_batch_size, global_batch_tokens=self.global_batch_tokens,
                            data_order=self.data_order, distributed=self.distributed, compile=self.compile,
@@ -120,13 +129,8 @@ class _State:
         tmp.replace(self.path)
 
 
-
-
 def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Path, steps: int, **extra) -> dict:
     """Train once: reuse a finished run, resume an interrupted one, else start fresh."""
-    from .checkpoint import checkpoints
-    from .train import train
-
     done = state.get(key)
     if done and done.get("status") == "finished":
         return done
@@ -163,8 +167,6 @@ def _torchrun(train_config, nproc: int) -> dict:
 
 def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
     """Cut a child once (an existing one is reused when the run is re-entered)."""
-    from .inherit import InheritConfig, inherit
-
     if (out / "inheritune.json").is_file():
         return out
     return inherit(InheritConfig(reference=reference, out=str(out), overwrite=True, **kwargs))
@@ -172,10 +174,6 @@ def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
 
 def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -> dict:
     """Val loss with its bootstrap interval on the run's windows, plus inference cost."""
-    from .data import TokenData
-    from .evaluate import check_tokenizer_matches, inference_cost, validation_loss
-    from .models import load_model
-
     done = state.get(key)
     if done:
         return done
@@ -188,8 +186,6 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
                              bootstrap=config.bootstrap, keep_windows=True)
     result["inference"] = inference_cost(model, seq_len=config.seq_len, new_tokens=16, device=device, path=path)
     if config.tasks:
-        from .zeroshot import zero_shot
-
         result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.micro_batch_size,
                                         config.task_limit or None, device)
     result["layers"] = model.config.num_hidden_layers
@@ -233,7 +229,6 @@ def run(config: RunConfig) -> dict:
     """Run the recipe; returns the report (also written as report.md / report.json in ``out``)."""
     from transformers import AutoConfig
 
-    from .models import resolve_model_path
 
     if not config.data or not config.out:
         raise UserError("run needs --data and --out")
@@ -241,7 +236,6 @@ def run(config: RunConfig) -> dict:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     _device(config)
-    from .data import TokenData
 
     TokenData(config.data)  # a missing or damaged dataset fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -270,8 +264,6 @@ def run(config: RunConfig) -> dict:
     if config.start == "auto":
         analysis = state.get("analysis")
         if analysis is None:
-            from .analyze import AnalyzeConfig, analyze
-
             report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
                                            n=config.analyze_n, t=config.analyze_t, device=_device(config),
                                            overwrite=True), progress=config.progress)
@@ -320,15 +312,12 @@ def run(config: RunConfig) -> dict:
     # ---- report -----------------------------------------------------------------------------------
     comparison = None
     if config.compare_analysis and state.get("compare_done") is None:
-        from .analyze import AnalyzeConfig, analyze
-
         analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
                               out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t, device=_device(config),
                               overwrite=True), progress=config.progress)
         state.put("compare_done", True)
     if config.compare_analysis:
         comparison = str(out / "compare")
-    from .report import write_report
 
     return write_report(config, out, reference, n_layers, ref, summary, analysis, start, rounds, baselines, matched,
                         comparison, time.perf_counter() - started)

@@ -20,12 +20,18 @@ import numpy as np
 import torch
 
 from . import distributed as D
+from .architectures import adapter_for
+from .cards import trained_card, write_card
 from .checkpoint import RunLock, checkpoints, load_checkpoint, save_checkpoint
 from .config import option, to_dict
 from .data import RandomWindows, SequentialWindows, TokenData, fixed_windows
 from .errors import UserError, refuse_output_over_input
-from .progress import progress_bar
+from .models import load_model, parse_dtype
 from .optim import cross_entropy, default_peak_flops, distillation_loss, flops_per_token, lr_at, make_optimizer
+from .plots import draw_loss
+from .progress import progress_bar
+from .scratch import is_scratch, scratch_config
+from .tokenizer import load_tokenizer, tokenizer_identity
 
 
 @dataclass
@@ -115,10 +121,6 @@ class TrainConfig:
 def load_training_model(config: TrainConfig, data: TokenData, dtype: torch.dtype = torch.float32):
     """(model, tokenizer or None): weights from an HF dir/GGUF/name, or fresh from a scratch spec (seeded)."""
     from transformers import AutoModelForCausalLM
-
-    from .models import load_model
-    from .scratch import is_scratch, scratch_config
-    from .tokenizer import load_tokenizer
 
     if is_scratch(config.model):
         torch.manual_seed(config.seed)
@@ -245,8 +247,6 @@ def evaluate_windows(model, tokens, starts, config: TrainConfig, d: D.Dist, auto
 
 def train(config: TrainConfig, model=None) -> dict:
     """Run training as configured; returns the summary (also written to ``out/summary.json``)."""
-    from .models import parse_dtype
-
     if not config.data or not config.out or not (config.model or model is not None):
         raise UserError("train needs --model, --data and --out")
     d = D.setup(config.device)
@@ -446,8 +446,6 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
 
 def _load_teacher(config: TrainConfig, student, d: D.Dist):
     """The KD teacher, frozen; its vocabulary must be the student's (the KL compares the two distributions)."""
-    from .models import load_model
-
     teacher, _ = load_model(config.teacher, device=str(d.device), with_tokenizer=False)
     teacher.requires_grad_(False)
     ours, theirs = student.get_output_embeddings().out_features, teacher.get_output_embeddings().out_features
@@ -458,8 +456,6 @@ def _load_teacher(config: TrainConfig, student, d: D.Dist):
 
 
 def _blocks(model):
-    from .architectures import adapter_for
-
     try:
         return adapter_for(model.config).block_list(model)
     except UserError:
@@ -470,9 +466,6 @@ def _save_final(model, state: dict, tokenizer, data: TokenData, path: Path, fact
     """The trained model as an HF directory with the dataset's tokenizer (the one its ids mean), a model card and
     inheritune.json (how it was made)."""
     from transformers import AutoModelForCausalLM
-
-    from .cards import trained_card, write_card
-    from .tokenizer import load_tokenizer, tokenizer_identity
 
     fresh = AutoModelForCausalLM.from_config(model.config)
     missing, unexpected = fresh.load_state_dict(state, strict=False)
@@ -504,8 +497,6 @@ def _save_final(model, state: dict, tokenizer, data: TokenData, path: Path, fact
 
 
 def _plot_loss(history: list[dict], path: Path) -> None:
-    from .plots import draw_loss
-
     if history:
         draw_loss({"train": history}, path)
 

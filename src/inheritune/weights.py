@@ -15,7 +15,12 @@ from pathlib import Path
 
 import torch
 
+from .architectures import adapter_for
 from .errors import UserError
+from .hashing import sha256_file
+from .models import load_model
+from .sources import resolve_model_path
+from .tokenizer import load_tokenizer
 
 
 class ModelSource:
@@ -100,7 +105,6 @@ class Reference:
         """sha256 over the reference's weight files (None for a model given as an object)."""
         if not self.files:
             return None
-        from .assets import sha256_file
 
         digest = hashlib.sha256()
         for path in self.files:
@@ -112,7 +116,6 @@ def open_reference(reference, trust_remote_code: bool = False) -> Reference:
     """A Reference from a model object, a safetensors HF directory (read lazily), or anything load_model takes."""
     from transformers import AutoConfig, GenerationConfig
 
-    from .models import load_model, resolve_model_path
 
     if isinstance(reference, Reference):
         return reference
@@ -132,13 +135,10 @@ def open_reference(reference, trust_remote_code: bool = False) -> Reference:
         raise UserError(f"cannot read the config of {directory}: {str(exc).splitlines()[0]}") from None
     tokenizer = None
     if any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        from .tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
     generation = None
     if (directory / "generation_config.json").is_file():
         generation = GenerationConfig.from_pretrained(directory)
-    from .architectures import adapter_for
 
     prefix = adapter_for(config).blocks.split(".")[0]
     source = SafetensorsSource(directory, base_prefix=prefix, config=config)

@@ -13,6 +13,8 @@ import tarfile
 from pathlib import Path
 
 from .errors import UserError
+from .registry import cache_dir, download
+
 
 BIGBENCH_SPEC = "bigbench==1.0.0"
 BIGBENCH_DEFAULT = ("general_knowledge", "social_iqa", "winowhy", "physical_intuition")
@@ -76,12 +78,10 @@ def write_task(name: str, items: list[dict], folder: Path) -> Path:
 def fetch_bigbench(tasks: list[str], cache: str | Path | None = None) -> Path:
     """Extract (once) the named BIG-bench tasks from the official sdist and write lm-eval task files; returns
     the folder holding them."""
-    from .assets import _download, cache_dir
-
     root = cache_dir(cache) / "bigbench"
     missing = [t for t in tasks if not (root / f"{TASK_PREFIX}{t}.yaml").is_file()]
     if missing:
-        sdist = _download(BIGBENCH_SPEC, cache_dir(cache) / "downloads", "sdist")
+        sdist = download(BIGBENCH_SPEC, cache_dir(cache) / "downloads", "sdist")
         wanted = {f"bigbench/benchmark_tasks/{t}/task.json": t for t in missing}
         found = {}
         with tarfile.open(sdist) as archive:
