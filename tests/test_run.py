@@ -1,5 +1,9 @@
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -8,6 +12,7 @@ from safetensors.torch import load_file
 from families import trained_like
 from inheritune.data import PrepareConfig, prepare
 from inheritune.errors import UserError
+from inheritune.config import from_dict
 from inheritune.run import RunConfig, run
 
 
@@ -29,7 +34,7 @@ def _config(data, ref, out, **kw):
     base = dict(reference=str(ref), data=str(data), out=str(out), start="2", step=2, max_rounds=2, steps=3,
                 seq_len=16, micro_batch_size=4, eval_windows=8, eval_interval=0, lr=1e-3, analyze_n=4, analyze_t=16,
                 compare_analysis=False, progress=False, device="cpu")
-    return RunConfig(**{**base, **kw})
+    return from_dict(RunConfig, {**base, **kw})  # the train section's keys given flat, as flags give them
 
 
 def test_growth_rounds_reinherit_and_stop_when_matched(setup, tmp_path):
@@ -66,21 +71,31 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
     from inheritune.errors import Interrupted
 
     data, ref = setup
-    whole = run(_config(data, ref, tmp_path / "whole", max_rounds=1, steps=4, baselines=[]))
-    monkeypatch.setenv("INHERITUNE_TEST_SIGNAL_AT", "2:TERM")  # the first training stops after its step 2
+    whole = run(_config(data, ref, tmp_path / "whole", max_rounds=1, steps=60, baselines=[]))
+    metrics = tmp_path / "run" / "rounds" / "round-0-l2" / "train" / "metrics.jsonl"
+
+    def interrupt():  # SIGTERM from outside the loop once the first training is under way
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=interrupt)
+    watcher.start()
     with pytest.raises(Interrupted, match="same 'inheritune run' command"):
-        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=4, baselines=[]))
-    monkeypatch.delenv("INHERITUNE_TEST_SIGNAL_AT")
-    with pytest.raises(UserError, match="steps 4 -> 5"):
-        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=5, baselines=[]))
+        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=[]))
+    watcher.join()
+    with pytest.raises(UserError, match="steps 60 -> 50"):
+        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=50, baselines=[]))
     with pytest.raises(UserError, match="lr 0.001 -> 0.002"):
-        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=4, lr=2e-3, baselines=[]))
-    resumed = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=4, baselines=[]))
-    metrics = (tmp_path / "run" / "rounds" / "round-0-l2" / "train" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3, 4]
+        run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, lr=2e-3, baselines=[]))
+    resumed = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=[]))
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 61))
     assert abs(resumed["rows"][1]["val_loss"] - whole["rows"][1]["val_loss"]) <= 1e-6
     # Adding a baseline is applied (and said), not refused.
-    more = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=4, baselines=["random"]))
+    more = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=["random"]))
     assert [r["model"] for r in more["rows"]][-1] == "baseline random"
 
 
@@ -120,8 +135,6 @@ def test_bad_run_input_fails_before_training(setup, tmp_path):
         _config(data, ref, tmp_path / "b", step=0)
     with pytest.raises(UserError, match="too small"):
         _config(data, ref, tmp_path / "c", steps=1, budget=0.1)
-    from inheritune.config import from_dict
-
     with pytest.raises(UserError, match="did you mean 'max_rounds'"):
         from_dict(RunConfig, {"max_round": 3})
     other = tmp_path / "other-tok"

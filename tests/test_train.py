@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,29 +65,51 @@ def test_loss_falls_and_outputs_are_written(dataset, tmp_path):
     assert summary["best_val_loss"] <= summary["final_val_loss"]
 
 
+def _signal_at(config: TrainConfig, step: int, sig: int, extra=()):
+    """Run `inheritune train` and send it ``sig`` from outside once metrics.jsonl shows ``step``, as a scheduler
+    or a user at the keyboard would (the training loop has no test hook)."""
+    args = [sys.executable, "-m", "inheritune", "train"]
+    for key, value in vars(config).items():
+        if isinstance(value, bool):
+            args += [f"--{key.replace('_', '-')}", str(value).lower()]
+        elif value not in ("", None):
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    process = subprocess.Popen(args + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = Path(config.out) / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        lines = metrics.read_text().splitlines() if metrics.is_file() else []
+        if lines and json.loads(lines[-1])["step"] >= step:
+            process.send_signal(sig)
+            break
+        time.sleep(0.002)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
 @pytest.mark.parametrize("order", ["random", "sequential"])
 def test_resume_after_sigkill_is_exact(dataset, tmp_path, order):
-    config = _config(dataset, tmp_path / "whole", data_order=order)
+    config = _config(dataset, tmp_path / "whole", data_order=order, max_steps=40, eval_interval=10)
     assert _cli(config).returncode == 0
-    broken = _config(dataset, tmp_path / "broken", data_order=order)
-    killed = _cli(broken, env={"INHERITUNE_TEST_SIGNAL_AT": "6:KILL"})
+    broken = _config(dataset, tmp_path / "broken", data_order=order, max_steps=40, eval_interval=10)
+    killed = _signal_at(broken, 6, signal.SIGKILL)
     assert killed.returncode == -9 and not (tmp_path / "broken" / "final").exists()
-    assert [p.name for p in (tmp_path / "broken").glob("ckpt-*.pt")] == ["ckpt-0000004.pt"]
+    assert list((tmp_path / "broken").glob("ckpt-*.pt"))  # at least the one of step 4
     resumed = _cli(broken, extra=["--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "broken")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     logged = [json.loads(line)["step"] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
-    assert logged == list(range(1, config.max_steps + 1))  # steps 5-6 of the killed run are not logged twice
+    assert logged == list(range(1, config.max_steps + 1))  # steps redone after the kill are not logged twice
     final = [json.loads((tmp_path / r / "summary.json").read_text())["final_val_loss"] for r in ("whole", "broken")]
     assert abs(final[0] - final[1]) <= 1e-6
 
 
 def test_resume_with_other_settings_is_refused_naming_them(dataset, tmp_path):
-    broken = _config(dataset, tmp_path / "run")
-    assert _cli(broken, env={"INHERITUNE_TEST_SIGNAL_AT": "5:KILL"}).returncode == -9
-    for flag, value, named in (("--lr", "0.002", "lr 0.003 -> 0.002"), ("--max-steps", "20", "max_steps 10 -> 20"),
+    broken = _config(dataset, tmp_path / "run", max_steps=40)
+    assert _signal_at(broken, 5, signal.SIGKILL).returncode == -9
+    for flag, value, named in (("--lr", "0.002", "lr 0.003 -> 0.002"), ("--max-steps", "20", "max_steps 40 -> 20"),
                                ("--micro-batch-size", "2", "tokens_per_step 128 -> 64")):
         again = _cli(broken, extra=["--resume", flag, value])
         assert again.returncode == 2 and named in again.stderr, again.stderr
@@ -93,12 +117,14 @@ def test_resume_with_other_settings_is_refused_naming_them(dataset, tmp_path):
 
 
 def test_sigterm_checkpoints_and_exits_with_the_signal(dataset, tmp_path):
-    run = _cli(_config(dataset, tmp_path / "run", checkpoint_interval=0), env={"INHERITUNE_TEST_SIGNAL_AT": "3:TERM"})
+    run = _signal_at(_config(dataset, tmp_path / "run", checkpoint_interval=0, max_steps=200), 3, signal.SIGTERM)
     assert run.returncode == 128 + 15, run.stderr  # so that `train && next` stops, as a shell would
-    assert "stopped at step 3" in run.stdout and "model in" not in run.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    stopped = summary["steps"]
+    assert summary["status"] == "interrupted" and 3 <= stopped < 200
+    assert f"stopped at step {stopped}" in run.stdout and "model in" not in run.stdout
     assert "--resume" in run.stderr and not (tmp_path / "run" / "final").exists()
-    assert [p.name for p in (tmp_path / "run").glob("ckpt-*.pt")] == ["ckpt-0000003.pt"]
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
+    assert [p.name for p in (tmp_path / "run").glob("ckpt-*.pt")] == [f"ckpt-{stopped:07d}.pt"]
 
 
 def _torchrun_losses(config: TrainConfig, nproc: int):

@@ -2,7 +2,8 @@
 
 A config class only declares fields and validates them in ``__post_init__``; this module turns any such class
 into argparse flags (``--field-name``), reads YAML files into it, and names the nearest valid key when a
-key is unknown.
+key is unknown. A field whose type is itself a config class is a section (``train:`` in YAML); its fields keep
+their plain flag names (``--lr``) and may also be given flat in YAML, as long as no name is taken twice.
 """
 
 from __future__ import annotations
@@ -52,18 +53,32 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per dataclass field; defaults stay None so that only given flags override YAML."""
+def sections(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are config classes themselves: name -> class."""
     hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                         section: str = "") -> None:
+    """One ``--flag`` per dataclass field (a section's fields by their own names, stored as ``section.name``);
+    defaults stay None so that only given flags override YAML."""
+    hints = typing.get_type_hints(cls)
+    nested = sections(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
+            continue
+        if field.name in nested:
+            add_config_arguments(parser, nested[field.name], skip=tuple(skip) + tuple(f.name for f in dataclasses.fields(cls)),
+                                 section=field.name)
             continue
         inner, is_list = _base_type(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         help_text = f"{field.metadata.get('help', '')} (default: {default})"
-        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": help_text}
+        dest = f"{section}.{field.name}" if section else field.name
+        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": help_text}
         if inner is bool:
             kwargs.update(type=_parse_bool, metavar="BOOL", nargs="?", const=True)
         elif is_list:
@@ -87,23 +102,64 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: di
         if not isinstance(loaded, dict):
             raise UserError(f"config file {path} must hold a mapping of keys to values")
         values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, dot, name = key.partition(".")
+        if dot:
+            values.setdefault(section, {})
+            if not isinstance(values[section], dict):
+                raise UserError(f"config key '{section}' must be a section (a mapping), not {values[section]!r}")
+            values[section][name] = value
+        else:
+            values[key] = value
     return from_dict(cls, values)
 
 
 def from_dict(cls: type[C], values: dict[str, Any]) -> C:
-    """Build ``cls`` from a mapping, refusing unknown keys with the nearest valid one named."""
+    """Build ``cls`` from a mapping, refusing unknown keys with the nearest valid one named. Keys of a section
+    may also come flat; a section given as a mapping is built the same way."""
     names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
+    nested = sections(cls)
+    owner = {f.name: section for section, sub in nested.items() for f in dataclasses.fields(sub)}
+    own: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {section: {} for section in nested}
+    for key, value in values.items():
         normal = key.replace("-", "_")
-        if normal not in names:
-            near = difflib.get_close_matches(normal, names, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
+        if normal in nested:
+            if isinstance(value, dict):
+                parts[normal].update(value)
+                continue
+            if not dataclasses.is_dataclass(value):
+                raise UserError(f"config key '{key}' must be a section (a mapping), not {value!r}")
+            own[normal] = value
+        elif normal in names:
+            own[normal] = value
+        elif normal in owner:
+            parts[owner[normal]][normal] = value
+        else:
+            candidates = names + list(owner)
+            near = difflib.get_close_matches(normal, candidates, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(candidates)}"
             raise UserError(f"unknown config key '{key}' for {cls.__name__}{hint}")
+    for section, part in parts.items():
+        if section not in own:
+            own[section] = from_dict(nested[section], part)
     try:
-        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        return cls(**own)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}: sections' keys with their section's name."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def to_dict(config) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .progress import progress_bar
 from .tokenizer import load_tokenizer, tokenizer_identity
 
 import numpy as np
+import torch
 
 
 FORMAT = "inheritune-tokens/1"
@@ -303,11 +304,14 @@ class TokenData:
         return np.memmap(path, dtype=self.dtype, mode="r")
 
 
-def _as_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int):
-    import torch
+def window_rows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+    """The windows starting at ``starts`` as one int64 tensor [n, seq_len + 1] (inputs and shifted targets): the
+    one place where token windows become model rows, for training and evaluation alike."""
+    return torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
 
-    rows = np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts])
-    rows = torch.from_numpy(rows)
+
+def _as_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int):
+    rows = window_rows(tokens, starts, seq_len)
     return rows[:, :-1], rows[:, 1:]
 
 

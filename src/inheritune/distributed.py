@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError
 
@@ -58,26 +63,34 @@ def wrap(model, d: Dist, strategy: str, blocks) -> torch.nn.Module:
     if not d.active:
         return model
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
         for block in blocks:
             fully_shard(block)
         fully_shard(model)
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
 
 def gradient_sync(model, enabled: bool):
     """Skip the gradient all-reduce on non-final micro-steps of gradient accumulation."""
-    from torch.nn.parallel import DistributedDataParallel
-
     if isinstance(model, DistributedDataParallel):
         return contextlib.nullcontext() if enabled else model.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
         model.set_requires_gradient_sync(enabled)
     return contextlib.nullcontext()
+
+
+@contextmanager
+def unsharded(model):
+    """FSDP2: gather the root's own sharded parameters (embeddings, final norm, head) for a call that bypasses
+    the root's forward, such as the evaluate module's chunked head; for anything else there is nothing to do."""
+    if isinstance(model, FSDPModule):
+        model.unshard()
+        try:
+            yield model
+        finally:
+            model.reshard()
+    else:
+        yield model
 
 
 def unwrap(model):
@@ -86,9 +99,6 @@ def unwrap(model):
 
 def full_state(model, optimizer=None) -> tuple[dict, dict | None]:
     """Unsharded CPU model (and optimizer) state dicts; complete on rank 0 (others may be empty)."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     inner = unwrap(model)
     model_state = get_model_state_dict(inner, options=options)
@@ -98,9 +108,6 @@ def full_state(model, optimizer=None) -> tuple[dict, dict | None]:
 
 def load_full_state(model, optimizer, model_state: dict, optim_state: dict | None) -> None:
     """Load full state dicts (from rank 0's checkpoint, read on every rank) into a possibly sharded model."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
-
     options = StateDictOptions(full_state_dict=True)
     inner = unwrap(model)
     set_model_state_dict(inner, model_state, options=options)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import option, to_dict
-from .data import TokenData, fixed_windows
+from .data import TokenData, fixed_windows, window_rows
 from .errors import UserError
 from .models import load_model, parse_dtype
 from .plots import draw_comparison
@@ -102,7 +102,7 @@ def token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int 
     return out.reshape(targets.shape)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the trainer calls it between steps, FSDP buffers included
 def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, stride: int = 0,
                   batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32,
                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +114,7 @@ def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, s
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
     for first in progress_bar(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
         batch_starts = starts[first:first + batch_size]
-        rows = torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64)
-                                          for s in batch_starts])).to(device)
+        rows = window_rows(tokens, batch_starts, seq_len).to(device)
         if int(rows.max()) >= vocab:
             raise UserError(f"token id {int(rows.max())} does not fit the model's vocabulary of {vocab}")
         # Only the scored positions need logits; the very first window of a strided pass is scored whole.

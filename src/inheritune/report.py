@@ -126,7 +126,7 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
                   + " + ".join(f"{r['name']} ({r['training_flops']:.3g})" for r in rounds) + ".")
     lines += [spent_line]
     lines += ["", table(rows), "",
-              f"Validation: {ref['windows']} fixed windows of {config.seq_len} tokens ({ref['tokens']:,} tokens) of "
+              f"Validation: {ref['windows']} fixed windows of {config.train.seq_len} tokens ({ref['tokens']:,} tokens) of "
               f"the val split of `{config.data}`, identical for every model; loss intervals are bootstrap 95% over windows "
               f"({bootstrap} resamples), deltas are paired bootstrap intervals over the same windows. "
               "Training FLOPs = (6 N + 12 L d T) per token, plus the teacher's forward pass (2 N + 4 L d T) for KD. "
@@ -135,7 +135,7 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               "run trained the reference"
               + ("" if ref_training else " (it did not: the pretrained reference's own training is counted nowhere)")
               + "; stacking counts both of its stages. "
-              f"Inference: batch 1, {config.seq_len}-token prefill, 16 decoded tokens.", "",
+              f"Inference: batch 1, {config.train.seq_len}-token prefill, 16 decoded tokens.", "",
               "![validation loss](val_loss.png)", ""]
     if comparison:
         lines += [f"Reference vs final child, attention rank by layer (from `{comparison}`):", "",

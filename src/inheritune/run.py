@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .analyze import AnalyzeConfig, analyze
 from .checkpoint import checkpoints
-from .config import option, to_dict
+from .config import flatten, option, to_dict
 from .data import TokenData
 from .errors import Interrupted, UserError
 from .evaluate import check_tokenizer_matches, inference_cost, validation_loss
@@ -21,7 +21,8 @@ from .inherit import InheritConfig, inherit
 from .models import load_model
 from .report import write_report
 from .sources import resolve_model_path
-from .train import TrainConfig, train
+from .recipe import TrainConfig, TrainRecipe
+from .train import train
 from .zeroshot import zero_shot
 
 
@@ -47,24 +48,7 @@ class RunConfig:
     budget: float = option(1.0, help="multiplies every training budget (use > 1 on real hardware)")
     max_total_flops: float = option(0.0, help="stop growing once the training FLOPs spent exceed this; 0 = no cap")
     baselines: list[str] = option(["random"], help=f"baselines on the same budget: {', '.join(BASELINES)}")
-    seq_len: int = option(256, help="training and validation window")
-    micro_batch_size: int = option(8, help="windows per forward pass")
-    global_batch_tokens: int = option(0, help="tokens per optimizer step; 0 = one micro-batch per process")
-    lr: float = option(3e-4, help="peak learning rate")
-    min_lr: float = option(1e-5, help="cosine floor")
-    warmup_steps: int = option(-1, help="-1 = 2%% of the steps")
-    weight_decay: float = option(0.1, help="AdamW decay on matrices only")
-    beta1: float = option(0.9, help="AdamW beta1")
-    beta2: float = option(0.95, help="AdamW beta2")
-    grad_clip: float = option(1.0, help="gradient-norm clip; 0 = off")
-    data_order: str = option("random", help="random windows with replacement, or sequential without")
-    dtype: str = option("float32", help="float32 or bfloat16 autocast")
-    compile: bool = option(False, help="torch.compile every training (pays off on long runs)")
-    device: str = option("auto", help="auto, cpu or cuda")
     nproc_per_node: int = option(1, help="> 1: each training runs under torchrun with this many processes")
-    distributed: str = option("ddp", help="ddp or fsdp, when nproc_per_node > 1")
-    eval_windows: int = option(32, help="fixed validation windows shared by every model")
-    eval_interval: int = option(50, help="validation every this many steps within a training")
     kd_alpha: float = option(0.6, help="KD baseline: weight of CE")
     kd_temperature: float = option(1.0, help="KD baseline: temperature")
     tasks: list[str] = option([], help="zero-shot tasks for every final model (see 'inheritune evaluate --tasks')")
@@ -72,9 +56,9 @@ class RunConfig:
     analyze_n: int = option(100, help="sequences for the analysis (start auto, and the final comparison)")
     analyze_t: int = option(100, help="tokens per analysis sequence")
     compare_analysis: bool = option(True, help="analyse reference vs final child side by side at the end")
+    train: TrainRecipe = option(default_factory=TrainRecipe, help="the training recipe of every round and baseline "
+                                                                  "(its keys also work flat: --lr, --seq-len, ...)")
     bootstrap: int = option(1000, help="bootstrap resamples of the validation windows for intervals (paired for deltas)")
-    seed: int = option(1337, help="seed of data order and fresh weights")
-    progress: bool = option(True, help="progress bars")
 
     def __post_init__(self):
         if self.step <= 0:
@@ -96,20 +80,15 @@ class RunConfig:
             raise UserError(f"start must be 'half', 'auto' or a number of layers, not {self.start!r}")
         if self.bootstrap < 100:
             raise UserError(f"bootstrap must be >= 100 resamples for a 95% interval, got {self.bootstrap}")
-        if self.eval_windows < 2:
-            raise UserError(f"eval_windows must be >= 2 (intervals are over windows), got {self.eval_windows}")
+        if self.train.eval_windows < 2:
+            raise UserError(f"eval_windows must be >= 2 (intervals are over windows), got {self.train.eval_windows}")
         self.train_config("x", "x", round(self.steps * self.budget))  # every training knob is validated now, not after hours of work
 
 
-    def train_config(self, model: str, out: str, steps: int, **extra):
-        """The TrainConfig of one stage: every training knob of the run, this stage's model, budget and data."""
-        return TrainConfig(model=model, data=self.data, out=out, max_steps=steps, seq_len=self.seq_len,
-                           micro_batch_size=self.micro_batch_size, global_batch_tokens=self.global_batch_tokens,
-                           data_order=self.data_order, distributed=self.distributed, compile=self.compile,
-                           lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps, dtype=self.dtype,
-                           weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip,
-                           device=self.device, eval_interval=self.eval_interval, eval_windows=self.eval_windows,
-                           checkpoint_interval=max(10, steps // 4), seed=self.seed, progress=self.progress, **extra)
+    def train_config(self, model: str, out: str, steps: int, **extra) -> TrainConfig:
+        """The TrainConfig of one stage: the run's whole recipe, this stage's model, budget and output."""
+        return TrainConfig(**to_dict(self.train), model=model, data=self.data, out=out, max_steps=steps,
+                           checkpoint_interval=max(10, steps // 4), **extra)
 
 
 class _State:
@@ -182,11 +161,11 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
     data = TokenData(config.data)
     if tokenizer is not None:
         check_tokenizer_matches(tokenizer, data, name)
-    result = validation_loss(model, data, config.seq_len, 0, config.eval_windows, config.micro_batch_size, device,
+    result = validation_loss(model, data, config.train.seq_len, 0, config.train.eval_windows, config.train.micro_batch_size, device,
                              bootstrap=config.bootstrap, keep_windows=True)
-    result["inference"] = inference_cost(model, seq_len=config.seq_len, new_tokens=16, device=device, path=path)
+    result["inference"] = inference_cost(model, seq_len=config.train.seq_len, new_tokens=16, device=device, path=path)
     if config.tasks:
-        result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.micro_batch_size,
+        result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
                                         config.task_limit or None, device)
     result["layers"] = model.config.num_hidden_layers
     state.put(key, result)
@@ -196,9 +175,9 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
 def _device(config: RunConfig) -> str:
     import torch
 
-    if config.device == "cuda" and not torch.cuda.is_available():
+    if config.train.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu or auto)")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    return ("cuda" if torch.cuda.is_available() else "cpu") if config.train.device == "auto" else config.train.device
 
 
 # Settings that change what a stage trains or how it is measured: a run re-entered with any of them changed
@@ -206,15 +185,16 @@ def _device(config: RunConfig) -> str:
 # progress) only decide which stages run and how they are reported: they are applied, and said.
 FIXED_KEYS = ("reference", "reference_from_scratch", "data", "seq_len", "seed", "start", "step", "grow", "steps",
               "budget", "micro_batch_size", "global_batch_tokens", "lr", "min_lr", "warmup_steps", "weight_decay",
-              "beta1", "beta2", "grad_clip", "data_order", "dtype", "eval_windows", "kd_alpha", "kd_temperature",
-              "analyze_n", "analyze_t", "bootstrap")
+              "beta1", "beta2", "grad_clip", "data_order", "dtype", "tf32", "eval_windows", "kd_alpha",
+              "kd_temperature", "analyze_n", "analyze_t", "bootstrap")
 
 
 def _check_rerun(out: Path, config: RunConfig) -> None:
     previous = out / "run.json"
     if previous.is_file():
-        old = json.loads(previous.read_text())
-        new = to_dict(config)
+        # Compared key by key, the train section's keys by their own names (unique within a run's config).
+        old = {k.removeprefix("train."): v for k, v in flatten(json.loads(previous.read_text())).items()}
+        new = {k.removeprefix("train."): v for k, v in flatten(to_dict(config)).items()}
         fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in FIXED_KEYS if k in old and old[k] != new[k]]
         if fixed:
             raise UserError(f"{out} holds a run with other settings ({'; '.join(fixed)}); finished stages would be "
@@ -266,7 +246,7 @@ def run(config: RunConfig) -> dict:
         if analysis is None:
             report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
                                            n=config.analyze_n, t=config.analyze_t, device=_device(config),
-                                           overwrite=True), progress=config.progress)
+                                           overwrite=True), progress=config.train.progress)
             analysis = report["recommendation"]
             state.put("analysis", analysis)
         start = analysis["k"]
@@ -287,7 +267,7 @@ def run(config: RunConfig) -> dict:
         if config.grow == "continue" and rounds:
             _grown_child(reference, rounds[-1]["model_dir"], layers, child)
         else:
-            _inherit_stage(reference, child, layers=str(layers), seed=config.seed)
+            _inherit_stage(reference, child, layers=str(layers), seed=config.train.seed)
         trained = _train_stage(config, state, f"{name}/train", str(child), out / "rounds" / name / "train", steps)
         measured = _measure(config, name, trained["model_dir"], state, f"{name}/eval")
         spent += trained["training_flops"]
@@ -314,7 +294,7 @@ def run(config: RunConfig) -> dict:
     if config.compare_analysis and state.get("compare_done") is None:
         analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
                               out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t, device=_device(config),
-                              overwrite=True), progress=config.progress)
+                              overwrite=True), progress=config.train.progress)
         state.put("compare_done", True)
     if config.compare_analysis:
         comparison = str(out / "compare")
@@ -350,7 +330,7 @@ def _baseline(config: RunConfig, state: _State, name: str, reference: str, layer
     own training is part of what it cost)."""
     root = out / "baselines" / name
     if name in ("random", "random-2x", "kd"):
-        child = _inherit_stage(reference, root / "child", layers=str(layers), init="random", seed=config.seed)
+        child = _inherit_stage(reference, root / "child", layers=str(layers), init="random", seed=config.train.seed)
         extra = {"teacher": reference, "kd_alpha": config.kd_alpha, "kd_temperature": config.kd_temperature} \
             if name == "kd" else {}
         trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train",
@@ -361,7 +341,7 @@ def _baseline(config: RunConfig, state: _State, name: str, reference: str, layer
         # themselves (the first l of the 2 ceil(l/2) blocks), then trained again with the full budget on data
         # that continues where the first stage stopped (no batch seen twice).
         half = (layers + 1) // 2
-        small = _inherit_stage(reference, root / "small", layers=str(half), init="random", seed=config.seed)
+        small = _inherit_stage(reference, root / "small", layers=str(half), init="random", seed=config.train.seed)
         first = _train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train", steps)
         stacked = _inherit_stage(first["model_dir"], root / "child", init="stacking", depth=layers)
         trained = _train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train", steps,
