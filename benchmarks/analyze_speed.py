@@ -11,6 +11,7 @@ import argparse
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from inheritune import metrics
@@ -18,6 +19,16 @@ from inheritune.analyze import AnalyzeConfig, analyze, load_tokens, sample_seque
 from inheritune.assets import asset_path
 from inheritune.data import PrepareConfig, prepare
 from inheritune.models import load_model
+
+
+def energy_rank_loop(attn: torch.Tensor, tau: float = 0.9) -> torch.Tensor:
+    """The energy rank by its SVD definition, one matrix at a time with numpy: the baseline of this benchmark."""
+    flat = attn.reshape(-1, *attn.shape[-2:]).double().cpu().numpy()
+    out = np.empty(len(flat), dtype=np.int64)
+    for i, matrix in enumerate(flat):
+        s2 = np.linalg.svd(matrix, compute_uv=False) ** 2
+        out[i] = int(np.searchsorted(np.cumsum(s2) / s2.sum(), tau - 1e-6) + 1)
+    return torch.from_numpy(out.reshape(attn.shape[:-2]))
 
 
 def main() -> None:

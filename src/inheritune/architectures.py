@@ -26,6 +26,11 @@ class Adapter:
     mlp: tuple[str, ...] = ("mlp.",)
     ffn_field: str = "intermediate_size"  # config field of the MLP width
     project_out: str | None = None  # a projection between the final norm and the head (OPT-350m style)
+    # Fused projections (key suffix inside a block -> layout), which half-width must split before it keeps the
+    # first heads of each part: "qkv-columns" (GPT-2's Conv1D [in, 3 * out]), "qkv-rows" (its bias),
+    # "qkv-per-head" (GPT-NeoX: [q, k, v] per head), "qkv-split" (Phi-3: q, then k, then v rows), "halves"
+    # (Phi-3's gate and up projections stacked).
+    fused: tuple[tuple[str, str], ...] = ()
 
     # ----------------------------------------------------------------------------------- state-dict keys
     def block_key(self, key: str) -> tuple[int, str] | None:
@@ -86,6 +91,38 @@ class Adapter:
             qkv.weight[:, :hidden] /= source_index + 1
             qkv.bias[:hidden] /= source_index + 1
 
+    def soft_cap(self, config, logits):
+        """The family's final-logit soft-capping (Gemma), else the logits unchanged."""
+        cap = getattr(config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    # ------------------------------------------------------------------------------------- half-width
+    def shrink(self, tensor: torch.Tensor, shape: torch.Size, key: str, ref_config) -> torch.Tensor:
+        """Half-width copy of one tensor: the first half of heads and MLP units. Fused projections are split
+        into their parts first, so that each part keeps its own first heads."""
+        if tensor.shape == shape:
+            return tensor
+        layout = next((kind for suffix, kind in self.fused if key.endswith(suffix) or suffix in key), None)
+        heads = ref_config.num_attention_heads
+        head_dim = getattr(ref_config, "head_dim", None) or ref_config.hidden_size // heads
+        kv_heads = getattr(ref_config, "num_key_value_heads", None) or heads
+        if layout == "qkv-columns":
+            return torch.cat([_lead(p, (shape[0], shape[1] // 3)) for p in tensor.chunk(3, dim=1)], dim=1)
+        if layout == "qkv-rows":
+            return torch.cat([p[: shape[0] // 3] for p in tensor.chunk(3)])
+        if layout == "qkv-per-head":
+            per_head = tensor.reshape(heads, 3 * head_dim, *tensor.shape[1:])
+            return _lead(per_head[: shape[0] // (3 * head_dim)].reshape(-1, *tensor.shape[1:]), shape)
+        if layout == "qkv-split":
+            q, k, v = tensor.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+            child_kv = max(1, kv_heads // 2) * head_dim
+            return torch.cat([_lead(q, (heads // 2 * head_dim, shape[1])), _lead(k, (child_kv, shape[1])),
+                              _lead(v, (child_kv, shape[1]))])
+        if layout == "halves":
+            gate, up = tensor.chunk(2)
+            return torch.cat([_lead(gate, (shape[0] // 2, shape[1])), _lead(up, (shape[0] // 2, shape[1]))])
+        return _lead(tensor, shape)
+
     def logits(self, model, hidden):
         """What the model's own head makes of a residual-stream state: head(final_norm(x)), with the family's
         extra steps (OPT's output projection, Gemma's logit soft-capping)."""
@@ -94,26 +131,30 @@ class Adapter:
             projection = self.get(model, self.project_out)
             if projection is not None:
                 x = projection(x)
-        logits = self.lm_head(model)(x)
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return self.soft_cap(model.config, self.lm_head(model)(x))
+
+
+def _lead(tensor: torch.Tensor, shape) -> torch.Tensor:
+    """The leading block of ``tensor`` with the given shape (first heads, first units, first channels)."""
+    return tensor[tuple(slice(0, n) for n in shape)]
 
 
 _LLAMA_LIKE = dict(blocks="model.layers", embed="model.embed_tokens", final_norm="model.norm")
 
 ADAPTERS: dict[str, Adapter] = {
     "gpt2": Adapter("gpt2", blocks="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
-                    pos_embed="transformer.wpe", attention=("attn.",), mlp=("mlp.",), ffn_field="n_inner"),
+                    pos_embed="transformer.wpe", attention=("attn.",), mlp=("mlp.",), ffn_field="n_inner",
+                    fused=(("attn.c_attn.weight", "qkv-columns"), ("attn.c_attn.bias", "qkv-rows"))),
     "llama": Adapter("llama", **_LLAMA_LIKE),
     "mistral": Adapter("mistral", **_LLAMA_LIKE),
     "qwen2": Adapter("qwen2", **_LLAMA_LIKE),
     "qwen3": Adapter("qwen3", **_LLAMA_LIKE),
     "gemma3_text": Adapter("gemma3_text", **_LLAMA_LIKE),
-    "phi3": Adapter("phi3", **_LLAMA_LIKE),
+    "phi3": Adapter("phi3", **_LLAMA_LIKE, fused=(("self_attn.qkv_proj.weight", "qkv-split"),
+                                                   ("mlp.gate_up_proj.weight", "halves"))),
     "gpt_neox": Adapter("gpt_neox", blocks="gpt_neox.layers", embed="gpt_neox.embed_in",
-                        final_norm="gpt_neox.final_layer_norm", attention=("attention.",)),
+                        final_norm="gpt_neox.final_layer_norm", attention=("attention.",),
+                        fused=(("attention.query_key_value.", "qkv-per-head"),)),
     "opt": Adapter("opt", blocks="model.decoder.layers", embed="model.decoder.embed_tokens",
                    final_norm="model.decoder.final_layer_norm", pos_embed="model.decoder.embed_positions",
                    mlp=("fc1.", "fc2."), ffn_field="ffn_dim", project_out="model.decoder.project_out"),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .architectures import adapter_for
 from .config import option, to_dict
 from .data import TokenData, fixed_windows, window_rows
 from .errors import UserError
@@ -91,13 +92,11 @@ def token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int 
     is hundreds of MB, memory traffic rather than FLOPs dominates the loss."""
     hidden = model.base_model(input_ids=inputs).last_hidden_state[:, -targets.shape[1]:]  # after the final norm
     head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    adapter = adapter_for(model.config)
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     out = torch.empty(flat_targets.shape, dtype=torch.float32, device=inputs.device)
     for first in range(0, len(flat_targets), chunk):
-        logits = head(flat_hidden[first:first + chunk]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = adapter.soft_cap(model.config, head(flat_hidden[first:first + chunk]).float())
         out[first:first + chunk] = F.cross_entropy(logits, flat_targets[first:first + chunk], reduction="none")
     return out.reshape(targets.shape)
 

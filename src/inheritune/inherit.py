@@ -23,7 +23,7 @@ from .config import option, to_dict
 from .errors import UserError, refuse_output_over_input, replace_dir
 from .models import parse_dtype
 from .sources import resolve_model_path
-from .weights import ModelSource, SafetensorsSource, open_reference, shrink_to
+from .weights import open_reference
 
 
 # Which parts of each block, and which parts outside the blocks, each copy mode inherits.
@@ -236,7 +236,6 @@ def build_child(reference, layers: list[int] | None = None, init: str = "inherit
     tied = bool(getattr(config, "tie_word_embeddings", False))
     state = child.state_dict()
     plan = plan_copy(adapter, list(state), layers, copy_mode, init, tied)
-    wanted = {src: key for key, src in plan.items() if src is not None}
     # Stacking maps one reference key to several child keys: group them.
     targets: dict[str, list[str]] = {}
     for key, src in plan.items():
@@ -246,14 +245,13 @@ def build_child(reference, layers: list[int] | None = None, init: str = "inherit
     with torch.no_grad():
         for src, tensor in ref.source.read(list(targets)):
             for key in targets[src]:
-                value = shrink_to(tensor, state[key].shape, key, adapter, ref.config) if init == "half-width" \
-                    else tensor
+                value = adapter.shrink(tensor, state[key].shape, key, ref.config) if init == "half-width" else tensor
                 if value.shape != state[key].shape:
                     raise UserError(f"reference tensor {src} has shape {tuple(value.shape)}, the child's {key} "
                                     f"needs {tuple(state[key].shape)}")
                 state[key].copy_(value.to(state[key].dtype))
                 copied.add(key)
-    missing = sorted(set(wanted.values()) - copied)
+    missing = sorted(src for src, keys in targets.items() if any(key not in copied for key in keys))
     if missing:
         raise UserError(f"the reference has no tensor for {missing[0]} (and {len(missing) - 1} more)")
     if tied:
@@ -320,7 +318,3 @@ def inherit(config: InheritConfig) -> Path:
     print(f"child with {len(layers)} blocks ({record['parameters']:,} parameters, init {config.init}, "
           f"copy {config.copy}) written to {out}", flush=True)
     return out
-
-
-__all__ = ["InheritConfig", "inherit", "build_child", "parse_layers", "choose_layers", "plan_copy",
-           "child_config", "ModelSource", "SafetensorsSource"]

@@ -45,18 +45,6 @@ def energy_rank(attn: torch.Tensor, taus: float | list[float] = 0.9, dtype: torc
     return ranks[..., 0] if single else ranks
 
 
-def energy_rank_loop(attn, tau: float = 0.9):
-    """The same energy rank, one matrix at a time with numpy's SVD: the baseline of the speed benchmark."""
-    import numpy as np
-
-    flat = attn.reshape(-1, *attn.shape[-2:]).double().cpu().numpy()
-    out = np.empty(len(flat), dtype=np.int64)
-    for i, matrix in enumerate(flat):
-        s2 = np.linalg.svd(matrix, compute_uv=False) ** 2
-        out[i] = int(np.searchsorted(np.cumsum(s2) / s2.sum(), tau - _EPS) + 1)
-    return torch.from_numpy(out.reshape(attn.shape[:-2]))
-
-
 def column_mass(attn: torch.Tensor, eta: float = 0.9) -> torch.Tensor:
     """m*: how many columns, taken in order j = 1..m, hold a share eta of ||A||_F^2 (share_j = ||A[:, j]||^2)."""
     a = attn.double()

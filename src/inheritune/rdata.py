@@ -15,13 +15,15 @@ import struct
 import zlib
 from pathlib import Path
 
+from .errors import UserError
+
 _NILVALUE, _REF = 254, 255
 # Special singleton SEXPs written as bare flags; none carries data.
 _SINGLETONS = {242, 241, 253, 252, 251, 247, 250, 249, 248, 246}
 _PAIRLIST_TYPES = {2, 6, 17, 18}  # LISTSXP, LANGSXP, DOTSXP, ATTRLANGSXP-like pairlists
 
 
-class RDataError(ValueError):
+class RDataError(UserError):
     """The bytes are not an R serialisation this reader understands."""
 
 

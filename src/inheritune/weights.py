@@ -1,4 +1,4 @@
-"""Reading a reference's tensors without loading the whole model, and shrinking them for half-width.
+"""Reading a reference's tensors without loading the whole model.
 
 A reference on disk in safetensors (one file or sharded with an index) is read key by key, one shard open
 at a time; anything else (GGUF, .bin checkpoints, hub names, model objects) is loaded whole and read from
@@ -162,37 +162,3 @@ def _load_renamings(config) -> list:
         if type(transform) is WeightRenaming and len(transform.source_patterns) == 1:
             pairs.append((re.compile(transform.source_patterns[0]), transform.target_patterns[0]))
     return pairs
-
-
-# ------------------------------------------------------------------------------------------ half-width
-def _lead(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """The leading block of ``tensor`` with the given shape (first heads, first units, first channels)."""
-    return tensor[tuple(slice(0, n) for n in shape)]
-
-
-def shrink_to(tensor: torch.Tensor, shape: torch.Size, key: str, adapter, ref_config) -> torch.Tensor:
-    """Half-width copy: the first half of heads and MLP units. Fused projections are split into their parts
-    first, so that each part keeps its own first heads."""
-    if tensor.shape == shape:
-        return tensor
-    heads = ref_config.num_attention_heads
-    head_dim = getattr(ref_config, "head_dim", None) or ref_config.hidden_size // heads
-    kv_heads = getattr(ref_config, "num_key_value_heads", None) or heads
-    if adapter.family == "gpt2" and key.endswith("attn.c_attn.weight"):  # Conv1D [in, 3*out]
-        parts = tensor.chunk(3, dim=1)
-        return torch.cat([_lead(p, (shape[0], shape[1] // 3)) for p in parts], dim=1)
-    if adapter.family == "gpt2" and key.endswith("attn.c_attn.bias"):
-        return torch.cat([p[: shape[0] // 3] for p in tensor.chunk(3)])
-    if adapter.family == "gpt_neox" and "attention.query_key_value." in key:  # per head [q, k, v]
-        per_head = tensor.reshape(heads, 3 * head_dim, *tensor.shape[1:])
-        kept = per_head[: shape[0] // (3 * head_dim)].reshape(-1, *tensor.shape[1:])
-        return _lead(kept, shape)
-    if adapter.family == "phi3" and key.endswith("self_attn.qkv_proj.weight"):
-        q, k, v = tensor.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
-        child_kv = max(1, kv_heads // 2) * head_dim
-        return torch.cat([_lead(q, (heads // 2 * head_dim, shape[1])), _lead(k, (child_kv, shape[1])),
-                          _lead(v, (child_kv, shape[1]))])
-    if adapter.family == "phi3" and key.endswith("mlp.gate_up_proj.weight"):
-        gate, up = tensor.chunk(2)
-        return torch.cat([_lead(gate, (shape[0] // 2, shape[1])), _lead(up, (shape[0] // 2, shape[1]))])
-    return _lead(tensor, shape)
