@@ -112,6 +112,84 @@ def _eager(model) -> None:
                             f"probabilities ({exc})".splitlines()[0]) from None
 
 
+class _Recorder:
+    """Accumulates every metric during the forward passes, from hooks on each block's attention module (the
+    attention probabilities) and on the blocks themselves (the residual stream in and out)."""
+
+    def __init__(self, model, adapter, config: AnalyzeConfig, n_layers: int, maps: set[int]):
+        self.model, self.adapter, self.config = model, adapter, config
+        self.maps = maps
+        self.per_layer = [{"rank": [], "mass": [], "entropy": [], "sink": []} for _ in range(n_layers)]
+        self.bi_sum, self.bi_count = np.zeros(n_layers), 0
+        self.lens_sum, self.lens_count = np.zeros(n_layers), 0
+        self.last_token: list[list[torch.Tensor]] = [[] for _ in range(n_layers + 1)]
+        self.attention_maps: dict[int, np.ndarray] = {}
+        self.x_in, self.ids, self.lens_rows = None, None, 0
+
+    def attach(self, blocks) -> list:
+        hooks = []
+        for index, block in enumerate(blocks):
+            hooks.append(self.adapter.attention_module(block).register_forward_hook(self._on_attention(index)))
+            hooks.append(block.register_forward_pre_hook(self._on_block_input(index), with_kwargs=True))
+            hooks.append(block.register_forward_hook(self._on_block_output(index)))
+        return hooks
+
+    def _on_attention(self, index: int):
+        def hook(module, args, output):
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise UserError(f"{type(module).__name__} returned no attention probabilities under eager "
+                                f"attention; family '{self.model.config.model_type}' cannot be analysed")
+            weights = weights.float()
+            record = self.per_layer[index]
+            record["rank"].append(metrics.energy_rank(weights, self.config.tau).cpu())
+            record["mass"].append(metrics.column_mass(weights, self.config.eta).cpu())
+            record["entropy"].append(metrics.row_entropy(weights).cpu())
+            record["sink"].append(metrics.sink_mass(weights).cpu())
+            if index in self.maps and index not in self.attention_maps:
+                self.attention_maps[index] = weights[0].mean(0).cpu().numpy()
+        return hook
+
+    def _on_block_input(self, index: int):
+        def hook(module, args, kwargs):
+            self.x_in = args[0] if args else kwargs["hidden_states"]
+            if index == 0:
+                self.last_token[0].append(self.x_in[:, -1].double().cpu())
+        return hook
+
+    def _on_block_output(self, index: int):
+        def hook(module, args, output):
+            x_out = output[0] if isinstance(output, tuple) else output
+            self.bi_sum[index] += float(metrics.block_influence(self.x_in, x_out).sum())
+            self.last_token[index + 1].append(x_out[:, -1].double().cpu())
+            if self.lens_rows > 0:  # the logit lens: what the head makes of the stream after this block
+                logits = self.adapter.logits(self.model, x_out[:self.lens_rows, :-1]).float()
+                targets = self.ids[:self.lens_rows, 1:]
+                self.lens_sum[index] += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                              targets.reshape(-1), reduction="sum"))
+        return hook
+
+    def results(self, span: int) -> dict:
+        ranks = [torch.cat(r["rank"]).double() for r in self.per_layer]  # [N, H, n_tau]
+        finals = torch.stack([torch.cat(x) for x in self.last_token])  # [L+1, N, D]
+        n_layers = len(self.per_layer)
+        span = min(span, n_layers)
+        angular = [float(metrics.angular_distance(finals[l], finals[l + span]).mean())
+                   for l in range(n_layers - span + 1)]
+        return {
+            "rank_mean": np.stack([r.mean(0).numpy() for r in ranks]),  # [L, H, n_tau]
+            "rank_std": np.stack([r.std(0, unbiased=False).numpy() for r in ranks]),
+            "mass": np.stack([torch.cat(r["mass"]).double().mean(0).numpy() for r in self.per_layer]),  # [L, H]
+            "entropy": np.stack([torch.cat(r["entropy"]).mean(0).numpy() for r in self.per_layer]),
+            "sink": np.stack([torch.cat(r["sink"]).mean(0).numpy() for r in self.per_layer]),
+            "block_influence": self.bi_sum / self.bi_count,
+            "angular_distance": np.array(angular),
+            "logit_lens": self.lens_sum / max(self.lens_count, 1),
+            "lens_tokens": self.lens_count,
+            "attention_maps": self.attention_maps,
+        }
+
+
 @torch.inference_mode()
 def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: bool = True) -> dict:
     """All per-head and per-layer metrics of ``model`` on ``sequences`` ([N, T] token ids)."""
@@ -125,85 +203,22 @@ def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: boo
     device = next(model.parameters()).device
     # Head-averaged maps of the first sequence: all layers while small, else only the ones asked for.
     maps = set(config.map_layers) if (config.map_layers or t > 256) else set(range(n_layers))
-    maps = maps or {0, n_layers // 2, n_layers - 1}
+    recorder = _Recorder(model, adapter, config, n_layers, maps or {0, n_layers // 2, n_layers - 1})
     lens_n = n if config.lens_sequences <= 0 else min(config.lens_sequences, n)
-    per_layer = [{"rank": [], "mass": [], "entropy": [], "sink": []} for _ in range(n_layers)]
-    bi_sum, bi_count = np.zeros(n_layers), 0
-    lens_sum, lens_count = np.zeros(n_layers), 0
-    last_token: list[list[torch.Tensor]] = [[] for _ in range(n_layers + 1)]
-    attention_maps: dict[int, np.ndarray] = {}
-    state: dict = {}
-
-    def on_attention(index):
-        def hook(module, args, output):
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if weights is None:
-                raise UserError(f"{type(module).__name__} returned no attention probabilities under eager "
-                                f"attention; family '{model.config.model_type}' cannot be analysed")
-            weights = weights.float()
-            record = per_layer[index]
-            record["rank"].append(metrics.energy_rank(weights, config.tau).cpu())
-            record["mass"].append(metrics.column_mass(weights, config.eta).cpu())
-            record["entropy"].append(metrics.row_entropy(weights).cpu())
-            record["sink"].append(metrics.sink_mass(weights).cpu())
-            if index in maps and index not in attention_maps:
-                attention_maps[index] = weights[0].mean(0).cpu().numpy()
-        return hook
-
-    def on_block_input(index):
-        def hook(module, args, kwargs):
-            state["x_in"] = args[0] if args else kwargs["hidden_states"]
-            if index == 0:
-                last_token[0].append(state["x_in"][:, -1].double().cpu())
-        return hook
-
-    def on_block_output(index):
-        def hook(module, args, output):
-            x_out = output[0] if isinstance(output, tuple) else output
-            bi_sum[index] += float(metrics.block_influence(state["x_in"], x_out).sum())
-            last_token[index + 1].append(x_out[:, -1].double().cpu())
-            if state["lens_rows"] > 0:
-                rows = state["lens_rows"]
-                logits = adapter.logits(model, x_out[:rows, :-1]).float()
-                targets = state["ids"][:rows, 1:]
-                lens_sum[index] += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                         reduction="sum"))
-        return hook
-
-    hooks = []
-    for index, block in enumerate(blocks):
-        hooks.append(adapter.attention_module(block).register_forward_hook(on_attention(index)))
-        hooks.append(block.register_forward_pre_hook(on_block_input(index), with_kwargs=True))
-        hooks.append(block.register_forward_hook(on_block_output(index)))
+    hooks = recorder.attach(blocks)
     try:
         done = 0
         for first in progress_bar(range(0, n, config.batch_size), desc="analyze", unit="batch", disable=not progress):
             batch = sequences[first:first + config.batch_size].to(device)
-            state.update(ids=batch, lens_rows=max(0, min(len(batch), lens_n - done)))
+            recorder.ids, recorder.lens_rows = batch, max(0, min(len(batch), lens_n - done))
             model(batch, logits_to_keep=1)
-            bi_count += batch.numel()
-            lens_count += state["lens_rows"] * (t - 1)
+            recorder.bi_count += batch.numel()
+            recorder.lens_count += recorder.lens_rows * (t - 1)
             done += len(batch)
     finally:
         for hook in hooks:
             hook.remove()
-
-    ranks = [torch.cat(r["rank"]).double() for r in per_layer]  # [N, H, n_tau]
-    finals = torch.stack([torch.cat(x) for x in last_token])  # [L+1, N, D]
-    span = min(config.span, n_layers)
-    angular = [float(metrics.angular_distance(finals[l], finals[l + span]).mean()) for l in range(n_layers - span + 1)]
-    return {
-        "rank_mean": np.stack([r.mean(0).numpy() for r in ranks]),  # [L, H, n_tau]
-        "rank_std": np.stack([r.std(0, unbiased=False).numpy() for r in ranks]),
-        "mass": np.stack([torch.cat(r["mass"]).double().mean(0).numpy() for r in per_layer]),  # [L, H]
-        "entropy": np.stack([torch.cat(r["entropy"]).mean(0).numpy() for r in per_layer]),
-        "sink": np.stack([torch.cat(r["sink"]).mean(0).numpy() for r in per_layer]),
-        "block_influence": bi_sum / bi_count,
-        "angular_distance": np.array(angular),
-        "logit_lens": lens_sum / max(lens_count, 1),
-        "lens_tokens": lens_count,
-        "attention_maps": attention_maps,
-    }
+    return recorder.results(config.span)
 
 
 # -------------------------------------------------------------------------------------------- summary

@@ -7,9 +7,16 @@ finished stages are not redone and an interrupted training resumes from its chec
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from .analyze import AnalyzeConfig, analyze
 from .checkpoint import checkpoints
@@ -128,11 +135,6 @@ def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Pa
 
 def _torchrun(train_config, nproc: int) -> dict:
     """One training under torchrun (the run itself stays a single process); returns its summary.json."""
-    import subprocess
-    import sys
-
-    import yaml
-
     out = Path(train_config.out)
     out.mkdir(parents=True, exist_ok=True)
     config_file = out.parent / f"{out.name}.train.yaml"
@@ -173,8 +175,6 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
 
 
 def _device(config: RunConfig) -> str:
-    import torch
-
     if config.train.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu or auto)")
     return ("cuda" if torch.cuda.is_available() else "cpu") if config.train.device == "auto" else config.train.device
@@ -207,39 +207,65 @@ def _check_rerun(out: Path, config: RunConfig) -> None:
 
 def run(config: RunConfig) -> dict:
     """Run the recipe; returns the report (also written as report.md / report.json in ``out``)."""
-    from transformers import AutoConfig
+    out = _open_run_dir(config)
+    state = _State(out / "state.json")
+    started = time.perf_counter()
+    steps = round(config.steps * config.budget)
+    reference, n_layers, ref, ref_training = _reference_stage(config, state, out, steps)
+    start, analysis = _choose_start(config, state, out, reference, n_layers)
+    rounds, matched = _grow(config, state, out, reference, n_layers, start, ref["loss"], steps,
+                            ref_training["training_flops"] if ref_training else 0.0)
+    baselines = {}
+    for baseline in config.baselines:
+        try:
+            baselines[baseline] = _baseline(config, state, baseline, reference, rounds[-1]["layers"], out, steps)
+        except UserError as exc:
+            baselines[baseline] = {"skipped": str(exc)}
+            print(f"baseline {baseline} skipped: {exc}", flush=True)
+    comparison = None
+    if config.compare_analysis:
+        if state.get("compare_done") is None:
+            analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
+                                  out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t,
+                                  device=_device(config), overwrite=True), progress=config.train.progress)
+            state.put("compare_done", True)
+        comparison = str(out / "compare")
+    return write_report(config, out, reference, n_layers, ref, ref_training, analysis, start, rounds, baselines,
+                        matched, comparison, time.perf_counter() - started)
 
 
+def _open_run_dir(config: RunConfig) -> Path:
+    """The run directory, once every input it depends on is known to be usable."""
     if not config.data or not config.out:
         raise UserError("run needs --data and --out")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     _device(config)
-
     TokenData(config.data)  # a missing or damaged dataset fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     _check_rerun(out, config)
-    state = _State(out / "state.json")
-    started = time.perf_counter()
-    steps = round(config.steps * config.budget)
+    return out
 
-    # ---- reference --------------------------------------------------------------------------------
+
+def _reference_stage(config: RunConfig, state: _State, out: Path, steps: int):
+    """(reference model, its depth, its measurement, its training summary when this run trained it)."""
+    summary = None
+    reference = config.reference
     if config.reference_from_scratch:
         summary = _train_stage(config, state, "reference_training", config.reference_from_scratch,
                                out / "reference", steps)
         reference = summary["model_dir"]
-    else:
-        reference = config.reference
-        summary = None
     path, gguf = resolve_model_path(reference)
-    ref_config = AutoConfig.from_pretrained(path, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(path)
-    n_layers = ref_config.num_hidden_layers
+    n_layers = (AutoConfig.from_pretrained(path, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(path)) \
+        .num_hidden_layers
     ref = _measure(config, "reference", reference, state, "reference_eval")
-    ref_loss = ref["loss"]
-    print(f"reference: {n_layers} layers, val loss {ref_loss:.4f} on {ref['windows']} windows", flush=True)
+    print(f"reference: {n_layers} layers, val loss {ref['loss']:.4f} on {ref['windows']} windows", flush=True)
+    return reference, n_layers, ref, summary
 
-    # ---- start ------------------------------------------------------------------------------------
+
+def _choose_start(config: RunConfig, state: _State, out: Path, reference: str, n_layers: int):
+    """(first child depth, analyze's recommendation when the start is 'auto')."""
     analysis = None
     if config.start == "auto":
         analysis = state.get("analysis")
@@ -254,10 +280,14 @@ def run(config: RunConfig) -> dict:
         start = n_layers // 2 if config.start == "half" else int(config.start)
     if not 1 <= start < n_layers:
         raise UserError(f"start l = {start} must be between 1 and {n_layers - 1} (the reference has {n_layers} layers)")
+    return start, analysis
 
-    # ---- growth rounds ----------------------------------------------------------------------------
-    rounds, spent = [], (summary or {}).get("training_flops", 0.0)
-    layers, matched = start, False
+
+def _grow(config: RunConfig, state: _State, out: Path, reference: str, n_layers: int, start: int, ref_loss: float,
+          steps: int, spent: float) -> tuple[list[dict], bool]:
+    """The growth rounds: l, l + step, ... re-inherited (or grown) and trained until the reference is matched or
+    the FLOPs cap (counting ``spent`` already, the reference's training) is reached."""
+    rounds, layers, matched = [], start, False
     for index in range(config.max_rounds):
         if layers >= n_layers:
             print(f"stopping: the next child ({layers} layers) would be as deep as the reference", flush=True)
@@ -278,39 +308,12 @@ def run(config: RunConfig) -> dict:
         if matched or (config.max_total_flops and spent >= config.max_total_flops):
             break
         layers += config.step
-
-    # ---- baselines --------------------------------------------------------------------------------
-    final_layers = rounds[-1]["layers"]
-    baselines = {}
-    for baseline in config.baselines:
-        try:
-            baselines[baseline] = _baseline(config, state, baseline, reference, final_layers, out, steps)
-        except UserError as exc:
-            baselines[baseline] = {"skipped": str(exc)}
-            print(f"baseline {baseline} skipped: {exc}", flush=True)
-
-    # ---- report -----------------------------------------------------------------------------------
-    comparison = None
-    if config.compare_analysis and state.get("compare_done") is None:
-        analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
-                              out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t, device=_device(config),
-                              overwrite=True), progress=config.train.progress)
-        state.put("compare_done", True)
-    if config.compare_analysis:
-        comparison = str(out / "compare")
-
-    return write_report(config, out, reference, n_layers, ref, summary, analysis, start, rounds, baselines, matched,
-                        comparison, time.perf_counter() - started)
+    return rounds, matched
 
 
 def _grown_child(reference: str, trained_dir: str, layers: int, out: Path) -> Path:
     """--grow continue: the trained child's weights, with the next reference layers appended."""
-    import torch
-    from safetensors.torch import load_file
-
     child = _inherit_stage(reference, out, layers=str(layers))
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(child)
     trained = {}
     for file in Path(trained_dir).glob("*.safetensors"):
