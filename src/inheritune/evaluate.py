@@ -250,7 +250,8 @@ def side_by_side(results: list[dict]) -> str:
             cells.append(f"{100 * row[task]:.1f}" + (f" ± {100 * stderr:.1f}" if stderr is not None else ""))
         if "prefill_tokens_per_s" in row:
             extra = row.get("peak_extra_mb")
-            cells += [f"{row['prefill_tokens_per_s']:.0f}", f"{row['decode_tokens_per_s']:.1f}",
+            decode = row.get("decode_tokens_per_s")
+            cells += [f"{row['prefill_tokens_per_s']:.0f}", "-" if decode is None else f"{decode:.1f}",
                       f"{row['weights_mb']:.0f}", "-" if extra is None else f"{extra:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -303,11 +304,19 @@ def inference_cost(model, seq_len: int = 256, batch_size: int = 1, new_tokens: i
     model(ids)
     sync()
     prefill = time.perf_counter() - started
-    started = time.perf_counter()
-    model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                   pad_token_id=model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0)
-    sync()
-    generate = time.perf_counter() - started
+    pad = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+
+    def generate(count: int) -> float:
+        sync()
+        began = time.perf_counter()
+        model.generate(ids, max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=pad)
+        sync()
+        return time.perf_counter() - began
+
+    # Decode speed from the difference of two generations (1 and new_tokens tokens): both include the same
+    # prefill, so it cancels instead of being subtracted from one noisy measurement of another.
+    one, many = generate(1), generate(new_tokens)
+    decode = batch_size * (new_tokens - 1) / (many - one) if many > one else None
     if cuda:
         extra = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
@@ -319,4 +328,4 @@ def inference_cost(model, seq_len: int = 256, batch_size: int = 1, new_tokens: i
     return {"parameters": sum(p.numel() for p in model.parameters()), "weights_mb": weights / 2**20,
             "disk_mb": disk, "peak_extra_mb": extra, "batch_size": batch_size, "seq_len": seq_len,
             "prefill_tokens_per_s": batch_size * seq_len / prefill,
-            "decode_tokens_per_s": batch_size * new_tokens / max(generate - prefill, 1e-9), "device": str(device)}
+            "decode_tokens_per_s": decode, "device": str(device)}
