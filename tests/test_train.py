@@ -30,14 +30,20 @@ def _config(dataset, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def _cli(config: TrainConfig, extra=(), env=None):
+def _argv(config: TrainConfig) -> list[str]:
+    """`inheritune train` with every field of ``config`` as a flag."""
     args = [sys.executable, "-m", "inheritune", "train"]
     for key, value in vars(config).items():
         if isinstance(value, bool):
             args += [f"--{key.replace('_', '-')}", str(value).lower()]
         elif value not in ("", None):
             args += [f"--{key.replace('_', '-')}", str(value)]
-    return subprocess.run(args + list(extra), capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return args
+
+
+def _cli(config: TrainConfig, extra=(), env=None):
+    return subprocess.run(_argv(config) + list(extra), capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
 
 
 def _weights(run):
@@ -68,12 +74,7 @@ def test_loss_falls_and_outputs_are_written(dataset, tmp_path):
 def _signal_at(config: TrainConfig, step: int, sig: int, extra=()):
     """Run `inheritune train` and send it ``sig`` from outside once metrics.jsonl shows ``step``, as a scheduler
     or a user at the keyboard would (the training loop has no test hook)."""
-    args = [sys.executable, "-m", "inheritune", "train"]
-    for key, value in vars(config).items():
-        if isinstance(value, bool):
-            args += [f"--{key.replace('_', '-')}", str(value).lower()]
-        elif value not in ("", None):
-            args += [f"--{key.replace('_', '-')}", str(value)]
+    args = _argv(config)
     process = subprocess.Popen(args + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = Path(config.out) / "metrics.jsonl"
     deadline = time.monotonic() + 120
