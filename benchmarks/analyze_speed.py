@@ -60,7 +60,7 @@ def main() -> None:
     batched = metrics.energy_rank(attention, 0.9)
     batched_s = time.perf_counter() - started
     started = time.perf_counter()
-    looped = metrics.energy_rank_loop(attention, 0.9)
+    looped = energy_rank_loop(attention, 0.9)
     loop_s = time.perf_counter() - started
     matrices = attention.shape[:3].numel()
     agree = (batched == looped).float().mean().item()
