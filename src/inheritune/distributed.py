@@ -36,15 +36,20 @@ class Dist:
         return self.world > 1
 
 
-def setup(device: str) -> Dist:
-    """Join the torchrun process group if there is one; pick the device (cuda:LOCAL_RANK or cpu)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+def resolve_device(device: str) -> str:
+    """'cuda' or 'cpu' for a --device of auto, cpu or cuda; cuda on a machine without it is refused."""
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, not {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu or auto)")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def setup(device: str) -> Dist:
+    """Join the torchrun process group if there is one; pick the device (cuda:LOCAL_RANK or cpu)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = resolve_device(device) == "cuda"
     target = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(target)

@@ -22,6 +22,7 @@ from .analyze import AnalyzeConfig, analyze
 from .checkpoint import checkpoints
 from .config import flatten, option, to_dict
 from .data import TokenData
+from .distributed import resolve_device
 from .errors import Interrupted, UserError
 from .evaluate import check_tokenizer_matches, inference_cost, validation_loss
 from .inherit import InheritConfig, inherit
@@ -175,9 +176,7 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
 
 
 def _device(config: RunConfig) -> str:
-    if config.train.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu or auto)")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if config.train.device == "auto" else config.train.device
+    return resolve_device(config.train.device)
 
 
 # Settings that change what a stage trains or how it is measured: a run re-entered with any of them changed

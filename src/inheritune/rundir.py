@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from .cards import trained_card, write_card
 from .checkpoint import checkpoints
 from .config import to_dict
 from .data import TokenData
-from .errors import UserError, refuse_output_over_input
+from .errors import UserError, refuse_output_over_input, replace_dir
 from .plots import draw_loss
 from .tokenizer import load_tokenizer, tokenizer_identity
 
@@ -157,5 +156,4 @@ def save_final(model, state: dict, tokenizer, data: TokenData, path: Path, facts
         inherited = inherited.get("inherited", inherited)
     (tmp / "inheritune.json").write_text(json.dumps({"trained": facts, "inherited": inherited}, indent=2))
     write_card(tmp, trained_card(facts, inherited if inherited and "layers" in inherited else None))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    replace_dir(tmp, path)  # the old final/ goes only once the new one is in place
