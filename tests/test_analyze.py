@@ -173,3 +173,68 @@ def test_recommendation_is_the_prefix_before_the_first_lazy_group():
     assert recommend(layers([30, 2.5, 2.2, 40]), AnalyzeConfig())["k"] == 2  # fallback L/2
     assert "falling back" in recommend(layers([30, 2.5, 2.2, 40]), AnalyzeConfig())["reason"]
     assert recommend(layers(ranks), AnalyzeConfig(lazy_run=3))["k"] == 5  # no group of 3 has mean < 2: fallback to L/2
+
+
+# ------------------------------------------------------------------ uniform (untrained) vs lazy vs attentive
+def test_uniform_reference_is_exact_and_the_three_states_are_told_apart():
+    reference = metrics.uniform_reference(100, [0.9, 0.8])
+    assert reference["rank"] == [5, 3] and reference["entropy"] == pytest.approx(1.0)
+    uniform = metrics.uniform_attention(100)
+    assert svd_energy_rank(uniform, 0.9).item() == 5  # the SVD definition agrees
+    windowed = metrics.uniform_attention(100, window=32)
+    assert torch.allclose(windowed.sum(-1), torch.ones(100, dtype=torch.float64))
+    assert (windowed > 0).sum(-1).tolist() == [min(i + 1, 32) for i in range(100)]
+    local = metrics.uniform_reference(100, 0.9, window=32)
+    assert local["rank"] == [svd_energy_rank(windowed, 0.9).item()] and local["entropy"] < 0.95
+    state = lambda a: metrics.attention_state(float(metrics.energy_rank(a, 0.9)),  # noqa: E731
+                                              float(metrics.row_entropy(a)), reference, 1.25)
+    assert state(uniform.float()) == "uniform"
+    assert state(one_column()) == "lazy"  # a rank-1 head: every query on one column
+    assert state(torch.eye(T)) == "attentive"
+    tiny = metrics.uniform_reference(2, 0.8)  # at T = 2 uniform attention has rank 1, yet it is not lazy
+    assert tiny["rank"] == [1] and metrics.attention_state(1.0, 1.0, tiny, 1.25) == "uniform"
+
+
+def _blind(model, scale=0.0):
+    """Scale every query projection: 0 makes every attention logit 0, i.e. exactly uniform causal attention."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "q_proj" in name:
+                parameter.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_a_model_with_uniform_attention_is_uniform_not_lazy(family):
+    from inheritune.analyze import recommend, summarize
+
+    model = _blind(trained_like(family_configs()[family], seed=2))
+    sequences = torch.randint(0, 128, (6, 16), generator=torch.Generator().manual_seed(0))
+    config = _config(n=6, t=16)
+    raw = measure(model, sequences, config, progress=False)
+    if family == "gemma3_text":  # sliding layers (window 8) get the uniform matrix of their window
+        windows = [u["window"] for u in raw["uniform"]]
+        assert 8 in windows and None in windows
+    summary = summarize(raw, config)
+    assert {h["state"] for h in summary["heads"]} == {"uniform"}
+    assert all(layer["state"] == "uniform" and not layer["lazy"] for layer in summary["layers"])
+    advice = recommend(summary["layers"], config)
+    assert advice["uniform_layers"] == list(range(6)) and "has not formed" in advice["reason"]
+    if family == "llama":  # (Gemma 3 normalises its queries: scaling them changes nothing)
+        sharp = summarize(measure(_blind(trained_like(family_configs()[family], seed=2), 400.0), sequences, config,
+                                  progress=False), config)
+        assert sum(layer["state"] == "uniform" for layer in sharp["layers"]) < 3  # attention that has formed
+
+
+def test_logit_lens_reads_a_seeded_random_subset_and_its_last_layer_is_the_models_loss(tiny):
+    sequences = torch.randint(0, 128, (20, 24), generator=torch.Generator().manual_seed(4))
+    raw = measure(tiny, sequences, _config(n=20, lens_sequences=5, batch_size=6), progress=False)
+    chosen = raw["lens_sequences"]
+    assert len(chosen) == 5 and chosen != list(range(5))  # not the start of the split
+    assert chosen == measure(tiny, sequences, _config(n=20, lens_sequences=5), progress=False)["lens_sequences"]
+    with torch.no_grad():
+        subset = sequences[chosen]
+        logits = tiny(subset).logits[:, :-1]
+    loss = F.cross_entropy(logits.reshape(-1, 128), subset[:, 1:].reshape(-1)).item()
+    assert raw["logit_lens"][-1] == pytest.approx(loss, abs=1e-5)
+    assert raw["lens_tokens"] == 5 * 23

@@ -87,6 +87,10 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
     with pytest.raises(Interrupted, match="same 'inheritune run' command"):
         run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=[]))
     watcher.join()
+    from inheritune.checkpoint import checkpoints
+
+    before = torch.load(checkpoints(metrics.parent)[-1], weights_only=True)["train_seconds"]
+    assert before > 0  # the interrupted session's training time is kept with its checkpoint
     with pytest.raises(UserError, match="steps 60 -> 50"):
         run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=50, baselines=[]))
     with pytest.raises(UserError, match="lr 0.001 -> 0.002"):
@@ -94,6 +98,9 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
     resumed = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=[]))
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 61))
     assert abs(resumed["rows"][1]["val_loss"] - whole["rows"][1]["val_loss"]) <= 1e-6
+    # The report's train time is the whole training's, both sessions, not only the part after the resume.
+    stage = json.loads((tmp_path / "run" / "state.json").read_text())["round-0-l2/train"]
+    assert resumed["rows"][1]["wall_seconds"] == stage["train_seconds"] > before
     # Adding a baseline is applied (and said), not refused.
     more = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=["random"]))
     assert [r["model"] for r in more["rows"]][-1] == "baseline random"
@@ -184,3 +191,38 @@ def test_run_from_the_command_line(setup, tmp_path, capsys):
     assert "| Inheritune round-0-l2 | 2 | inherit |" in capsys.readouterr().out
     assert main(["run", "--data", str(data), "--out", str(tmp_path / "x"), "--step", "0"]) == 2
     assert "step must be > 0" in capsys.readouterr().err
+
+
+def test_verdict_on_an_untrained_reference_carries_the_warning(setup, tmp_path):
+    data, _ = setup
+    # A reference trained from scratch for 16 tiny steps: its attention is still uniform, its loss still falling.
+    report = run(_config(data, None, tmp_path / "run", reference_from_scratch="scratch:llama:layers=4,hidden=32,"
+                         "heads=4", start="half", max_rounds=1, steps=16, baselines=[], tolerance=100.0))
+    check = report["reference_check"]
+    assert report["matched"] and report["meaningful"] is False
+    assert not check["attention"]["formed"] and check["attention"]["uniform_share"] >= 0.5
+    assert check["training"]["points"] >= 3  # the reference was evaluated often enough to fit a slope
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "**Matched**" in text and "not evidence for the recipe" in text and "uniform attention" in text
+    assert (tmp_path / "run" / "analysis" / "report.json").is_file()  # analysed once, for the check
+
+
+def test_verdict_on_a_reference_that_attends_has_no_warning(setup, tmp_path):
+    data, ref = setup
+    from transformers import AutoModelForCausalLM
+
+    sharp = AutoModelForCausalLM.from_pretrained(ref)  # queries x 400: attention far from uniform
+    with torch.no_grad():
+        for name, parameter in sharp.named_parameters():
+            if "q_proj" in name:
+                parameter.mul_(400.0)
+    sharp.save_pretrained(tmp_path / "sharp")
+    shutil.copy(ref / "tokenizer.json", tmp_path / "sharp")
+    shutil.copy(ref / "tokenizer_config.json", tmp_path / "sharp")
+    report = run(_config(data, tmp_path / "sharp", tmp_path / "run", max_rounds=1, baselines=[], tolerance=100.0,
+                         compare_analysis=True))
+    assert report["meaningful"] is True and report["reference_check"]["attention"]["formed"]
+    assert report["reference_check"]["training"] is None  # pretrained: no training curve to judge
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "passed the checks" in text and "not evidence" not in text
+    assert not (tmp_path / "run" / "analysis").exists()  # the final comparison's analysis of it was reused

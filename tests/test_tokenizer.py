@@ -91,3 +91,12 @@ def test_trained_tokenizer_sees_only_the_train_split_and_is_reproducible(tmp_pat
     held_out = "An unseen sentence about zorblax99, with punctuation; and digits 12345!"
     assert tokenizer.decode(tokenizer(held_out)["input_ids"]) == held_out
     assert len(tokenizer) == 300 and json.loads((tmp_path / "a" / "meta.json").read_text())["vocab_size"] == 300
+    # A model trained from scratch on it takes its BOS/EOS from this tokenizer, not GPT-2's 50256.
+    from transformers import AutoConfig
+
+    from inheritune.train import TrainConfig, train
+
+    train(TrainConfig(model="scratch:gpt2:layers=1,hidden=32,heads=2", data=str(tmp_path / "a"), out=str(tmp_path / "m"),
+                      max_steps=1, seq_len=16, micro_batch_size=2, eval_windows=2, progress=False, device="cpu"))
+    saved = AutoConfig.from_pretrained(tmp_path / "m" / "final")
+    assert saved.eos_token_id == saved.bos_token_id == tokenizer.eos_token_id < 300

@@ -46,9 +46,15 @@ class AnalyzeConfig:
     tau: list[float] = option([0.9], help="energy thresholds; the first is the main one (e.g. 0.9 0.8 0.85 0.95)")
     eta: float = option(0.9, help="column-mass threshold")
     lazy_tolerance: float = option(0.25, help="a layer is lazy when MaxRank <= 1 + this; a head when its Rank is")
+    uniform_rank_tolerance: float = option(0.25, help="a head is uniform (averaging, as untrained attention does) "
+                                                      "when its Rank is within this fraction of the uniform causal "
+                                                      "matrix's rank at the same T ...")
+    uniform_entropy_tolerance: float = option(0.05, help="... and its normalised entropy within this of the uniform "
+                                                         "matrix's (1.0 without a sliding window)")
     sink_threshold: float = option(0.3, help="a head is a sink head when its first-token mass exceeds this")
     span: int = option(1, help="n of the angular distance of n-block spans")
-    lens_sequences: int = option(10, help="sequences used for the logit-lens loss CE_k; 0 = all")
+    lens_sequences: int = option(10, help="sequences used for the logit-lens loss CE_k, a seeded random subset of "
+                                          "the N; 0 = all")
     lazy_run: int = option(2, help="size of the layer group whose mean MaxRank < 2 marks the lazy tail (for the "
                                    "recommendation; the paper's group laziness: floor(AvgRank) = 1)")
     map_layers: list[int] = option([], help="layers whose attention maps are drawn (default: first, middle, "
@@ -56,6 +62,7 @@ class AnalyzeConfig:
     compare: str = option("", help="a second model analysed on the same sequences and drawn on the same axes")
     trust_remote_code: bool = option(False, help="allow model code from the model directory")
     overwrite: bool = option(False, help="replace results in --out that are about another model")
+    progress: bool = option(True, help="show progress bars")
 
     def __post_init__(self):
         if self.lazy_run < 1:
@@ -66,6 +73,8 @@ class AnalyzeConfig:
             self.tau = [float(self.tau)]
         if not self.tau or any(not 0.0 < t <= 1.0 for t in self.tau):
             raise UserError(f"tau must be in (0, 1], got {self.tau}")
+        if self.uniform_rank_tolerance < 0 or self.uniform_entropy_tolerance < 0:
+            raise UserError("uniform_rank_tolerance and uniform_entropy_tolerance must be >= 0")
         if not 0.0 < self.eta <= 1.0:
             raise UserError(f"eta must be in (0, 1], got {self.eta}")
         if self.n < 1 or self.t < 2 or self.batch_size < 1 or self.span < 1:
@@ -124,7 +133,7 @@ class _Recorder:
         self.lens_sum, self.lens_count = np.zeros(n_layers), 0
         self.last_token: list[list[torch.Tensor]] = [[] for _ in range(n_layers + 1)]
         self.attention_maps: dict[int, np.ndarray] = {}
-        self.x_in, self.ids, self.lens_rows = None, None, 0
+        self.x_in, self.ids, self.lens_rows = None, None, None  # lens_rows: rows of the batch the lens reads
 
     def attach(self, blocks) -> list:
         hooks = []
@@ -162,9 +171,9 @@ class _Recorder:
             x_out = output[0] if isinstance(output, tuple) else output
             self.bi_sum[index] += float(metrics.block_influence(self.x_in, x_out).sum())
             self.last_token[index + 1].append(x_out[:, -1].double().cpu())
-            if self.lens_rows > 0:  # the logit lens: what the head makes of the stream after this block
-                logits = self.adapter.logits(self.model, x_out[:self.lens_rows, :-1]).float()
-                targets = self.ids[:self.lens_rows, 1:]
+            if len(self.lens_rows):  # the logit lens: what the head makes of the stream after this block
+                logits = self.adapter.logits(self.model, x_out[self.lens_rows, :-1]).float()
+                targets = self.ids[self.lens_rows, 1:]
                 self.lens_sum[index] += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                               targets.reshape(-1), reduction="sum"))
         return hook
@@ -186,6 +195,9 @@ class _Recorder:
             "angular_distance": np.array(angular),
             "logit_lens": self.lens_sum / max(self.lens_count, 1),
             "lens_tokens": self.lens_count,
+            "uniform": [metrics.uniform_reference(int(self.ids.shape[1]), self.config.tau,
+                                                  self.adapter.attention_window(self.model.config, l))
+                        for l in range(n_layers)],
             "attention_maps": self.attention_maps,
         }
 
@@ -204,21 +216,28 @@ def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: boo
     # Head-averaged maps of the first sequence: all layers while small, else only the ones asked for.
     maps = set(config.map_layers) if (config.map_layers or t > 256) else set(range(n_layers))
     recorder = _Recorder(model, adapter, config, n_layers, maps or {0, n_layers // 2, n_layers - 1})
-    lens_n = n if config.lens_sequences <= 0 else min(config.lens_sequences, n)
+    lens = lens_subset(n, config.lens_sequences, config.seed)
     hooks = recorder.attach(blocks)
     try:
-        done = 0
         for first in progress_bar(range(0, n, config.batch_size), desc="analyze", unit="batch", disable=not progress):
             batch = sequences[first:first + config.batch_size].to(device)
-            recorder.ids, recorder.lens_rows = batch, max(0, min(len(batch), lens_n - done))
+            rows = [i - first for i in lens if first <= i < first + len(batch)]
+            recorder.ids, recorder.lens_rows = batch, torch.tensor(rows, dtype=torch.long, device=device)
             model(batch, logits_to_keep=1)
             recorder.bi_count += batch.numel()
-            recorder.lens_count += recorder.lens_rows * (t - 1)
-            done += len(batch)
+            recorder.lens_count += len(rows) * (t - 1)
     finally:
         for hook in hooks:
             hook.remove()
-    return recorder.results(config.span)
+    return recorder.results(config.span) | {"lens_sequences": lens}
+
+
+def lens_subset(n: int, count: int, seed: int) -> list[int]:
+    """The sequences the logit lens reads: ``count`` of the N chosen with the seed (all when 0 or >= N), so that
+    CE_k is measured on a fair sample of the validation text, not on its start."""
+    if count <= 0 or count >= n:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng([seed, 1]).choice(n, size=count, replace=False))
 
 
 # -------------------------------------------------------------------------------------------- summary
@@ -229,8 +248,13 @@ def summarize(raw: dict, config: AnalyzeConfig) -> dict:
     top_head = rank.argmax(1)
     n_layers, n_heads = rank.shape
     limit = 1.0 + config.lazy_tolerance
+    states = [[metrics.attention_state(rank[l, h], raw["entropy"][l, h], raw["uniform"][l], limit,
+                                       config.uniform_rank_tolerance, config.uniform_entropy_tolerance)
+               for h in range(n_heads)] for l in range(n_layers)]
     layers = []
     for l in range(n_layers):
+        uniform_heads = states[l].count("uniform")
+        lazy = bool(rank[l].max() <= limit) and uniform_heads == 0
         layers.append({
             "layer": l,
             "max_rank": float(rank[l].max()),
@@ -241,15 +265,21 @@ def summarize(raw: dict, config: AnalyzeConfig) -> dict:
             "entropy": float(raw["entropy"][l].mean()),
             "sink_mass": float(raw["sink"][l].mean()),
             "sink_head_fraction": float((raw["sink"][l] > config.sink_threshold).mean()),
-            "rank1_heads": int((rank[l] <= limit).sum()),
-            "lazy": bool(rank[l].max() <= limit),
+            "rank1_heads": states[l].count("lazy"),
+            "uniform_heads": uniform_heads,
+            "lazy": lazy,
+            # uniform: most heads still average evenly over the keys (untrained attention), which is neither
+            # lazy nor attentive; compare max_rank with uniform_rank, the uniform causal matrix's at this T
+            "state": "lazy" if lazy else "uniform" if 2 * uniform_heads >= n_heads else "attentive",
+            "uniform_rank": raw["uniform"][l]["rank"][0],
+            "uniform_entropy": raw["uniform"][l]["entropy"],
             "block_influence": float(raw["block_influence"][l]),
             "angular_distance": float(raw["angular_distance"][l]) if l < len(raw["angular_distance"]) else None,
             "logit_lens_loss": float(raw["logit_lens"][l]),  # CE_k for k = l + 1 blocks
         })
     heads = [{"layer": l, "head": h, "rank": float(rank[l, h]), "rank_std": float(rank_std[l, h]),
               "mass": float(raw["mass"][l, h]), "entropy": float(raw["entropy"][l, h]),
-              "sink_mass": float(raw["sink"][l, h]), "rank1": bool(rank[l, h] <= limit),
+              "sink_mass": float(raw["sink"][l, h]), "rank1": states[l][h] == "lazy", "state": states[l][h],
               "sink_head": bool(raw["sink"][l, h] > config.sink_threshold)}
              for l in range(n_layers) for h in range(n_heads)]
     return {"layers": layers, "heads": heads}
@@ -261,8 +291,11 @@ def recommend(layers: list[dict], config: AnalyzeConfig) -> dict:
     paper's L/2 and the logit-lens view alongside."""
     n_layers = len(layers)
     max_rank = [layer["max_rank"] for layer in layers]
+    uniform = [l for l, layer in enumerate(layers) if layer.get("state") == "uniform"]
     run = config.lazy_run
-    start = next((l for l in range(1, n_layers - run + 1) if math.floor(sum(max_rank[l:l + run]) / run) == 1), None)
+    # A group holding a uniform layer is never lazy: averaging attention is untrained, not collapsed.
+    start = next((l for l in range(1, n_layers - run + 1) if math.floor(sum(max_rank[l:l + run]) / run) == 1
+                  and not set(range(l, l + run)) & set(uniform)), None)
     final_loss = layers[-1]["logit_lens_loss"]
     within = next((l + 1 for l, layer in enumerate(layers) if layer["logit_lens_loss"] <= final_loss + 0.5), n_layers)
     if start is not None:
@@ -273,19 +306,48 @@ def recommend(layers: list[dict], config: AnalyzeConfig) -> dict:
     else:
         k = max(1, n_layers // 2)
         reason = f"no lazy group of {run} consecutive layers; falling back to the paper's L/2 = {k}"
+    if uniform:
+        reason += (f". Layers {_ranges(uniform)} ({len(uniform)} of {n_layers}) still attend uniformly (untrained "
+                   "averaging, neither lazy nor attentive): "
+                   + ("the model's attention has not formed, so this analysis cannot locate its lazy layers"
+                      if 2 * len(uniform) >= n_layers else "they are read as neither"))
     return {"k": k, "layers": list(range(k)), "method": "lazy-prefix", "reason": reason,
             "paper_default": n_layers // 2, "logit_lens_k_within_0.5_nats": within,
-            "lazy_layers": [l for l, layer in enumerate(layers) if layer["lazy"]]}
+            "lazy_layers": [l for l, layer in enumerate(layers) if layer["lazy"]], "uniform_layers": uniform}
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts, begin = [], None
+    for i, value in enumerate(indices):
+        if begin is None:
+            begin = value
+        if i + 1 == len(indices) or indices[i + 1] != value + 1:
+            parts.append(f"{begin}-{value}" if value > begin else f"{value}")
+            begin = None
+    return ", ".join(parts)
+
+
+def attention_summary(result: dict) -> dict:
+    """The state of a model's attention from its analysis: which layers are lazy, uniform (untrained) or
+    attentive, and the share of uniform layers (what ``run`` checks before it trusts a verdict)."""
+    layers = result["layers"]
+    by_state = {state: [r["layer"] for r in layers if r.get("state") == state] for state in ("lazy", "uniform", "attentive")}
+    return {"layers": len(layers), "t": result.get("t"), **by_state, "uniform_share": len(by_state["uniform"]) / max(1, len(layers)),
+            "max_rank": [round(r["max_rank"], 3) for r in layers], "entropy": [round(r["entropy"], 4) for r in layers],
+            "uniform_rank": [r.get("uniform_rank") for r in layers]}
 
 
 def print_table(layers: list[dict], name: str) -> None:
     print(f"\n{name}")
-    print(f"{'layer':>5} {'MaxRank':>12} {'mass':>6} {'entropy':>7} {'sink':>6} {'rank1':>5} {'BI':>7} "
-          f"{'CE_k':>7}  lazy")
+    print(f"{'layer':>5} {'MaxRank':>12} {'unif.':>5} {'mass':>6} {'entropy':>7} {'sink':>6} {'rank1':>5} {'BI':>7} "
+          f"{'CE_k':>7}  state")
     for r in layers:
-        print(f"{r['layer']:5d} {r['max_rank']:6.2f}±{r['max_rank_std']:5.2f} {r['avg_mass']:6.2f} "
-              f"{r['entropy']:7.3f} {r['sink_mass']:6.3f} {r['rank1_heads']:5d} {r['block_influence']:7.4f} "
-              f"{r['logit_lens_loss']:7.3f}  {'*' if r['lazy'] else ''}")
+        print(f"{r['layer']:5d} {r['max_rank']:6.2f}±{r['max_rank_std']:5.2f} {r['uniform_rank']:5d} "
+              f"{r['avg_mass']:6.2f} {r['entropy']:7.3f} {r['sink_mass']:6.3f} {r['rank1_heads']:5d} "
+              f"{r['block_influence']:7.4f} {r['logit_lens_loss']:7.3f}  {r['state']}")
+    print("(unif. = the energy rank of uniform causal attention at this T: a layer whose heads sit there with "
+          "entropy ~1 has not learnt to attend)")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -301,14 +363,17 @@ def _analyze_one(name: str, model, tokenizer, sequences, config, progress) -> di
     raw = measure(model, sequences, config, progress)
     summary = summarize(raw, config)
     return {"model": name, "model_type": model.config.model_type, "num_layers": len(summary["layers"]),
+            "t": int(sequences.shape[1]),
             "num_heads": len(summary["heads"]) // max(1, len(summary["layers"])),
             "parameters": sum(p.numel() for p in model.parameters()), "seconds": round(time.perf_counter() - started, 2),
-            "lens_tokens": raw["lens_tokens"], **summary, "_maps": raw["attention_maps"],
+            "lens_tokens": raw["lens_tokens"], "lens_sequences": raw["lens_sequences"], **summary, "_maps": raw["attention_maps"],
             "_rank_matrix": raw["rank_mean"][..., 0], "_rank_std": raw["rank_std"][..., 0]}
 
 
-def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool = True) -> dict:
-    """Analyse ``config.model`` (or a given model object with its tokenizer); write the report if ``out``."""
+def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | None = None) -> dict:
+    """Analyse ``config.model`` (or a given model object with its tokenizer); write the report if ``out``.
+    ``progress`` overrides ``config.progress``."""
+    progress = config.progress if progress is None else progress
     if model is None:
         if not config.model:
             raise UserError("no model given")

@@ -96,6 +96,17 @@ class Adapter:
         cap = getattr(config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
+    def attention_window(self, config, layer: int) -> int | None:
+        """How many keys (the query's own included) a query of this layer sees at most: the sliding window of a
+        local layer (Gemma 3's layer_types, Mistral's sliding_window), else None (every earlier key)."""
+        window = getattr(config, "sliding_window", None)
+        if not window:
+            return None
+        types = getattr(config, "layer_types", None)
+        if types is not None:
+            return int(window) if types[layer] == "sliding_attention" else None
+        return int(window) if getattr(config, "use_sliding_window", True) else None
+
     # ------------------------------------------------------------------------------------- half-width
     def shrink(self, tensor: torch.Tensor, shape: torch.Size, key: str, ref_config) -> torch.Tensor:
         """Half-width copy of one tensor: the first half of heads and MLP units. Fused projections are split

@@ -47,6 +47,7 @@ class PrepareConfig:
     train_tokenizer: int = option(0, help="instead of --tokenizer, train a byte-level BPE of this vocabulary size on "
                                          "the train split only; it is saved inside the dataset (tokenizer/)")
     overwrite: bool = option(False, help="replace an output directory that holds a different dataset")
+    progress: bool = option(True, help="show progress bars")
 
     def __post_init__(self):
         if isinstance(self.input, (str, Path)):
@@ -142,8 +143,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def prepare(config: PrepareConfig, progress: bool = True) -> Path:
+def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     """Tokenise the inputs into ``config.out``; return it. Does nothing if the same dataset is already there."""
+    progress = config.progress if progress is None else progress
     if not config.out:
         raise UserError("no output directory given (--out)")
     out = Path(config.out).expanduser()

@@ -49,6 +49,7 @@ class EvalConfig:
     inference: bool = option(True, help="also measure parameters, memory, prefill and decode tokens/s")
     inference_batch: int = option(1, help="batch size of the inference measurement")
     overwrite: bool = option(False, help="replace results in --out that are about other models")
+    progress: bool = option(True, help="show progress bars")
 
     def __post_init__(self):
         if isinstance(self.models, str):
@@ -167,9 +168,10 @@ def validation_loss(model, data: TokenData, seq_len: int = 512, stride: int = 0,
     return result
 
 
-def evaluate(config: EvalConfig, progress: bool = True) -> list[dict]:
+def evaluate(config: EvalConfig, progress: bool | None = None) -> list[dict]:
     """Validation loss (and zero-shot accuracy, inference cost) of each model, side by side: prints a table with
     deltas against the first model and writes results.json/.csv/.md and a bar chart when ``out`` is set."""
+    progress = config.progress if progress is None else progress
     if not config.models:
         raise UserError("no model given")
     if not config.data:

@@ -77,3 +77,46 @@ def angular_distance(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
     """arccos(cos(x_a, x_b)) / pi on the given (last-token) vectors, per sequence."""
     cos = torch.nn.functional.cosine_similarity(x_a.double(), x_b.double(), dim=-1).clamp(-1.0, 1.0)
     return torch.arccos(cos) / math.pi
+
+
+# -------------------------------------------------------------------------------- uniform attention
+def uniform_attention(t: int, window: int | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The causal matrix of a head that averages evenly over every key it sees: A[i, j] = 1 / (visible keys of
+    row i) for the (at most ``window``) keys j <= i. It is what an untrained head computes."""
+    i = torch.arange(t).unsqueeze(1)
+    j = torch.arange(t).unsqueeze(0)
+    visible = (j <= i) & ((i - j < window) if window else torch.ones(t, t, dtype=torch.bool))
+    a = visible.to(dtype)
+    return a / a.sum(-1, keepdim=True)
+
+
+_UNIFORM: dict[tuple, dict] = {}
+
+
+def uniform_reference(t: int, taus: float | list[float] = 0.9, window: int | None = None) -> dict:
+    """Energy ranks (one per tau) and normalised entropy of the uniform causal matrix of size t (computed
+    exactly, by the same definitions as the measured heads, in float64)."""
+    taus = [taus] if isinstance(taus, (int, float)) else list(taus)
+    window = window if window and window < t else None  # a window as long as the sequence is no window
+    key = (t, tuple(taus), window)
+    if key not in _UNIFORM:
+        a = uniform_attention(t, window)
+        _UNIFORM[key] = {"rank": [int(r) for r in energy_rank(a, taus, dtype=torch.float64)],
+                         "entropy": float(row_entropy(a)), "t": t, "window": window}
+    return _UNIFORM[key]
+
+
+def attention_state(rank: float, entropy: float, uniform: dict, lazy_limit: float, rank_tolerance: float = 0.25,
+                    entropy_tolerance: float = 0.05) -> str:
+    """'uniform' (rank within
+    ``rank_tolerance`` (relative) of the uniform matrix's and entropy within ``entropy_tolerance`` of its: an
+    untrained head that averages), 'lazy' (rank <= lazy_limit: the paper's collapse onto one column) or
+    'attentive'. ``rank`` is at the main tau (``uniform['rank'][0]``)."""
+    reference = uniform["rank"][0]
+    # Uniform is tested first: at tiny T the uniform matrix's own rank can be 1, but its entropy is the
+    # maximum, while a collapsed (lazy) head's entropy is near 0.
+    if abs(rank - reference) <= rank_tolerance * reference and abs(entropy - uniform["entropy"]) <= entropy_tolerance:
+        return "uniform"
+    if rank <= lazy_limit:
+        return "lazy"
+    return "attentive"

@@ -34,6 +34,17 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
         std = np.array([r["max_rank_std"] for r in result["layers"]])
         (line,) = ax.plot(layers, max_rank, marker="o", ms=3, label=_label(result))
         ax.fill_between(layers, np.maximum(max_rank - std, 1.0), max_rank + std, color=line.get_color(), alpha=0.2)
+        for state, style in (("uniform", dict(marker="s", s=60, facecolors="none", edgecolors="gray", lw=1.5)),
+                             ("lazy", dict(marker="o", s=45, color="red"))):
+            chosen = [r["layer"] for r in result["layers"] if r.get("state") == state]
+            if chosen:
+                ax.scatter(chosen, max_rank[chosen], zorder=3, label=f"{state} layers of {_label(result)}", **style)
+    first = results[0]["layers"]
+    if first and "uniform_rank" in first[0]:
+        uniform = [r["uniform_rank"] for r in first]
+        ax.step(np.arange(len(uniform)), uniform, where="mid", color="gray", ls=":", lw=1.5,
+                label=f"uniform attention (untrained): rank {min(uniform)}"
+                      + (f"-{max(uniform)}" if max(uniform) > min(uniform) else "") + f" at T = {results[0].get('t')}")
     ax.axhline(1 + config.lazy_tolerance, color="red", ls="--", lw=1, label=f"lazy: MaxRank <= {1 + config.lazy_tolerance:g}")
     ax.set(xlabel="layer", ylabel=f"MaxRank (energy rank, tau={config.tau[0]})", yscale="log",
            title="Attention rank by layer (mean ± std over sequences of the top head)")
@@ -52,7 +63,11 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
     for ax, result in zip(axes[0], results):
         image = ax.imshow(result["_rank_matrix"].T, aspect="auto", origin="lower", cmap="viridis",
                           norm=_log_norm(result["_rank_matrix"]))
-        ax.set(xlabel="layer", ylabel="head", title=f"Rank(h, l): {_label(result)}")
+        ax.set(xlabel="layer", ylabel="head", title=f"Rank(h, l): {_label(result)} (x uniform, o lazy)")
+        for state, style in (("uniform", dict(marker="x", color="white")), ("lazy", dict(marker="o", color="red"))):
+            marked = [(h["layer"], h["head"]) for h in result["heads"] if h.get("state") == state]
+            if marked:
+                ax.scatter(*zip(*marked), s=14, lw=1, **style)
         fig.colorbar(image, ax=ax, label="energy rank")
     paths.append(_save(fig, out / "rank_heatmap.png"))
 
@@ -136,7 +151,8 @@ def _map_layers(result: dict, config) -> list[int]:
     if config.map_layers:
         wanted = config.map_layers
     else:
-        laziest = int(np.argmin([r["max_rank"] for r in result["layers"]]))
+        formed = [r for r in result["layers"] if r.get("state") != "uniform"] or result["layers"]
+        laziest = min(formed, key=lambda r: r["max_rank"])["layer"]
         wanted = [0, n // 2, laziest, n - 1]
     return sorted({layer for layer in wanted if layer in result["_maps"]})
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from .config import to_dict
 from .evaluate import paired_delta
 from .plots import draw_loss
+from .verdict import warning_text
 
 
 def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref: dict, bootstrap: int,
@@ -24,7 +25,7 @@ def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref
         "delta_ci95": paired["ci95"] if paired else None,
         "training_flops": trained["training_flops"] if trained else None,
         "cumulative_flops": cumulative,
-        "wall_seconds": trained.get("wall_seconds") if trained else None,
+        "wall_seconds": trained.get("train_seconds", trained.get("wall_seconds")) if trained else None,
         "prefill_tokens_per_s": inference.get("prefill_tokens_per_s"),
         "decode_tokens_per_s": inference.get("decode_tokens_per_s"),
         "weights_mb": inference.get("weights_mb"), "peak_extra_mb": inference.get("peak_extra_mb"),
@@ -46,6 +47,24 @@ def _spent(b: dict) -> str:
         return " + ".join(f"{s['steps']} steps" + (f" (data from step {s['data_offset']})" if s.get("data_offset") else "")
                           for s in stages) + f" = {b['tokens']:,} tokens"
     return f"{b['steps']} steps, {b['tokens']:,} tokens"
+
+
+def _passed(check: dict) -> str:
+    """What the reference's checks found when they passed."""
+    parts = []
+    attention = check.get("attention")
+    if attention:
+        parts.append(f"its attention has formed ({len(attention['uniform'])} of {attention['layers']} layers uniform, "
+                     f"{len(attention['lazy'])} lazy)")
+    training = check.get("training")
+    if training and training.get("converged"):
+        parts.append(f"its validation loss had levelled off ({training['slope']:+.4f} nats per 10% of the budget "
+                     f"over the last half, 95% CI [{training['ci95'][0]:+.4f}, {training['ci95'][1]:+.4f}])")
+    elif training:
+        parts.append(training.get("reason", "its convergence is unknown"))
+    elif check.get("attention"):
+        parts.append("its training curve is not known to this run (pretrained)")
+    return "The reference passed the checks that make the verdict meaningful: " + "; ".join(parts) + "."
 
 
 def table(rows: list[dict]) -> str:
@@ -70,7 +89,7 @@ def table(rows: list[dict]) -> str:
 
 def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, ref_training: dict | None,
                  analysis: dict | None, start: int, rounds: list[dict], baselines: dict, matched: bool,
-                 comparison: str | None, seconds: float) -> dict:
+                 comparison: str | None, seconds: float, check: dict | None = None) -> dict:
     ref_loss = ref["loss"]
     bootstrap = config.bootstrap
     ref_flops = ref_training["training_flops"] if ref_training else 0.0
@@ -111,6 +130,8 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
                       "minutes is not expected to match it; what this run shows is how far each round got and how "
                       "inheritance compares with the baselines on the same budget. Raise `--budget` on real "
                       "hardware.", ""]
+    if check is not None:
+        lines += [warning_text(check) or _passed(check), ""]
     for name, b in baselines.items():
         if "skipped" in b:
             lines += [f"- baseline {name}: skipped ({b['skipped']})"]
@@ -153,7 +174,8 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
         draw_loss(histories, out / "val_loss.png", title="Validation (markers) and training loss of every run")
     report = {"config": to_dict(config), "matched": matched, "start": start, "reference_loss": ref_loss,
               "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows], "analysis": analysis,
-              "wall_seconds": seconds}
+              "wall_seconds": seconds, "reference_check": check,
+              "meaningful": check["meaningful"] if check is not None else None}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print("\n" + "\n".join(lines[:lines.index("## The final child")]), flush=True)
     return report

@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .analyze import AnalyzeConfig, analyze
+from .analyze import AnalyzeConfig, analyze, attention_summary
 from .checkpoint import checkpoints
 from .config import flatten, option, to_dict
 from .data import TokenData
@@ -31,6 +31,7 @@ from .report import write_report
 from .sources import resolve_model_path
 from .recipe import TrainConfig, TrainRecipe
 from .train import train
+from .verdict import reference_check
 from .zeroshot import zero_shot
 
 
@@ -67,6 +68,9 @@ class RunConfig:
     train: TrainRecipe = option(default_factory=TrainRecipe, help="the training recipe of every round and baseline "
                                                                   "(its keys also work flat: --lr, --seq-len, ...)")
     bootstrap: int = option(1000, help="bootstrap resamples of the validation windows for intervals (paired for deltas)")
+    convergence_tolerance: float = option(0.01, help="a reference trained by the run counts as converged unless its "
+                                                     "val loss surely falls faster than this many nats per 10%% of its "
+                                                     "budget over the last half (else the verdict is flagged)")
 
     def __post_init__(self):
         if self.step <= 0:
@@ -86,6 +90,8 @@ class RunConfig:
             raise UserError(f"a budget of {self.steps} x {self.budget} steps is too small to train and evaluate once")
         if self.start not in ("half", "auto") and not str(self.start).isdigit():
             raise UserError(f"start must be 'half', 'auto' or a number of layers, not {self.start!r}")
+        if not self.convergence_tolerance >= 0:
+            raise UserError(f"convergence_tolerance must be >= 0, got {self.convergence_tolerance}")
         if self.bootstrap < 100:
             raise UserError(f"bootstrap must be >= 100 resamples for a 95% interval, got {self.bootstrap}")
         if self.train.eval_windows < 2:
@@ -95,8 +101,8 @@ class RunConfig:
 
     def train_config(self, model: str, out: str, steps: int, **extra) -> TrainConfig:
         """The TrainConfig of one stage: the run's whole recipe, this stage's model, budget and output."""
-        return TrainConfig(**to_dict(self.train), model=model, data=self.data, out=out, max_steps=steps,
-                           checkpoint_interval=max(10, steps // 4), **extra)
+        return TrainConfig(**(to_dict(self.train) | dict(model=model, data=self.data, out=out, max_steps=steps,
+                                                         checkpoint_interval=max(10, steps // 4)) | extra))
 
 
 class _State:
@@ -128,6 +134,7 @@ def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Pa
     if summary["status"] != "finished":  # stopped by a signal: the run resumes from here next time
         raise Interrupted(summary.get("signal") or 15, f"interrupted during {key}; its checkpoint is written. Run "
                                                        "the same 'inheritune run' command again to continue")
+    # wall_seconds: this call only (loads included); train_seconds: the training's own time over every session
     summary = {k: v for k, v in summary.items()} | {"wall_seconds": round(time.perf_counter() - started, 1),
                                                    "model_dir": str(out / "final")}
     state.put(key, summary)
@@ -224,13 +231,27 @@ def run(config: RunConfig) -> dict:
     comparison = None
     if config.compare_analysis:
         if state.get("compare_done") is None:
-            analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
-                                  out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t,
-                                  device=_device(config), overwrite=True), progress=config.train.progress)
+            report = analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
+                                           out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t,
+                                           device=_device(config), overwrite=True, progress=config.train.progress))
+            state.put("reference_attention", attention_summary(report["_results"][0]))
             state.put("compare_done", True)
         comparison = str(out / "compare")
+    check = reference_check(_reference_attention(config, state, out, reference), ref_training,
+                            config.convergence_tolerance)
     return write_report(config, out, reference, n_layers, ref, ref_training, analysis, start, rounds, baselines,
-                        matched, comparison, time.perf_counter() - started)
+                        matched, comparison, time.perf_counter() - started, check)
+
+
+def _reference_attention(config: RunConfig, state: _State, out: Path, reference: str) -> dict:
+    """The state of the reference's attention (uniform, lazy, attentive layers), from an analysis this run has
+    made anyway (start 'auto', the final comparison) or, when it made none, from one of the reference alone."""
+    if state.get("reference_attention") is None:
+        report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
+                                       n=config.analyze_n, t=config.analyze_t, device=_device(config),
+                                       overwrite=True, progress=config.train.progress))
+        state.put("reference_attention", attention_summary(report["_results"][0]))
+    return state.get("reference_attention")
 
 
 def _open_run_dir(config: RunConfig) -> Path:
@@ -252,8 +273,11 @@ def _reference_stage(config: RunConfig, state: _State, out: Path, steps: int):
     summary = None
     reference = config.reference
     if config.reference_from_scratch:
+        # Evaluated at least 16 times, so that the slope of its last half (is it still learning?) has points.
+        every = max(1, steps // 16)
         summary = _train_stage(config, state, "reference_training", config.reference_from_scratch,
-                               out / "reference", steps)
+                               out / "reference", steps,
+                               eval_interval=min(config.train.eval_interval or every, every))
         reference = summary["model_dir"]
     path, gguf = resolve_model_path(reference)
     n_layers = (AutoConfig.from_pretrained(path, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(path)) \
@@ -271,8 +295,9 @@ def _choose_start(config: RunConfig, state: _State, out: Path, reference: str, n
         if analysis is None:
             report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
                                            n=config.analyze_n, t=config.analyze_t, device=_device(config),
-                                           overwrite=True), progress=config.train.progress)
+                                           overwrite=True, progress=config.train.progress))
             analysis = report["recommendation"]
+            state.put("reference_attention", attention_summary(report["_results"][0]))
             state.put("analysis", analysis)
         start = analysis["k"]
     else:
@@ -359,8 +384,8 @@ def _baseline(config: RunConfig, state: _State, name: str, reference: str, layer
         stages = [trained]
     else:
         raise UserError(f"unknown baseline {name}")
-    total = trained | {key: sum(stage[key] for stage in stages)
-                       for key in ("training_flops", "steps", "tokens", "wall_seconds")}
+    total = trained | {key: sum(stage.get(key) or 0 for stage in stages)
+                       for key in ("training_flops", "steps", "tokens", "wall_seconds", "train_seconds")}
     total["stages"] = [{key: stage[key] for key in ("steps", "tokens", "training_flops", "data_offset")
                         if key in stage} for stage in stages]
     measured = _measure(config, name, trained["model_dir"], state, f"baseline/{name}/eval")

@@ -218,9 +218,11 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
 
 def _restore(run, resume_path: Path | None, out: Path, d: D.Dist) -> tuple[int, list[dict]]:
     """(step, history) of the checkpoint to resume from, with model, optimizer and RNG restored; else a start."""
+    run.train_seconds = 0.0  # time spent in training steps (evaluations and checkpoints included), all sessions
     if resume_path is None:
         return 0, []
     state = load_checkpoint(resume_path)
+    run.train_seconds = float(state.get("train_seconds", 0.0))
     try:
         D.load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as exc:
@@ -236,7 +238,8 @@ def _checkpoint(run, out: Path, step: int, history: list[dict], config: TrainCon
     model_state, optim_state = D.full_state(run.model, run.optimizer)
     if d.main:
         save_checkpoint(out, step, {"model": model_state, "optimizer": optim_state, "step": step, "history": history,
-                                    "best_val": rundir.best(history) or math.inf, "rng": torch.get_rng_state()},
+                                    "best_val": rundir.best(history) or math.inf, "rng": torch.get_rng_state(),
+                                    "train_seconds": run.train_seconds},
                         config.keep_checkpoints)
     D.barrier(d)
 
@@ -296,6 +299,7 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
                 bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False,
                                 **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
             bar.update(1)
+            run.train_seconds += time.perf_counter() - started
             (stopping,) = D.all_sum([float(stop.requested)], d)
             if stopping or (config.checkpoint_interval and step % config.checkpoint_interval == 0) \
                     or step == plan.max_steps:
@@ -320,7 +324,9 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                "parameters": sum(p.numel() for p in run.raw.parameters()), "flops_per_token": flops,
                "training_flops": flops * step * plan.tokens_per_step,
                "teacher_flops": run.teacher_flops * step * plan.tokens_per_step, "data_offset": config.data_offset,
-               "world_size": d.world, "grad_accum": plan.grad_accum, "signal": stopped_by}
+               "world_size": d.world, "grad_accum": plan.grad_accum, "signal": stopped_by,
+               # every session's training time, up to this run's last checkpoint before each interruption
+               "train_seconds": round(run.train_seconds, 2)}
     if status == "finished":
         model_state, _ = D.full_state(run.model)
         if d.main:
