@@ -283,3 +283,36 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(dataset, tmp_path, tiny_
     with pytest.raises(UserError, match="loss became nan at step 1"):
         train(_config(dataset, tmp_path / "run", model=str(tmp_path / "nan-model")))
     assert not list((tmp_path / "run").glob("ckpt-*.pt")) and not (tmp_path / "run" / ".lock").exists()
+
+
+def test_chunked_loss_trains_like_the_plain_path_and_short_runs_stay_eager(dataset, tmp_path, tiny_model_dir):
+    chunked = train(_config(dataset, tmp_path / "chunked", model=str(tiny_model_dir), max_steps=6))
+    plain = train(_config(dataset, tmp_path / "plain", model=str(tiny_model_dir), max_steps=6, chunked_loss=False))
+    assert chunked["chunked_loss"] and not plain["chunked_loss"]
+    assert not chunked["compiled"]  # --compile auto: a 6-step run is far too short to repay compiling
+    for a, b in zip(chunked["history"], plain["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert chunked["final_val_loss"] == pytest.approx(plain["final_val_loss"], abs=1e-5)
+    a, b = _weights(tmp_path / "chunked"), _weights(tmp_path / "plain")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    teacher = dict(model=str(tiny_model_dir), max_steps=3, teacher=str(tiny_model_dir), kd_alpha=0.6)
+    kd_chunked = train(_config(dataset, tmp_path / "kd1", **teacher))
+    kd_plain = train(_config(dataset, tmp_path / "kd2", chunked_loss=False, **teacher))
+    for a, b in zip(kd_chunked["history"], kd_plain["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def test_compile_auto_rule():
+    from types import SimpleNamespace
+
+    from inheritune.train import BatchPlan, _compile_decision
+
+    d = SimpleNamespace(device=torch.device("cpu"), main=False)
+    config = TrainConfig(model="m", data="d", out="o", max_steps=100)
+    plan = BatchPlan.of(config, 1)
+    # 100 steps of 1e12 FLOPs at 50% of 1e12 FLOP/s = 200 s < 10 x 60 s: eager; 10x the FLOPs: compiled
+    assert not _compile_decision(config, plan, 1e12, 1e12, d)
+    assert _compile_decision(config, plan, 1e13, 1e12, d)
+    assert _compile_decision(TrainConfig(model="m", data="d", out="o", max_steps=1, compile="true"), plan, 1.0, 1e12, d)
+    with pytest.raises(UserError, match="compile must be"):
+        TrainConfig(model="m", data="d", out="o", compile="sometimes")

@@ -32,7 +32,10 @@ class TrainRecipe:
                                         "is refused (it needs loss scaling; use bfloat16)")
     tf32: bool = option(True, help="on CUDA, let float32 matmuls use TF32 tensor cores (as nanoGPT); MFU is then "
                                    "quoted against the TF32 peak, else against the plain fp32 peak")
-    compile: bool = option(False, help="torch.compile the model")
+    compile: str = option("auto", help="torch.compile the model: on, off, or auto (on when the run's estimated eager "
+                                       "training time is at least 10x the compile cost: 60 s on a CPU, 30 s on a GPU)")
+    chunked_loss: bool = option(True, help="compute the head and the loss (CE and KD) in chunks of positions, so the "
+                                           "full logits never exist (exact; single process; off = the plain path)")
     device: str = option("auto", help="auto, cpu or cuda")
     distributed: str = option("ddp", help="under torchrun: ddp or fsdp (FSDP2 fully_shard per block)")
     eval_interval: int = option(50, help="evaluate every this many steps (and at the end); 0 = only at the end")
@@ -69,6 +72,10 @@ class TrainRecipe:
             raise UserError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
         if self.data_order not in ("random", "sequential"):
             raise UserError(f"data_order must be random or sequential, not {self.data_order!r}")
+        self.compile = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(
+            str(self.compile).lower(), str(self.compile).lower())
+        if self.compile not in ("auto", "on", "off"):
+            raise UserError(f"compile must be auto, on or off, not {self.compile!r}")
         if self.distributed not in ("ddp", "fsdp"):
             raise UserError(f"distributed must be ddp or fsdp, not {self.distributed!r}")
         if self.seq_len < 2 or self.micro_batch_size < 1:

@@ -22,6 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from . import distributed as D
+from . import chunked as chunked_head
 from . import rundir
 from .architectures import adapter_for
 from .checkpoint import RunLock, checkpoints, load_checkpoint, save_checkpoint
@@ -206,14 +207,37 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
     # KD, the teacher's forward (a third of its training cost). MFU divides by the peak of every device.
     flops = flops_per_token(model, config.seq_len)
     teacher_flops = flops_per_token(teacher, config.seq_len) / 3 if teacher is not None else 0.0
+    peak = (config.peak_flops or default_peak_flops(d.device, amp_dtype, config.tf32)) * d.world
+    compiled = _compile_decision(config, plan, (flops + teacher_flops) * plan.tokens_per_step, peak, d)
+    # The chunked head needs the head apart from the model's forward: one process (DDP and FSDP hook the forward)
+    chunked = config.chunked_loss and d.world == 1 and chunked_head.supports(model)
+    body = model.base_model if chunked else wrapped
     return SimpleNamespace(
-        raw=model, model=wrapped, forward=torch.compile(wrapped) if config.compile else wrapped, teacher=teacher,
+        raw=model, model=wrapped, forward=torch.compile(body) if compiled else body, teacher=teacher,
+        chunked=chunked, compiled=compiled, head=model.get_output_embeddings(),
+        cap=getattr(model.config, "final_logit_softcapping", None),
         optimizer=make_optimizer(wrapped, config.lr, config.weight_decay, (config.beta1, config.beta2), d.device.type),
         autocast=torch.autocast(device_type=d.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32),
         amp_dtype=amp_dtype, windows=windows, val_tokens=val_tokens,
         val_starts=fixed_windows(val_tokens, config.seq_len, config.eval_windows or None),
-        flops=flops, teacher_flops=teacher_flops,
-        peak=(config.peak_flops or default_peak_flops(d.device, amp_dtype, config.tf32)) * d.world)
+        flops=flops, teacher_flops=teacher_flops, peak=peak)
+
+
+COMPILE_SECONDS = {"cpu": 60.0, "cuda": 30.0}  # what torch.compile of a small LM costs before its first step
+
+
+def _compile_decision(config: TrainConfig, plan: BatchPlan, flops_per_step: float, peak: float, d: D.Dist) -> bool:
+    """--compile auto: compile when the eager run would take at least 10x the compile cost (estimated at 50% of
+    the peak), so that compiling costs at most a tenth of the run in the worst case; short runs and tests stay
+    eager. on / off decide alone."""
+    if config.compile != "auto":
+        return config.compile == "on"
+    estimate = plan.max_steps * flops_per_step / (0.5 * peak) if peak else 0.0
+    cost = COMPILE_SECONDS.get(d.device.type, 60.0)
+    compiled = estimate >= 10 * cost
+    if compiled and d.main:
+        print(f"--compile auto: on (eager estimate {estimate:.0f} s >= 10 x {cost:.0f} s of compiling)", flush=True)
+    return compiled
 
 
 def _restore(run, resume_path: Path | None, out: Path, d: D.Dist) -> tuple[int, list[dict]]:
@@ -247,6 +271,10 @@ def _checkpoint(run, out: Path, step: int, history: list[dict], config: TrainCon
 def _micro_step(run, x, y, config: TrainConfig, sync: bool, scale: float) -> float:
     """Forward and backward of one micro-batch (gradients synchronised only on the last); its loss."""
     with D.gradient_sync(run.model, sync), run.autocast:
+        if run.chunked:
+            loss = _chunked_loss(run, x, y, config)
+            (loss * scale).backward()
+            return float(loss.detach())
         logits = run.forward(x).logits
         if run.teacher is not None:
             with torch.no_grad():
@@ -256,6 +284,19 @@ def _micro_step(run, x, y, config: TrainConfig, sync: bool, scale: float) -> flo
             loss = cross_entropy(logits, y)
     (loss * scale).backward()
     return float(loss.detach())
+
+
+def _chunked_loss(run, x, y, config: TrainConfig) -> torch.Tensor:
+    """The loss from the final hidden states, its head run in chunks (``chunked`` module); with KD the teacher's
+    head too, chunk by chunk."""
+    hidden = run.forward(input_ids=x).last_hidden_state
+    teacher_logits = None
+    if run.teacher is not None:
+        with torch.no_grad():
+            teacher_hidden = chunked_head.final_hidden(run.teacher, x).reshape(-1, run.teacher.config.hidden_size)
+        head, adapter = run.teacher.get_output_embeddings(), adapter_for(run.teacher.config)
+        teacher_logits = lambda rows: adapter.soft_cap(run.teacher.config, head(teacher_hidden[rows]))  # noqa: E731
+    return chunked_head.head_loss(hidden, run.head, y, run.cap, teacher_logits, config.kd_alpha, config.kd_temperature)
 
 
 def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step: int, history: list[dict],
@@ -326,7 +367,7 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                "teacher_flops": run.teacher_flops * step * plan.tokens_per_step, "data_offset": config.data_offset,
                "world_size": d.world, "grad_accum": plan.grad_accum, "signal": stopped_by,
                # every session's training time, up to this run's last checkpoint before each interruption
-               "train_seconds": round(run.train_seconds, 2)}
+               "train_seconds": round(run.train_seconds, 2), "compiled": run.compiled, "chunked_loss": run.chunked}
     if status == "finished":
         model_state, _ = D.full_state(run.model)
         if d.main:
