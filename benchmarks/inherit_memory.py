@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--reference", help="sharded safetensors HF directory (default: SmolLM2 re-sharded)")
     parser.add_argument("--layers", default="8")
     parser.add_argument("--shard-size", default="100MB")
+    parser.add_argument("--repeats", type=int, default=4, help="runs of each side (even: each goes first as often)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         reference = args.reference
@@ -79,16 +81,28 @@ def main() -> None:
                 reference, max_shard_size=args.shard_size)
         shards = len(list(Path(reference).glob("*.safetensors")))
         size = sum(p.stat().st_size for p in Path(reference).glob("*.safetensors")) / 2**20
-        lazy = run_isolated("lazy", reference, args.layers, f"{tmp}/lazy")
-        whole = run_isolated("whole", reference, args.layers, f"{tmp}/whole")
-        child = sum(p.stat().st_size for p in Path(f"{tmp}/lazy").glob("*.safetensors")) / 2**20
-    print(f"reference: {size:.0f} MB in {shards} shards; child ({args.layers} layers): {child:.0f} MB")
-    for r in (lazy, whole):
-        name = "inheritune inherit (lazy, shard by shard)" if r["method"] == "lazy" else "from_pretrained + slice"
-        print(f"{name:42s} peak RSS growth {r['peak_rss_growth_mb']:7.0f} MB   time {r['seconds']:6.2f} s")
-    print(f"memory ratio whole / lazy: {whole['peak_rss_growth_mb'] / lazy['peak_rss_growth_mb']:.2f}x; "
-          f"time ratio: {whole['seconds'] / lazy['seconds']:.2f}x")
-
+        # Each side runs first in turn (the first run of a pair pays for reading the reference into the page
+        # cache): lazy, whole, whole, lazy, lazy, whole, ...; every run in its own process.
+        runs = {"lazy": [], "whole": []}
+        for attempt in range(args.repeats):
+            order = ("lazy", "whole") if attempt % 2 == 0 else ("whole", "lazy")
+            for method in order:
+                runs[method].append(run_isolated(method, reference, args.layers, f"{tmp}/{method}-{attempt}"))
+        child = sum(p.stat().st_size for p in Path(f"{tmp}/lazy-0").glob("*.safetensors")) / 2**20
+    print(f"reference: {size:.0f} MB in {shards} shards; child ({args.layers} layers): {child:.0f} MB; "
+          f"{args.repeats} runs each, alternating which goes first; median [min-max]")
+    print("| method | peak RSS growth MB | seconds |")
+    print("|---|---|---|")
+    medians = {}
+    for method, results in runs.items():
+        name = "inheritune inherit (lazy, shard by shard)" if method == "lazy" else "from_pretrained + slice"
+        memory = [r["peak_rss_growth_mb"] for r in results]
+        seconds = [r["seconds"] for r in results]
+        medians[method] = (statistics.median(memory), statistics.median(seconds))
+        print(f"| {name} | {medians[method][0]:.0f} [{min(memory):.0f}-{max(memory):.0f}] | "
+              f"{medians[method][1]:.2f} [{min(seconds):.2f}-{max(seconds):.2f}] |")
+    print(f"memory ratio whole / lazy: {medians['whole'][0] / medians['lazy'][0]:.2f}x; "
+          f"time ratio whole / lazy: {medians['whole'][1] / medians['lazy'][1]:.2f}x")
 
 if __name__ == "__main__":
     main()

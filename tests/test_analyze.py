@@ -238,3 +238,25 @@ def test_logit_lens_reads_a_seeded_random_subset_and_its_last_layer_is_the_model
     loss = F.cross_entropy(logits.reshape(-1, 128), subset[:, 1:].reshape(-1)).item()
     assert raw["logit_lens"][-1] == pytest.approx(loss, abs=1e-5)
     assert raw["lens_tokens"] == 5 * 23
+
+
+def test_fast_energy_rank_equals_the_svd_definition():
+    torch.manual_seed(7)
+    t = 60
+    causal = torch.ones(t, t).tril().bool()
+    logits = torch.randn(48, t, t) * torch.linspace(0.1, 30.0, 48).view(-1, 1, 1)
+    logits[::3, :, 0] += 10.0  # attention sinks: rank 1 and 2 heads, the ones the bounds settle
+    random = torch.softmax(logits.masked_fill(~causal, float("-inf")), -1)
+    blocks = torch.zeros(t, t)
+    for b in range(4):
+        blocks[15 * b:15 * (b + 1), 15 * b] = 1.0
+    constructed = torch.stack([one_column(t), one_column(t, 7), blocks, torch.eye(t),
+                               metrics.uniform_attention(t).float()])
+    taus = [0.8, 0.9, 0.95]
+    for batch in (random, constructed):
+        fast = metrics.energy_rank(batch, taus)
+        expected = torch.stack([svd_energy_rank(batch, tau) for tau in taus], -1)
+        assert torch.equal(fast, expected)
+        assert torch.equal(fast, metrics.energy_rank(batch, taus, fast=False))
+    _, settled = metrics._bounded_ranks(random, torch.tensor(taus, dtype=torch.float64))
+    assert 0 < int(settled.sum()) < len(random)  # both paths ran

@@ -35,14 +35,60 @@ def _eigvalsh(gram: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).reshape(*gram.shape[:-1])
 
 
-def energy_rank(attn: torch.Tensor, taus: float | list[float] = 0.9, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Smallest k with sum_{i<=k} s_i^2 / sum_j s_j^2 >= tau; shape [..., len(taus)] (or [...] for one tau)."""
+def energy_rank(attn: torch.Tensor, taus: float | list[float] = 0.9, dtype: torch.dtype = torch.float32,
+                fast: bool = True) -> torch.Tensor:
+    """Smallest k with sum_{i<=k} s_i^2 / sum_j s_j^2 >= tau; shape [..., len(taus)] (or [...] for one tau).
+
+    ``fast``: most attention matrices put tau of their energy in a few directions, so the rank is first bounded
+    from a small projection (``_bounded_ranks``) and the full eigenvalues are computed only for the matrices
+    whose bounds do not meet; the result is the same."""
     single = isinstance(taus, (int, float))
     tau = torch.tensor([taus] if single else list(taus), dtype=torch.float64, device=attn.device)
-    s2 = squared_singular_values(attn, dtype)
-    energy = s2.cumsum(-1) / s2.sum(-1, keepdim=True)
-    ranks = (energy.unsqueeze(-2) < (tau - _EPS).unsqueeze(-1)).sum(-1) + 1  # [..., n_tau]
+    flat = attn.reshape(-1, *attn.shape[-2:])
+    ranks = torch.zeros(len(flat), len(tau), dtype=torch.long, device=attn.device)
+    todo = torch.ones(len(flat), dtype=torch.bool, device=attn.device)
+    if fast and attn.shape[-1] > 2 * _SKETCH and len(flat):
+        bounded, certain = _bounded_ranks(flat, tau)
+        ranks[certain], todo = bounded[certain], ~certain
+    if todo.any():
+        s2 = squared_singular_values(flat[todo], dtype)
+        energy = s2.cumsum(-1) / s2.sum(-1, keepdim=True)
+        ranks[todo] = (energy.unsqueeze(-2) < (tau - _EPS).unsqueeze(-1)).sum(-1) + 1
+    ranks = ranks.reshape(*attn.shape[:-2], len(tau))
     return ranks[..., 0] if single else ranks
+
+
+_SKETCH = 4  # directions of the projection that bounds the rank
+_MARGIN = 1e-4  # share of the energy by which a bound must clear the threshold (float32 rounding is ~1e-6)
+
+
+def _bounded_ranks(flat: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ranks of the matrices whose rank a projection pins down, and which those are.
+
+    With Q an orthonormal basis of a subspace (two power steps on fixed random directions) and B = Q^T A:
+    A^T A = B^T B + R^T R with R = A - Q Q^T A, both terms positive semidefinite, so for every k
+        S_k(B) <= S_k(A) <= S_k(B) + ||R||_F^2,   S_k = sum of the top k squared singular values,
+    and ||R||_F^2 = ||A||_F^2 - ||B||_F^2 (Ky Fan). The rank (smallest k with S_k(A) >= tau ||A||_F^2) is then
+    at most the smallest k with S_k(B) >= tau ||A||^2 and at least the smallest k with S_k(B) + ||R||^2 >= it;
+    where both agree (with a margin for rounding) the rank is known exactly."""
+    a = flat.float()
+    t = a.shape[-1]
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    omega = torch.randn(t, _SKETCH, generator=generator).to(a.device)
+    y = a @ omega
+    y = a @ (a.transpose(-1, -2) @ y)  # a power step: the subspace turns towards the top directions
+    q = torch.linalg.qr(y).Q
+    b = q.transpose(-1, -2) @ a  # [n, k, T]
+    s2 = torch.linalg.eigvalsh((b @ b.transpose(-1, -2)).double()).flip(-1).clamp_min(0.0)  # [n, k]
+    total = (a * a).sum((-1, -2)).double()
+    residual = (total - s2.sum(-1)).clamp_min(0.0)
+    partial = s2.cumsum(-1) / total.unsqueeze(-1)  # S_k(B) / ||A||^2
+    slack = (residual / total).unsqueeze(-1)
+    threshold = (tau - _EPS).view(1, -1, 1)  # [1, n_tau, 1]
+    upper = (partial.unsqueeze(1) < threshold + _MARGIN).sum(-1) + 1  # [n, n_tau]; > k: not bounded
+    lower = (partial.unsqueeze(1) + slack.unsqueeze(1) < threshold - _MARGIN).sum(-1) + 1
+    certain = ((upper == lower) & (upper <= _SKETCH)).all(-1) & (total > 0)
+    return upper, certain
 
 
 def column_mass(attn: torch.Tensor, eta: float = 0.9) -> torch.Tensor:

@@ -166,6 +166,7 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
     done = state.get(key)
     if done:
         return done
+    started = time.perf_counter()
     device = _device(config)
     model, tokenizer = load_model(path, device=device)
     data = TokenData(config.data)
@@ -178,6 +179,7 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
         result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
                                         config.task_limit or None, device)
     result["layers"] = model.config.num_hidden_layers
+    result["seconds"] = round(time.perf_counter() - started, 2)  # load, validation loss, inference cost, tasks
     state.put(key, result)
     return result
 
@@ -231,11 +233,12 @@ def run(config: RunConfig) -> dict:
     comparison = None
     if config.compare_analysis:
         if state.get("compare_done") is None:
+            began = time.perf_counter()
             report = analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
                                            out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t,
                                            device=_device(config), overwrite=True, progress=config.train.progress))
             state.put("reference_attention", attention_summary(report["_results"][0]))
-            state.put("compare_done", True)
+            state.put("compare_done", {"seconds": round(time.perf_counter() - began, 2)})
         comparison = str(out / "compare")
     check = reference_check(_reference_attention(config, state, out, reference), ref_training,
                             config.convergence_tolerance)
@@ -247,10 +250,12 @@ def _reference_attention(config: RunConfig, state: _State, out: Path, reference:
     """The state of the reference's attention (uniform, lazy, attentive layers), from an analysis this run has
     made anyway (start 'auto', the final comparison) or, when it made none, from one of the reference alone."""
     if state.get("reference_attention") is None:
+        began = time.perf_counter()
         report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
                                        n=config.analyze_n, t=config.analyze_t, device=_device(config),
                                        overwrite=True, progress=config.train.progress))
-        state.put("reference_attention", attention_summary(report["_results"][0]))
+        state.put("reference_attention", attention_summary(report["_results"][0])
+                  | {"seconds": round(time.perf_counter() - began, 2)})
     return state.get("reference_attention")
 
 
@@ -293,10 +298,11 @@ def _choose_start(config: RunConfig, state: _State, out: Path, reference: str, n
     if config.start == "auto":
         analysis = state.get("analysis")
         if analysis is None:
+            began = time.perf_counter()
             report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
                                            n=config.analyze_n, t=config.analyze_t, device=_device(config),
                                            overwrite=True, progress=config.train.progress))
-            analysis = report["recommendation"]
+            analysis = report["recommendation"] | {"seconds": round(time.perf_counter() - began, 2)}
             state.put("reference_attention", attention_summary(report["_results"][0]))
             state.put("analysis", analysis)
         start = analysis["k"]

@@ -327,7 +327,8 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
             run.optimizer.zero_grad(set_to_none=True)
             step += 1
             seconds = time.perf_counter() - started
-            record = {"step": step, "tokens": step * plan.tokens_per_step, "loss": train_loss, "lr": lr,
+            record = {"step": step, "time": round(time.time(), 4), "tokens": step * plan.tokens_per_step,
+                      "loss": train_loss, "lr": lr,
                       "grad_norm": grad_norm, "tokens_per_s": plan.tokens_per_step / seconds,
                       "mfu": (run.flops + run.teacher_flops) * plan.tokens_per_step / seconds / run.peak
                       if run.peak else None}
