@@ -51,9 +51,9 @@ def energy_rank_svdvals(attn: torch.Tensor, tau: float = 0.9) -> torch.Tensor:
     return (energy < tau - 1e-6).sum(-1) + 1
 
 
-def alternate(sides: dict, repeats: int) -> dict[str, list[float]]:
+def alternate(sides: dict, repeats: int, warm_up: bool = True) -> dict[str, list[float]]:
     """Seconds of each side, run A B A B ... after one warm-up run of each."""
-    for function in sides.values():
+    for function in sides.values() if warm_up else ():
         function()
     times = {name: [] for name in sides}
     for _ in range(repeats):
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--rank-sequences", type=int, default=20, help="sequences whose attention the rank stage uses")
     parser.add_argument("--with-files", action="store_true", help="analyze also writes its report, CSVs and plots")
     parser.add_argument("--scaling", action="store_true", help="also the N and T scaling table")
+    parser.add_argument("--scaling-only", action="store_true", help="only the scaling table")
     args = parser.parse_args()
     model, tokenizer = load_model("smollm2", attn_implementation="eager")
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +110,8 @@ def main() -> None:
                             model=model, tokenizer=tokenizer)
             return run
 
+        if args.scaling_only:
+            return scaling(model, tokens, analysis, args)
         sequences = sample_sequences(tokens, args.n, args.t, 0)
         times = alternate({"forward": lambda: forward_only(model, sequences, 10),
                            "analyze": analysis(args.n, args.t, f"{tmp}/a" if args.with_files else "")}, args.repeats)
@@ -140,16 +143,21 @@ def main() -> None:
                   f"svdvals/this {statistics.median(ranks['svdvals']) / statistics.median(values):5.2f}x")
 
         if args.scaling:
-            print("scaling (analyze, no files / bare forward; medians of alternating runs):")
-            print("| N | T | forward s | analyze s | ratio |")
-            print("|---|---|---|---|---|")
-            for n, t in ((50, 100), (100, 100), (200, 100), (100, 200), (100, 400)):
-                chosen = sample_sequences(tokens, n, t, 0)
-                runs = alternate({"forward": lambda: forward_only(model, chosen, 10), "analyze": analysis(n, t)},
-                                 max(1, args.repeats - 1))
-                f, a = statistics.median(runs["forward"]), statistics.median(runs["analyze"])
-                print(f"| {n} | {t} | {f:.1f} | {a:.1f} | {a / f:.2f}x |", flush=True)
+            scaling(model, tokens, analysis, args)
 
+
+def scaling(model, tokens, analysis, args) -> None:
+    """analyze / forward as N and T grow: one run of each after the main measurements warmed everything up
+    (a warm-up run of the largest cases would double a long benchmark)."""
+    print(f"scaling (analyze, no files / bare forward; {args.repeats - 1 or 1} alternating run(s) each, median):")
+    print("| N | T | forward s | analyze s | ratio |")
+    print("|---|---|---|---|---|")
+    for n, t in ((50, 100), (100, 100), (200, 100), (100, 200), (100, 400)):
+        chosen = sample_sequences(tokens, n, t, 0)
+        runs = alternate({"forward": lambda: forward_only(model, chosen, 10), "analyze": analysis(n, t)},
+                         max(1, args.repeats - 1), warm_up=False)
+        f, a = statistics.median(runs["forward"]), statistics.median(runs["analyze"])
+        print(f"| {n} | {t} | {f:.1f} | {a:.1f} | {a / f:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -53,7 +53,10 @@ class _HeadLoss(torch.autograd.Function):
             if cap:
                 grad.mul_(1.0 - squashed * squashed)
             grad_hidden[rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-            grad_weight += (grad.t().to(h.dtype) @ h).float()
+            if h.dtype == torch.float32:  # in place: no [vocab, d] temporary per chunk
+                grad_weight.addmm_(grad.t(), h)
+            else:
+                grad_weight += (grad.t().to(h.dtype) @ h).float()
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias if grad_bias is not None else torch.empty(0))
