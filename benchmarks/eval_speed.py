@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -38,26 +39,32 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--task-limit", type=int, default=0, help="items per BIG-bench task; 0 = all")
     parser.add_argument("--no-tasks", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     model, tokenizer = load_model("smollm2")
     with tempfile.TemporaryDirectory() as tmp:
         data = TokenData(prepare(PrepareConfig(input=[str(asset_path("corpus"))], out=f"{tmp}/data",
-                                               tokenizer="smollm2"), progress=False))
+                                               tokenizer="smollm2", progress=False)))
         tokens = data.split("val")
         starts = fixed_windows(tokens, args.seq_len, args.windows)  # the same windows evaluate uses
-        validation_loss(model, data, args.seq_len, max_windows=2)  # warm-up
-        started = time.perf_counter()
-        ours = validation_loss(model, data, args.seq_len, max_windows=args.windows, batch_size=8)
-        ours_s = time.perf_counter() - started
-        started = time.perf_counter()
-        theirs = plain_loop(model, tokens, starts, args.seq_len)
-        theirs_s = time.perf_counter() - started
+        sides = {"plain": lambda: plain_loop(model, tokens, starts, args.seq_len),
+                 "ours": lambda: validation_loss(model, data, args.seq_len, max_windows=args.windows,
+                                                 batch_size=8)["loss"]}
+        losses = {name: side() for name, side in sides.items()}  # warm-up of each
+        times = {name: [] for name in sides}
+        for _ in range(args.repeats):  # alternated: plain, ours, plain, ours, ...
+            for name, side in sides.items():
+                started = time.perf_counter()
+                side()
+                times[name].append(time.perf_counter() - started)
     n = args.windows * args.seq_len
     print(f"validation loss on {args.windows} windows x {args.seq_len} tokens of SmolLM2-135M "
-          f"({torch.get_num_threads()} threads):")
-    print(f"  plain model(x, labels=x) loop : {theirs_s:6.1f} s  {n / theirs_s:7.0f} tokens/s  loss {theirs:.4f}")
-    print(f"  inheritune evaluate           : {ours_s:6.1f} s  {n / ours_s:7.0f} tokens/s  loss {ours['loss']:.4f}")
-    print(f"  ratio {theirs_s / ours_s:.2f}x (target >= 1.0x)")
+          f"({torch.get_num_threads()} threads), {args.repeats} alternating runs each, median [min-max]:")
+    for name, label in (("plain", "plain model(x, labels=x) loop"), ("ours", "inheritune evaluate")):
+        median = statistics.median(times[name])
+        print(f"  {label:30s}: {median:6.1f} s [{min(times[name]):.1f}-{max(times[name]):.1f}]  "
+              f"{n / median:7.0f} tokens/s  loss {losses[name]:.4f}")
+    print(f"  ratio {statistics.median(times['plain']) / statistics.median(times['ours']):.2f}x (target >= 1.0x)")
     if not args.no_tasks:
         from inheritune.zeroshot import BIGBENCH_DEFAULT, zero_shot
 

@@ -33,3 +33,11 @@ def test_reference_check_warns_on_uniform_attention_and_on_a_falling_loss():
     passed = reference_check(formed, flat, tolerance=0.01)
     assert passed["meaningful"] and passed["training"]["converged"] and warning_text(passed) == ""
     assert reference_check(formed, None, 0.01)["meaningful"]  # a pretrained reference: attention only
+
+
+def test_a_check_that_could_not_be_made_is_said_and_does_not_fail():
+    from inheritune.report import _passed
+
+    check = reference_check({"skipped": "the val split is shorter than one sequence of 100 tokens"}, None, 0.01)
+    assert check["meaningful"] and check["attention"]["formed"] is None
+    assert "could not be analysed" in _passed(check) and "No check" in _passed(check)

@@ -53,7 +53,9 @@ def _passed(check: dict) -> str:
     """What the reference's checks found when they passed."""
     parts = []
     attention = check.get("attention")
-    if attention:
+    if attention and attention.get("formed") is None:
+        parts.append(attention["reason"])
+    elif attention:
         parts.append(f"its attention has formed ({len(attention['uniform'])} of {attention['layers']} layers uniform, "
                      f"{len(attention['lazy'])} lazy)")
     training = check.get("training")
@@ -64,7 +66,9 @@ def _passed(check: dict) -> str:
         parts.append(training.get("reason", "its convergence is unknown"))
     elif check.get("attention"):
         parts.append("its training curve is not known to this run (pretrained)")
-    return "The reference passed the checks that make the verdict meaningful: " + "; ".join(parts) + "."
+    intro = ("The reference passed the checks that make the verdict meaningful: " if attention and
+             attention.get("formed") is not None else "No check of the reference speaks against the verdict: ")
+    return intro + "; ".join(parts) + "."
 
 
 def table(rows: list[dict]) -> str:

@@ -31,7 +31,7 @@ from .report import write_report
 from .sources import resolve_model_path
 from .recipe import TrainConfig, TrainRecipe
 from .train import train
-from .verdict import reference_check
+from .verdict import reference_attention, reference_check
 from .zeroshot import zero_shot
 
 
@@ -251,11 +251,9 @@ def _reference_attention(config: RunConfig, state: _State, out: Path, reference:
     made anyway (start 'auto', the final comparison) or, when it made none, from one of the reference alone."""
     if state.get("reference_attention") is None:
         began = time.perf_counter()
-        report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
-                                       n=config.analyze_n, t=config.analyze_t, device=_device(config),
-                                       overwrite=True, progress=config.train.progress))
-        state.put("reference_attention", attention_summary(report["_results"][0])
-                  | {"seconds": round(time.perf_counter() - began, 2)})
+        found = reference_attention(reference, config.data, str(out / "analysis"), config.analyze_n, config.analyze_t,
+                                    _device(config), config.train.progress)
+        state.put("reference_attention", found | {"seconds": round(time.perf_counter() - began, 2)})
     return state.get("reference_attention")
 
 
