@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .architectures import adapter_for
+from .chunked import final_hidden
 from .config import option, to_dict
 from .data import TokenData, fixed_windows, window_rows
 from .errors import UserError
@@ -91,7 +92,7 @@ def token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int 
     """Per-token cross-entropy of the last ``targets.shape[1]`` positions, [B, n]. The head runs on chunks of
     ``chunk`` positions, so the full [B, T, vocab] logits tensor is never built: on CPU, where that tensor
     is hundreds of MB, memory traffic rather than FLOPs dominates the loss."""
-    hidden = model.base_model(input_ids=inputs).last_hidden_state[:, -targets.shape[1]:]  # after the final norm
+    hidden = final_hidden(model, inputs)[:, -targets.shape[1]:]
     head = model.get_output_embeddings()
     adapter = adapter_for(model.config)
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)

@@ -47,7 +47,7 @@ def energy_rank(attn: torch.Tensor, taus: float | list[float] = 0.9, dtype: torc
     flat = attn.reshape(-1, *attn.shape[-2:])
     ranks = torch.zeros(len(flat), len(tau), dtype=torch.long, device=attn.device)
     todo = torch.ones(len(flat), dtype=torch.bool, device=attn.device)
-    if fast and attn.shape[-1] > 2 * _SKETCH and len(flat):
+    if fast and dtype == torch.float32 and attn.shape[-1] > 2 * _SKETCH and len(flat):  # float64 asks for the full path
         bounded, certain = _bounded_ranks(flat, tau)
         ranks[certain], todo = bounded[certain], ~certain
     if todo.any():
@@ -59,6 +59,7 @@ def energy_rank(attn: torch.Tensor, taus: float | list[float] = 0.9, dtype: torc
 
 
 _SKETCH = 4  # directions of the projection that bounds the rank
+_OMEGA: dict[int, torch.Tensor] = {}
 _MARGIN = 1e-4  # share of the energy by which a bound must clear the threshold (float32 rounding is ~1e-6)
 
 
@@ -73,8 +74,9 @@ def _bounded_ranks(flat: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor,
     where both agree (with a margin for rounding) the rank is known exactly."""
     a = flat.float()
     t = a.shape[-1]
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    omega = torch.randn(t, _SKETCH, generator=generator).to(a.device)
+    if t not in _OMEGA:  # fixed random directions per size: the same matrices always get the same bounds
+        _OMEGA[t] = torch.randn(t, _SKETCH, generator=torch.Generator(device="cpu").manual_seed(0))
+    omega = _OMEGA[t].to(a.device)
     y = a @ omega
     y = a @ (a.transpose(-1, -2) @ y)  # a power step: the subspace turns towards the top directions
     q = torch.linalg.qr(y).Q
