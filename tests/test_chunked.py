@@ -49,7 +49,8 @@ def test_chunked_loss_and_gradients_equal_the_plain_path(family, kd):
     teacher_fn = None
     if kd:
         with torch.no_grad():
-            th = final_hidden(teacher, x).reshape(-1, model.config.hidden_size)
+            th = final_hidden(teacher, x)
+            th = th.reshape(-1, th.shape[-1])
         teacher_fn = lambda rows: adapter.soft_cap(teacher.config, teacher.get_output_embeddings()(th[rows]))  # noqa
     cap = getattr(model.config, "final_logit_softcapping", None)
     torch.manual_seed(123)
@@ -75,3 +76,72 @@ def test_a_head_with_a_bias_and_a_scaled_loss():
     (3.0 * head_loss(hidden, head, y, chunk=4)).backward()
     for got, want in zip((hidden.grad, head.weight.grad, head.bias.grad), expected):
         assert torch.allclose(got, want, atol=1e-6)
+
+
+def _run(model, teacher, chunked):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(forward=model.base_model if chunked else model, teacher=teacher, chunked=chunked,
+                           head=model.get_output_embeddings(), cap=getattr(model.config, "final_logit_softcapping", None))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("kd", [False, True])
+def test_training_loss_with_a_project_out_family_equals_the_plain_path(dtype, tolerance, kd):
+    """The trainer's own loss functions (train._chunked_loss vs train._plain_loss), with an OPT-350m-shaped model
+    (project_out maps hidden_size 32 to word_embed_proj_dim 16, which the head reads) as student and as KD teacher.
+    bf16 autocast rounds the two paths differently: its tolerance is 2e-2 on the loss and 5% of the largest
+    gradient entry on every gradient entry (fp32: 1e-5 and 1e-4)."""
+    from transformers import OPTConfig
+
+    from inheritune.recipe import TrainConfig
+    from inheritune.train import _chunked_loss, _plain_loss
+
+    opt = OPTConfig(hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                    vocab_size=128, max_position_embeddings=64, dropout=0.0)
+    student = trained_like(opt, seed=3).train()
+    teacher = None
+    if kd:  # a different, wider teacher of the same family: its head reads 16 of its 48 hidden units
+        teacher = trained_like(OPTConfig(**{**opt.to_dict(), "hidden_size": 48, "ffn_dim": 96}), seed=9).eval()
+        assert teacher.config.hidden_size != teacher.get_output_embeddings().in_features
+    config = TrainConfig(kd_alpha=0.6, kd_temperature=2.0)
+    x, y = torch.randint(0, 128, (2, 24)), torch.randint(0, 128, (2, 24))
+    results = []
+    for chunked in (False, True):
+        student.zero_grad(set_to_none=True)
+        run = _run(student, teacher, chunked)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = (_chunked_loss if chunked else _plain_loss)(run, x, y, config)
+        loss.backward()
+        results.append((loss.item(), _grads(student)))
+    (plain, expected), (chunked, got) = results
+    assert chunked == pytest.approx(plain, abs=tolerance)
+    assert got.keys() == expected.keys()
+    largest = max(g.abs().max().item() for g in expected.values())
+    worst = max((got[name] - expected[name]).abs().max().item() for name in expected)
+    assert worst <= (1e-4 if dtype == torch.float32 else 5e-2) * largest, (worst, largest)
+
+
+def test_ignored_targets_are_left_out_as_on_the_plain_path():
+    torch.manual_seed(2)
+    head = torch.nn.Linear(8, 30)
+    hidden = torch.randn(2, 9, 8, requires_grad=True)
+    teacher_logits = torch.randn(2, 9, 30)
+    y = torch.randint(0, 30, (2, 9))
+    y[0, :4] = -100
+    y[1, 7] = -100
+    for kd in (False, True):
+        plain = distillation_loss(head(hidden), teacher_logits, y, 0.6, 1.5)[0] if kd else cross_entropy(head(hidden), y)
+        plain.backward()
+        expected = [t.grad.clone() for t in (hidden, head.weight, head.bias)]
+        for t in (hidden, head.weight, head.bias):
+            t.grad = None
+        flat = teacher_logits.reshape(-1, 30)
+        chunked = head_loss(hidden, head, y, None, (lambda rows: flat[rows]) if kd else None, 0.6, 1.5, chunk=5)
+        chunked.backward()
+        assert chunked.item() == pytest.approx(plain.item(), abs=1e-6)
+        for got, want in zip((hidden.grad, head.weight.grad, head.bias.grad), expected):
+            assert torch.allclose(got, want, atol=1e-6)
+        assert hidden.grad[0, :4].abs().max() == 0  # ignored positions get no gradient
+        for t in (hidden, head.weight, head.bias):
+            t.grad = None

@@ -127,6 +127,28 @@ def test_interrupted_prepare_leaves_nothing_that_looks_finished(text_dir, tmp_pa
     assert list(tmp_path.iterdir()) == [text_dir]
 
 
+def test_sigterm_during_prepare_removes_its_staging_folder(text_dir, tmp_path, gpt2_tokenizer_dir, monkeypatch):
+    import os
+    import signal
+
+    import inheritune.data as data_module
+    from inheritune.errors import Interrupted
+
+    real = data_module._batches
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, mid-tokenisation
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "_batches", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped:
+        _prepare([text_dir], tmp_path / "ds", gpt2_tokenizer_dir)
+    assert stopped.value.signal == signal.SIGTERM
+    assert list(tmp_path.iterdir()) == [text_dir]  # no hidden staging folder left behind
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_random_windows_are_a_function_of_the_step():
     tokens = np.arange(1000, dtype=np.uint16)
     windows = RandomWindows(tokens, seq_len=16, global_batch=4, seed=7)

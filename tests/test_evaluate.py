@@ -36,9 +36,22 @@ def test_loss_equals_a_hand_computation(dataset):
 def test_strided_windows_score_each_target_once(dataset):
     model = tiny_llama()
     tokens = dataset.split("val")
-    result = validation_loss(model, dataset, seq_len=32, stride=16, max_windows=0)
-    n_windows = len(fixed_windows(tokens, 32, stride=16))
-    assert result["tokens"] == 32 + 16 * (n_windows - 1)
+    result = validation_loss(model, dataset, seq_len=32, stride=16, max_windows=0, batch_size=3)
+    starts = fixed_windows(tokens, 32, stride=16)
+    assert result["tokens"] == 32 + 16 * (len(starts) - 1)
+    # By hand: the first window scores its 32 targets, each later one only its last 16 (the positions no earlier
+    # window scored), each with its own 32 tokens of context; every target position of the span exactly once.
+    positions, total = [], 0.0
+    with torch.no_grad():
+        for i, start in enumerate(starts):
+            row = torch.tensor(np.asarray(tokens[start:start + 33], dtype=np.int64))
+            losses = F.cross_entropy(model(row[None, :-1]).logits[0], row[1:], reduction="none")
+            scored = slice(0, 32) if i == 0 else slice(16, 32)
+            positions += list(range(start + 1, start + 33))[scored]
+            total += losses[scored].double().sum().item()
+    assert positions == list(range(1, starts[-1] + 33))
+    assert sum(result["window_sums"]) == pytest.approx(total, rel=1e-6)
+    assert result["window_counts"] == [32] + [16] * (len(starts) - 1)
 
 
 def test_bootstrap_interval_narrows_with_more_windows():

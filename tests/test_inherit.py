@@ -310,6 +310,35 @@ def test_gpt2_position_scaled_blocks_keep_their_function_anywhere():
     # Stacking: block i of the small model sits at i + depth in the stack and still computes block i.
     stacked, record = build_child(reference, [0, 1, 0, 1], init="stacking")
     assert record["folded_position_scaling"]
+    with torch.no_grad():
+        assert (stacked(ids).logits - running_twice(reference, 2, ids)).abs().max().item() <= 1e-5
+
+
+def running_twice(model, first, ids):
+    """The logits of ``model`` running its blocks 0..first-1, then the same blocks again, then its final norm and
+    head (each block with its own layer index, hence its own GPT-2 position scale, both times)."""
+    blocks = adapter_for(model.config).block_list(model)
+    inside = []
+
+    def again(module, args, kwargs, output):
+        if inside:  # the repeated pass calls this block again: leave that call alone
+            return output
+        inside.append(True)
+        try:
+            hidden = _block_output(output)
+            for block in blocks[:first]:
+                hidden = _block_output(block(hidden, *args[1:], **kwargs))
+        finally:
+            inside.clear()
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    hooks = skipping(model, set(range(first))) + [blocks[first - 1].register_forward_hook(again, with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            return model(ids, use_cache=False).logits  # no cache: the repeated blocks would append to it
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def test_stacking_depth_and_from_report(tmp_path):

@@ -68,7 +68,7 @@ def test_damaged_weights_fail_in_one_line(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, damaged)
     weights = damaged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(UserError, match="damaged or not a model"):
+    with pytest.raises(UserError, match="damaged, or not what it should be"):
         load_model(damaged)
     with pytest.raises(UserError, match="no CUDA"):
         load_model(tiny_model_dir, device="cuda")

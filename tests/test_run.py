@@ -4,6 +4,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,8 +107,24 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
     assert [r["model"] for r in more["rows"]][-1] == "baseline random"
 
 
-def test_every_baseline_runs_at_the_childs_depth_on_the_same_windows(setup, tmp_path):
+def test_every_baseline_runs_at_the_childs_depth_on_the_same_windows(setup, tmp_path, monkeypatch):
+    import inheritune.run as run_module
+    from inheritune.data import RandomWindows
+
     data, ref = setup
+    reads, stage = {}, []  # the training batches each stage actually read (global batch index of each micro-batch)
+    real_train, real_batch = run_module.train, RandomWindows.batch
+
+    def tracking(config, *args, **kwargs):
+        stage[:] = [Path(config.out).relative_to(tmp_path / "run").as_posix()]
+        return real_train(config, *args, **kwargs)
+
+    def recording(self, step, offset=0, count=None):
+        reads.setdefault(stage[0], []).append(step)
+        return real_batch(self, step, offset, count)
+
+    monkeypatch.setattr(run_module, "train", tracking)
+    monkeypatch.setattr(RandomWindows, "batch", recording)
     report = run(_config(data, ref, tmp_path / "run", max_rounds=1, start="3",
                          baselines=["random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd"]))
     rows = {row["model"]: row for row in report["rows"]}
@@ -121,6 +138,9 @@ def test_every_baseline_runs_at_the_childs_depth_on_the_same_windows(setup, tmp_
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["baseline/stacking/small"]["data_offset"] == 0
     assert state["baseline/stacking/train"]["data_offset"] == child["steps"]  # data continues, never replayed
+    assert reads["baselines/stacking/small-train"] == list(range(child["steps"]))
+    assert reads["baselines/stacking/train"] == list(range(child["steps"], 2 * child["steps"]))
+    assert reads["rounds/round-0-l3/train"] == reads["baselines/random/train"] == list(range(child["steps"]))
     stacked = json.loads((tmp_path / "run" / "baselines" / "stacking" / "child" / "inheritune.json").read_text())
     assert stacked["layers"] == [0, 1, 0]
     # KD pays for its teacher's forward passes; the random baseline of the same shape does not.
@@ -226,3 +246,40 @@ def test_verdict_on_a_reference_that_attends_has_no_warning(setup, tmp_path):
     text = (tmp_path / "run" / "report.md").read_text()
     assert "passed the checks" in text and "not evidence" not in text
     assert not (tmp_path / "run" / "analysis").exists()  # the final comparison's analysis of it was reused
+
+
+def test_ctrl_c_under_torchrun_is_an_interruption_that_resumes(setup, tmp_path):
+    """`run --nproc-per-node 2` (two gloo processes): a Ctrl-C at the terminal (SIGINT to the foreground process
+    group) reaches the run, which forwards it to torchrun; the workers finish their step and checkpoint, the run
+    exits 128 + SIGINT saying how to continue, and the same command then finishes from that checkpoint."""
+    import subprocess
+    import sys
+
+    data, ref = setup
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "inheritune", "run", "--reference", str(ref), "--data", str(data), "--out", str(out),
+            "--start", "2", "--max-rounds", "1", "--steps", "40", "--seq-len", "16", "--micro-batch-size", "2",
+            "--eval-windows", "4", "--eval-interval", "0", "--lr", "1e-3", "--analyze-n", "4", "--analyze-t", "16",
+            "--compare-analysis", "false", "--progress", "false", "--device", "cpu", "--nproc-per-node", "2",
+            "--baselines", "none"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    metrics = out / "rounds" / "round-0-l2" / "train" / "metrics.jsonl"
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)  # its own process group, as a terminal's foreground job
+    deadline = time.monotonic() + 180
+    while process.poll() is None and time.monotonic() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            os.killpg(process.pid, signal.SIGINT)
+            break
+        time.sleep(0.01)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "same 'inheritune run' command" in stderr and "torchrun failed" not in stderr
+    summary = json.loads((metrics.parent / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 2 <= summary["steps"] < 40
+    assert list(metrics.parent.glob("ckpt-*.pt"))
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert logged == list(range(1, 41))
+    assert json.loads((out / "report.json").read_text())["rows"]

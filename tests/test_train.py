@@ -268,9 +268,12 @@ def test_bad_input_is_refused_and_nothing_is_lost(dataset, tmp_path, tiny_model_
     assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() == before
     with pytest.raises(UserError, match=r"corrupt.*older checkpoint .*ckpt-0000004.pt is available"):
         train(_config(dataset, tmp_path / "run", max_steps=8, resume=True))
-    summary = train(_config(dataset, tmp_path / "run", max_steps=12,
+    with pytest.raises(UserError, match="max_steps 8 -> 12"):  # a longer run from step 4 is another run
+        train(_config(dataset, tmp_path / "run", max_steps=12, resume_from=str(tmp_path / "run" / "ckpt-0000004.pt")))
+    summary = train(_config(dataset, tmp_path / "run", max_steps=8,
                             resume_from=str(tmp_path / "run" / "ckpt-0000004.pt")))
-    assert summary["steps"] == 12
+    assert summary["steps"] == 8  # the damaged step-8 checkpoint of the abandoned branch was moved aside
+    assert (tmp_path / "run" / "abandoned" / "after-step-4" / newest.name).is_file()
 
 
 def test_non_finite_loss_stops_without_a_bad_checkpoint(dataset, tmp_path, tiny_model_dir):
@@ -295,11 +298,16 @@ def test_chunked_loss_trains_like_the_plain_path_and_short_runs_stay_eager(datas
     assert chunked["final_val_loss"] == pytest.approx(plain["final_val_loss"], abs=1e-5)
     a, b = _weights(tmp_path / "chunked"), _weights(tmp_path / "plain")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
-    teacher = dict(model=str(tiny_model_dir), max_steps=3, teacher=str(tiny_model_dir), kd_alpha=0.6)
+    from conftest import tiny_llama
+
+    tiny_llama(layers=3, seed=11).save_pretrained(tmp_path / "teacher")  # another model: the KL is far from 0
+    teacher = dict(model=str(tiny_model_dir), max_steps=3, teacher=str(tmp_path / "teacher"), kd_alpha=0.6)
     kd_chunked = train(_config(dataset, tmp_path / "kd1", **teacher))
     kd_plain = train(_config(dataset, tmp_path / "kd2", chunked_loss=False, **teacher))
-    for a, b in zip(kd_chunked["history"], kd_plain["history"]):
+    ce_only = train(_config(dataset, tmp_path / "ce", model=str(tiny_model_dir), max_steps=3))
+    for a, b, c in zip(kd_chunked["history"], kd_plain["history"], ce_only["history"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert abs(a["loss"] - c["loss"]) > 1e-3  # the teacher's term is there to be got right
 
 
 def test_compile_auto_rule():

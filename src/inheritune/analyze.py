@@ -20,7 +20,8 @@ import torch
 from . import metrics
 from .architectures import adapter_for
 from .config import option, to_dict
-from .data import TokenData
+from .data import TokenData, check_ids
+from .distributed import resolve_device
 from .errors import UserError
 from .evaluate import check_output_dir, check_tokenizer_matches
 from .models import load_model
@@ -39,19 +40,19 @@ class AnalyzeConfig:
     out: str = option("", help="output directory for report.json, CSVs and plots")
     n: int = option(100, help="number of sequences (paper: 100)")
     t: int = option(100, help="tokens per sequence (paper: 100)")
-    seed: int = option(0, help="seed of the sequence choice")
+    seed: int = option(0, low=0, high=2**32 - 1, help="seed of the sequence choice")
     batch_size: int = option(10, help="sequences per forward pass")
     dtype: str = option("float32", help="model dtype: float32 or bfloat16 (metrics are computed in float32+)")
-    device: str = option("cpu", help="cpu or cuda")
+    device: str = option("cpu", help="cpu, cuda or auto (cuda when there is one)")
     tau: list[float] = option([0.9], help="energy thresholds; the first is the main one (e.g. 0.9 0.8 0.85 0.95)")
     eta: float = option(0.9, help="column-mass threshold")
-    lazy_tolerance: float = option(0.25, help="a layer is lazy when MaxRank <= 1 + this; a head when its Rank is")
+    lazy_tolerance: float = option(0.25, low=0, help="a layer is lazy when MaxRank <= 1 + this; a head when its Rank is")
     uniform_rank_tolerance: float = option(0.25, help="a head is uniform (averaging, as untrained attention does) "
                                                       "when its Rank is within this fraction of the uniform causal "
                                                       "matrix's rank at the same T ...")
     uniform_entropy_tolerance: float = option(0.05, help="... and its normalised entropy within this of the uniform "
                                                          "matrix's (1.0 without a sliding window)")
-    sink_threshold: float = option(0.3, help="a head is a sink head when its first-token mass exceeds this")
+    sink_threshold: float = option(0.3, low=0, high=1, help="a head is a sink head when its first-token mass exceeds this")
     span: int = option(1, help="n of the angular distance of n-block spans")
     lens_sequences: int = option(10, help="sequences used for the logit-lens loss CE_k, a seeded random subset of "
                                           "the N; 0 = all")
@@ -65,6 +66,7 @@ class AnalyzeConfig:
     progress: bool = option(True, help="show progress bars")
 
     def __post_init__(self):
+        self.device = resolve_device(self.device)
         if self.lazy_run < 1:
             raise UserError(f"lazy_run must be >= 1, got {self.lazy_run}")
         if self.lens_sequences < 0 or any(i < 0 for i in self.map_layers):
@@ -390,6 +392,7 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
         check_output_dir(Path(config.out), "report.json", "model", config.model, config.overwrite)
     tokens, source = load_tokens(config.data, tokenizer)
     sequences = sample_sequences(tokens, config.n, config.t, config.seed)
+    check_ids(sequences, model.get_input_embeddings().num_embeddings, source)
     main = _analyze_one(config.model or type(model).__name__, model, tokenizer, sequences, config, progress)
     main["recommendation"] = recommend(main["layers"], config)
     results = [main]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, process_alive
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -50,7 +50,7 @@ class RunLock:
                     pid = int(self.path.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and _alive(pid):
+                if pid and process_alive(pid):
                     raise UserError(f"another run (pid {pid}) is writing {self.path.parent}") from None
                 self.path.unlink(missing_ok=True)  # stale: its owner died
                 continue
@@ -64,13 +64,3 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -22,15 +22,17 @@ DEFAULT_CHUNK = 256  # positions per chunk: 256 x 49K fp32 logits = 50 MB
 class _HeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, teacher_logits_fn, cap, alpha, temperature, chunk):
-        n = hidden.shape[0]
+        valid = targets >= 0  # negative targets (-100, as torch's ignore_index) are not scored, as on the plain path
+        rows_total, n = hidden.shape[0], max(1, int(valid.sum()))
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None else None
         ce_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
         kl_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
-        for first in range(0, n, chunk):
-            rows = slice(first, min(first + chunk, n))
-            h, y = hidden[rows], targets[rows]
+        for first in range(0, rows_total, chunk):
+            rows = slice(first, min(first + chunk, rows_total))
+            h, keep = hidden[rows], valid[rows]
+            y = targets[rows].clamp(min=0)
             z = F.linear(h, weight, bias).float()
             if cap:
                 squashed = torch.tanh(z / cap)
@@ -39,7 +41,7 @@ class _HeadLoss(torch.autograd.Function):
                 logits = z
             log_p = torch.log_softmax(logits, dim=-1)
             picked = log_p.gather(1, y.unsqueeze(1)).squeeze(1)
-            ce_sum -= picked.double().sum()
+            ce_sum -= picked.double()[keep].sum()
             grad = log_p.exp_()  # softmax, in place of the log-probabilities (not needed any more)
             grad.scatter_add_(1, y.unsqueeze(1), torch.full_like(picked, -1.0).unsqueeze(1))
             grad.mul_(alpha / n)
@@ -47,9 +49,10 @@ class _HeadLoss(torch.autograd.Function):
                 teacher = torch.log_softmax(teacher_logits_fn(rows).float() / temperature, dim=-1)
                 student = torch.log_softmax(logits / temperature, dim=-1)
                 teacher_p = teacher.exp()
-                kl_sum += (teacher_p * (teacher - student)).double().sum()
+                kl_sum += (teacher_p * (teacher - student)).sum(-1).double()[keep].sum()
                 # d/dlogits of T^2 KL(teacher || student(logits / T)) / n = T (p_student - p_teacher) / n
                 grad.add_((student.exp_() - teacher_p).mul_((1.0 - alpha) * temperature / n))
+            grad.mul_(keep.unsqueeze(1))
             if cap:
                 grad.mul_(1.0 - squashed * squashed)
             grad_hidden[rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
@@ -77,7 +80,8 @@ def head_loss(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor
               chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """Mean loss of ``head`` (a Linear; ``cap`` its family's logit soft-cap) on hidden states [..., d] against
     ``targets`` [...]: cross-entropy, or with ``teacher_logits_fn(rows)`` (the teacher's logits of a slice of
-    the flattened positions) alpha CE + (1 - alpha) T^2 KL."""
+    the flattened positions) alpha CE + (1 - alpha) T^2 KL. Positions whose target is negative (-100, torch's
+    ignore_index) are not scored and get no gradient; the mean is over the scored ones."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     if teacher_logits_fn is None:
         alpha = 1.0

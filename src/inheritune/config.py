@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -23,13 +24,15 @@ from .errors import UserError
 C = TypeVar("C")
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs) -> Any:
-    """A dataclass field with a help text (shown by ``--help`` and in generated YAML)."""
+def option(default: Any = dataclasses.MISSING, help: str = "", low: float | None = None, high: float | None = None,
+           **kwargs) -> Any:
+    """A dataclass field with a help text (shown by ``--help`` and in generated YAML) and, for numbers, the
+    closed range ``[low, high]`` its value (each item of a list) must lie in, checked where configs are built."""
     if isinstance(default, (list, dict)):
         value = default
         kwargs["default_factory"] = lambda: type(value)(value)
         default = dataclasses.MISSING
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help, "low": low, "high": high}, **kwargs)
 
 
 def _base_type(tp):
@@ -82,9 +85,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple
         if inner is bool:
             kwargs.update(type=_parse_bool, metavar="BOOL", nargs="?", const=True)
         elif is_list:
-            kwargs.update(type=inner if inner in (int, float) else str, nargs="+")
-        elif inner in (int, float):
-            kwargs.update(type=inner)
+            kwargs.update(nargs="+")  # items are coerced to the field's type where the config is built
         parser.add_argument(flag, **kwargs)
 
 
@@ -145,10 +146,92 @@ def from_dict(cls: type[C], values: dict[str, Any]) -> C:
     for section, part in parts.items():
         if section not in own:
             own[section] = from_dict(nested[section], part)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in own.items():
+        if name not in nested:
+            own[name] = coerce(name, value, hints[name])
+            _check_range(name, own[name], fields[name].metadata)
     try:
         return cls(**own)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def coerce(key: str, value: Any, tp) -> Any:
+    """``value`` as the field's type, once, where configs are built (YAML and flags alike): quoted booleans and
+    numbers ("false", "3e-4": YAML 1.1 reads the latter as a string) become what they say; anything that is not
+    the type (a fraction for a count, a list for a number, a non-finite float) is refused with the key named."""
+    inner, is_list = _base_type(tp)
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    if value is None and optional:
+        return None
+    if is_list:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_scalar(key, item, inner) for item in items]
+    return _scalar(key, value, inner)
+
+
+def _check_range(key: str, value: Any, metadata) -> None:
+    low, high = metadata.get("low"), metadata.get("high")
+    for item in value if isinstance(value, list) else [value]:
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        if (low is not None and item < low) or (high is not None and item > high):
+            bounds = f"between {_plain(low)} and {_plain(high)}" if low is not None and high is not None else \
+                (f">= {_plain(low)}" if low is not None else f"<= {_plain(high)}")
+            raise UserError(f"'{key}' (--{key.replace('_', '-')}) must be {bounds}, got {item!r}")
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def _refuse(key: str, value: Any, expected: str):
+    raise UserError(f"'{key}' (--{key.replace('_', '-')}) must be {expected}, got {value!r}")
+
+
+def _scalar(key: str, value: Any, tp) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        _refuse(key, value, "true or false")
+    if tp is int:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip()) if any(c in value.lower() for c in ".en") else int(value.strip())
+            except ValueError:
+                _refuse(key, value, "a whole number")
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            _refuse(key, value, "a whole number")
+        if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+            _refuse(key, value, "a whole number")
+        return int(number)
+    if tp is float:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                _refuse(key, value, "a number")
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            _refuse(key, value, "a number")
+        if not math.isfinite(number):
+            _refuse(key, value, "a finite number")
+        return float(number)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            _refuse(key, value, "a string")
+        return value if isinstance(value, str) else str(value)
+    return value
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from .bpe import train_bpe
 from .config import option, to_dict
-from .errors import UserError, replace_dir
+from .errors import Interrupted, UserError, process_alive, replace_dir
 from .hashing import sha256_file
 from .progress import progress_bar
 from .tokenizer import load_tokenizer, tokenizer_identity
@@ -42,7 +43,7 @@ class PrepareConfig:
     text_field: str = option("text", help="field holding the text in .jsonl and .parquet inputs")
     doc_split: str = option("file", help="what a document is in plain text files: 'file' or 'paragraph'")
     val_fraction: float = option(0.05, help="fraction of documents held out for validation")
-    seed: int = option(1337, help="seed of the document-level train/val split")
+    seed: int = option(1337, low=0, high=2**32 - 1, help="seed of the document-level train/val split")
     batch_size: int = option(512, help="documents per tokenizer batch (batches run on all cores)")
     train_tokenizer: int = option(0, help="instead of --tokenizer, train a byte-level BPE of this vocabulary size on "
                                          "the train split only; it is saved inside the dataset (tokenizer/)")
@@ -87,21 +88,7 @@ def read_documents(files: list[Path], text_field: str = "text", doc_split: str =
     for path in files:
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise UserError(f"{path}:{number} is not valid JSON") from None
-                    if not isinstance(record, dict) or text_field not in record:
-                        raise UserError(f"{path}:{number} has no field '{text_field}' (set --text-field)")
-                    text = record[text_field]
-                    if not isinstance(text, str):
-                        raise UserError(f"{path}:{number}: field '{text_field}' is {type(text).__name__}, not text")
-                    if text.strip():
-                        yield text
+            yield from _jsonl_documents(path, text_field)
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -121,6 +108,28 @@ def read_documents(files: list[Path], text_field: str = "text", doc_split: str =
                 raise UserError(f"{path} is not UTF-8 text") from None
             pieces = text.split("\n\n") if doc_split == "paragraph" else [text]
             yield from (piece for piece in pieces if piece.strip())
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{number} is not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{number} is not valid JSON") from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise UserError(f"{path}:{number} has no field '{text_field}' (set --text-field)")
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise UserError(f"{path}:{number}: field '{text_field}' is {type(text).__name__}, not text")
+            if text.strip():
+                yield text
 
 
 def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -169,9 +178,9 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
               "val_fraction": config.val_fraction, "seed": config.seed}
     fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
+    _remove_stale_staging(out)
     if out.exists():
-        meta_path = out / "meta.json"
-        if meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == fingerprint:
+        if _fingerprint_of(out) == fingerprint:
             print(f"{out} already holds this dataset; nothing to do", flush=True)
             return out
         if any(out.iterdir()) and not config.overwrite:
@@ -192,6 +201,10 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     staging.mkdir(parents=True)
     started = time.perf_counter()
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: staging is cleaned
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
+    try:
         if tokenizer is None:  # trained on the train documents only: validation text never shapes the vocabulary
             train_docs = (doc for doc, val in zip(read_documents(files, config.text_field, config.doc_split), is_val)
                           if not val)
@@ -207,6 +220,9 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written dataset behind
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - started
     meta = {
         "format": FORMAT,
@@ -231,6 +247,28 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     print(f"prepared {out}: {counts['train']:,} train + {counts['val']:,} val tokens from {n_docs} documents "
           f"({total / max(seconds, 1e-9):,.0f} tokens/s)", flush=True)
     return out
+
+
+def _terminate(signum, frame):
+    raise Interrupted(signum, "interrupted; nothing was written (run the same command again)")
+
+
+def _fingerprint_of(out: Path) -> str | None:
+    """The fingerprint of the dataset in ``out``; None when there is none or its meta.json is damaged (then only
+    --overwrite replaces it)."""
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta.get("fingerprint") if isinstance(meta, dict) else None
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders that a killed 'data prepare' left beside ``out`` (their process is gone)."""
+    for staging in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = staging.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backend, eos: np.ndarray,
@@ -312,8 +350,16 @@ def window_rows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.T
     return torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
 
 
-def _as_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int):
+def check_ids(rows: torch.Tensor, vocab: int | None, where: str) -> None:
+    """Token ids beyond the vocabulary would index past the embeddings (a crash deep in the model): refuse them."""
+    if vocab is not None and rows.numel() and int(rows.max()) >= vocab:
+        raise UserError(f"token id {int(rows.max())} in {where} does not fit the vocabulary of {vocab}: the dataset "
+                        "is damaged or was made for another model; prepare it again")
+
+
+def _as_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, vocab: int | None = None):
     rows = window_rows(tokens, starts, seq_len)
+    check_ids(rows, vocab, "the training split")
     return rows[:, :-1], rows[:, 1:]
 
 
@@ -327,9 +373,10 @@ class RandomWindows:
     each process or micro-step takes a slice of it, so the data is the same for any number of processes or
     accumulation steps, and resuming at any step reproduces it exactly."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int = 0):
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int = 0, vocab: int | None = None):
         _check_length(tokens, seq_len)
         self.tokens, self.seq_len, self.global_batch, self.seed = tokens, seq_len, global_batch, seed
+        self.vocab = vocab
 
     def starts(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, step])
@@ -338,7 +385,7 @@ class RandomWindows:
     def batch(self, step: int, offset: int = 0, count: int | None = None):
         """Rows [offset, offset + count) of global batch ``step`` as (inputs, targets)."""
         count = self.global_batch - offset if count is None else count
-        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len)
+        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len, self.vocab)
 
 
 class SequentialWindows:
@@ -346,9 +393,9 @@ class SequentialWindows:
     [step * G, (step + 1) * G); ranks and micro-steps take slices of it (so the split is sharded by rank).
     Wraps to the start (a new epoch) after the last full window."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int):
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, vocab: int | None = None):
         _check_length(tokens, seq_len)
-        self.tokens, self.seq_len, self.global_batch = tokens, seq_len, global_batch
+        self.tokens, self.seq_len, self.global_batch, self.vocab = tokens, seq_len, global_batch, vocab
         self.n_windows = (len(tokens) - 1) // seq_len
 
     def epoch(self, step: int) -> int:
@@ -360,7 +407,7 @@ class SequentialWindows:
 
     def batch(self, step: int, offset: int = 0, count: int | None = None):
         count = self.global_batch - offset if count is None else count
-        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len)
+        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len, self.vocab)
 
 
 def fixed_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None,

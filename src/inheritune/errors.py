@@ -3,7 +3,11 @@ small guards that keep a user's files safe: never write over an input, swap a fi
 
 import os
 import shutil
+import struct
+from contextlib import contextmanager
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 
 class UserError(Exception):
@@ -16,6 +20,17 @@ class Interrupted(Exception):
     def __init__(self, signal: int, message: str):
         super().__init__(message)
         self.signal = signal
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a lock or staging folder whose owner died can be taken over)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def refuse_output_over_input(out: str | Path, *inputs: str | Path | None) -> None:
@@ -49,3 +64,23 @@ def replace_dir(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     elif old.exists():
         old.unlink()
+
+
+# What reading a damaged or foreign file raises on its way through json, safetensors, transformers and gguf:
+# truncated or garbage weights, invalid config.json, an unknown model_type, a GGUF with a bad magic or absurd
+# counts (which can ask for more memory than there is).
+READ_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, OverflowError, MemoryError, struct.error,
+               UnicodeDecodeError, SafetensorError)
+
+
+@contextmanager
+def reading(what: str):
+    """Turn the errors of reading ``what`` (a model, its config, a weights file) into one line naming it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except READ_ERRORS as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0][:300] if text else type(exc).__name__
+        raise UserError(f"cannot read {what} (damaged, or not what it should be): {first}") from None

@@ -19,6 +19,7 @@ from .architectures import adapter_for
 from .chunked import final_hidden
 from .config import option, to_dict
 from .data import TokenData, fixed_windows, window_rows
+from .distributed import resolve_device
 from .errors import UserError
 from .models import load_model, parse_dtype
 from .plots import draw_comparison
@@ -40,19 +41,20 @@ class EvalConfig:
     max_windows: int = option(64, help="at most this many windows, spread evenly over the val split; 0 = all")
     batch_size: int = option(8, help="windows per forward pass")
     dtype: str = option("float32", help="float32 or bfloat16")
-    device: str = option("cpu", help="cpu or cuda")
-    bootstrap: int = option(1000, help="bootstrap resamples for the 95%% interval")
-    seed: int = option(0, help="seed of the bootstrap")
+    device: str = option("cpu", help="cpu, cuda or auto (cuda when there is one)")
+    bootstrap: int = option(1000, low=100, high=100_000, help="bootstrap resamples for the 95%% interval")
+    seed: int = option(0, low=0, high=2**32 - 1, help="seed of the bootstrap")
     tasks: list[str] = option([], help="zero-shot tasks through lm-eval: BIG-bench names (general_knowledge, "
                                        "social_iqa, winowhy, physical_intuition, bigbench:NAME), local task "
                                        ".yaml files, or lm-eval task names (need a network)")
-    limit: int = option(0, help="at most this many items per task; 0 = all")
+    limit: int = option(0, low=0, help="at most this many items per task; 0 = all")
     inference: bool = option(True, help="also measure parameters, memory, prefill and decode tokens/s")
-    inference_batch: int = option(1, help="batch size of the inference measurement")
+    inference_batch: int = option(1, low=1, high=4096, help="batch size of the inference measurement")
     overwrite: bool = option(False, help="replace results in --out that are about other models")
     progress: bool = option(True, help="show progress bars")
 
     def __post_init__(self):
+        self.device = resolve_device(self.device)
         if isinstance(self.models, str):
             self.models = [self.models]
         if self.seq_len < 2:

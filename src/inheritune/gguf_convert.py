@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .cards import converted_card, write_card
-from .errors import UserError, refuse_output_over_input, replace_dir
+from .errors import UserError, reading, refuse_output_over_input, replace_dir
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs):
@@ -55,8 +55,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty; pass --overwrite to replace it")
     refuse_output_over_input(out, gguf_path)
-    model = load_gguf(gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    with reading(f"the GGUF file {gguf_path}"):
+        model = load_gguf(gguf_path)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -51,7 +51,7 @@ class InheritConfig:
                                     "final norm) | attention | mlp | attention-mlp (no norms)")
     depth: int = option(0, help="stacking: depth of the stacked child (default twice the base; an odd depth takes "
                                 "the first DEPTH blocks of the stack)")
-    seed: int = option(0, help="seed of the fresh initialisation of everything not copied")
+    seed: int = option(0, low=0, high=2**32 - 1, help="seed of the fresh initialisation of everything not copied")
     dtype: str = option("float32", help="dtype of the saved child")
     overwrite: bool = option(False, help="replace a non-empty output directory")
     trust_remote_code: bool = option(False, help="allow model code from the reference directory")
@@ -113,11 +113,24 @@ def layers_from_report(path: str | Path) -> list[int]:
         raise UserError(f"report not found: {report_path}")
     try:
         recommendation = json.loads(report_path.read_text())["recommendation"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{report_path} is not an analysis report with a 'recommendation'") from None
-    if recommendation.get("layers"):
-        return [int(i) for i in recommendation["layers"]]
-    return list(range(int(recommendation["k"])))
+    if not isinstance(recommendation, dict):
+        raise UserError(f"{report_path}: its recommendation is {recommendation!r}, not a set of layers")
+    layers = recommendation.get("layers")
+    if layers:
+        if not isinstance(layers, list) or not all(_whole(i) for i in layers):
+            raise UserError(f"{report_path}: recommended layers {layers!r} are not a list of layer numbers")
+        return [int(i) for i in layers]
+    k = recommendation.get("k")
+    if not _whole(k) or k < 1:
+        raise UserError(f"{report_path}: the recommended depth k is {k!r}, not a number of layers >= 1 (analyse "
+                        "the model again)")
+    return list(range(int(k)))
+
+
+def _whole(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and value >= 0
 
 
 def _check_report_is_about(report: str, reference: str) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from .errors import UserError
+from .errors import UserError, reading
 from .gguf_convert import load_gguf
-from .sources import check_hub_reachable, hub_error, resolve_model_path
+from .sources import check_hub_reachable, resolve_model_path
 from .tokenizer import load_tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -38,18 +36,24 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype = "float32", d
     kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    try:
+    with reading(f"{name_or_path} as a causal LM"):
         if gguf is not None:
             model = load_gguf(Path(path) / gguf, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise hub_error(str(name_or_path), exc) from None
-    except (ValueError, KeyError, EOFError, struct.error, SafetensorError) as exc:  # bad config, damaged weights
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot load {name_or_path} as a causal LM (damaged or not a model?): {first}") from None
     model.to(device).eval()
     tokenizer = None
     if with_tokenizer:
         tokenizer = load_tokenizer(Path(path) / gguf if gguf else path, trust_remote_code=trust_remote_code)
     return model, tokenizer
+
+
+def load_config_of(path: str | Path, gguf: str | None = None, trust_remote_code: bool = False):
+    """The model config in an HF directory or GGUF file (a hub name: only when the hub can be reached), or a
+    one-line error when it is missing, invalid JSON, or of an unknown model_type."""
+    if not Path(path).exists():
+        check_hub_reachable(str(path))
+    with reading(f"the config of {Path(path) / gguf if gguf else path}"):
+        if gguf:
+            return AutoConfig.from_pretrained(str(path), gguf_file=gguf)
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)

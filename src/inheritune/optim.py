@@ -43,8 +43,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if alpha >= 1.0:
         return ce, ce, torch.zeros((), device=ce.device)
     vocab = student_logits.shape[-1]
-    student = F.log_softmax(student_logits.float().reshape(-1, vocab) / temperature, dim=-1)
-    teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    keep = targets.reshape(-1) >= 0  # positions with an ignored target (-100) are left out of the KL as of the CE
+    student = F.log_softmax(student_logits.float().reshape(-1, vocab)[keep] / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab)[keep] / temperature, dim=-1)
     kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature ** 2
     return alpha * ce + (1.0 - alpha) * kl, ce, kl
 

@@ -27,7 +27,7 @@ class TrainRecipe:
     beta2: float = option(0.95, help="AdamW beta2")
     grad_clip: float = option(1.0, help="gradient-norm clip; 0 = off")
     data_order: str = option("random", help="random (windows with replacement) or sequential (no replacement)")
-    seed: int = option(1337, help="seed of data order and of fresh weights")
+    seed: int = option(1337, low=0, high=2**32 - 1, help="seed of data order and of fresh weights")
     dtype: str = option("float32", help="float32 or bfloat16 (autocast; weights and optimizer stay fp32); float16 "
                                         "is refused (it needs loss scaling; use bfloat16)")
     tf32: bool = option(True, help="on CUDA, let float32 matmuls use TF32 tensor cores (as nanoGPT); MFU is then "

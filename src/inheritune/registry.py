@@ -113,8 +113,11 @@ def download(pinned_spec: str, downloads: Path, kind: str) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     name = pinned_spec.split("==")[0].split("@")[0].replace("-", "_")
     existing = [p for p in downloads.iterdir() if p.name.replace("-", "_").startswith(name) and p.is_file()]
-    if existing:
-        return existing[0]
+    for path in existing:
+        if _whole_archive(path, kind):
+            return path
+        print(f"{path} is damaged (not a whole {kind} archive); fetching it again", flush=True)
+        path.unlink()
     with tempfile.TemporaryDirectory(dir=downloads) as tmp:
         tmp_dir = Path(tmp)
         manual = f"download it by hand into {downloads}"
@@ -155,6 +158,23 @@ def download(pinned_spec: str, downloads: Path, kind: str) -> Path:
         target = downloads / files[0].name
         files[0].rename(target)
     return target
+
+
+def _whole_archive(path: Path, kind: str) -> bool:
+    """Whether a kept download reads to its end as the archive it should be (a truncated or garbage file left in
+    the cache by a killed fetch, or by hand, is fetched again instead of being reused forever)."""
+    try:
+        if kind == "wheel":
+            with zipfile.ZipFile(path) as zf:
+                return zf.testzip() is None
+        if kind == "deb":
+            return path.read_bytes()[:8] == b"!<arch>\n" and deb_data(path).getmembers() is not None
+        with tarfile.open(path) as tf:
+            for _ in tf:
+                pass
+        return True
+    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, UserError, ValueError):
+        return False
 
 
 def member(archive: Path, inside: str) -> bytes:

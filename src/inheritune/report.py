@@ -66,8 +66,13 @@ def _passed(check: dict) -> str:
         parts.append(training.get("reason", "its convergence is unknown"))
     elif check.get("attention"):
         parts.append("its training curve is not known to this run (pretrained)")
-    intro = ("The reference passed the checks that make the verdict meaningful: " if attention and
-             attention.get("formed") is not None else "No check of the reference speaks against the verdict: ")
+    if not parts:
+        parts.append("no analysis of its attention and no training curve of it were available")
+    if check.get("meaningful") is None:
+        intro = "Could not check the reference (neither check could be made), so the verdict is unverified: "
+    else:
+        intro = ("The reference passed the checks that make the verdict meaningful: " if attention and
+                 attention.get("formed") is not None else "No check of the reference speaks against the verdict: ")
     return intro + "; ".join(parts) + "."
 
 

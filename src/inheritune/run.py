@@ -7,6 +7,7 @@ finished stages are not redone and an interrupted training resumes from its chec
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -16,17 +17,19 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from .analyze import AnalyzeConfig, analyze, attention_summary
 from .checkpoint import checkpoints
+from .rundir import read_json
 from .config import flatten, option, to_dict
 from .data import TokenData
 from .distributed import resolve_device
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, reading, refuse_output_over_input
 from .evaluate import check_tokenizer_matches, inference_cost, validation_loss
 from .inherit import InheritConfig, inherit
-from .models import load_model
+from .models import load_config_of, load_model
+from .weights import SafetensorsSource
 from .report import write_report
 from .sources import resolve_model_path
 from .recipe import TrainConfig, TrainRecipe
@@ -50,25 +53,26 @@ class RunConfig:
     start: str = option("half", help="first child depth: 'half' (L/2, the paper), a number, or 'auto' (analyze)")
     step: int = option(2, help="layers added per round")
     max_rounds: int = option(3, help="cap on growth rounds")
-    tolerance: float = option(0.0, help="stop when child val loss <= reference val loss + tolerance")
+    tolerance: float = option(0.0, low=-100, high=100, help="stop when child val loss <= reference val loss + tolerance")
     grow: str = option("reinherit", help="reinherit (paper: fresh child of l + step layers, trained from step 0) or "
                                          "continue (keep the trained child, append the next reference layers)")
     steps: int = option(200, help="optimizer steps per round (and per baseline), before --budget scaling")
-    budget: float = option(1.0, help="multiplies every training budget (use > 1 on real hardware)")
-    max_total_flops: float = option(0.0, help="stop growing once the training FLOPs spent exceed this; 0 = no cap")
-    baselines: list[str] = option(["random"], help=f"baselines on the same budget: {', '.join(BASELINES)}")
+    budget: float = option(1.0, low=1e-6, high=1e6, help="multiplies every training budget (use > 1 on real hardware)")
+    max_total_flops: float = option(0.0, low=0, help="stop growing once the training FLOPs spent exceed this; 0 = no cap")
+    baselines: list[str] = option(["random"], help=f"baselines on the same budget: {', '.join(BASELINES)}; "
+                                                            "none for no baseline")
     nproc_per_node: int = option(1, help="> 1: each training runs under torchrun with this many processes")
-    kd_alpha: float = option(0.6, help="KD baseline: weight of CE")
-    kd_temperature: float = option(1.0, help="KD baseline: temperature")
+    kd_alpha: float = option(0.6, low=0, high=1, help="KD baseline: weight of CE")
+    kd_temperature: float = option(1.0, low=1e-3, high=1e3, help="KD baseline: temperature")
     tasks: list[str] = option([], help="zero-shot tasks for every final model (see 'inheritune evaluate --tasks')")
-    task_limit: int = option(0, help="at most this many items per zero-shot task; 0 = all")
-    analyze_n: int = option(100, help="sequences for the analysis (start auto, and the final comparison)")
-    analyze_t: int = option(100, help="tokens per analysis sequence")
+    task_limit: int = option(0, low=0, help="at most this many items per zero-shot task; 0 = all")
+    analyze_n: int = option(100, low=1, help="sequences for the analysis (start auto, and the final comparison)")
+    analyze_t: int = option(100, low=2, help="tokens per analysis sequence")
     compare_analysis: bool = option(True, help="analyse reference vs final child side by side at the end")
     train: TrainRecipe = option(default_factory=TrainRecipe, help="the training recipe of every round and baseline "
                                                                   "(its keys also work flat: --lr, --seq-len, ...)")
-    bootstrap: int = option(1000, help="bootstrap resamples of the validation windows for intervals (paired for deltas)")
-    convergence_tolerance: float = option(0.01, help="a reference trained by the run counts as converged unless its "
+    bootstrap: int = option(1000, low=100, high=100_000, help="bootstrap resamples of the validation windows for intervals (paired for deltas)")
+    convergence_tolerance: float = option(0.01, low=0, help="a reference trained by the run counts as converged unless its "
                                                      "val loss surely falls faster than this many nats per 10%% of its "
                                                      "budget over the last half (else the verdict is flagged)")
 
@@ -82,7 +86,8 @@ class RunConfig:
         if self.grow not in ("reinherit", "continue"):
             raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
         if isinstance(self.baselines, str):
-            self.baselines = [b for b in self.baselines.split(",") if b]
+            self.baselines = self.baselines.split(",")
+        self.baselines = [b for b in self.baselines if b and b != "none"]  # --baselines none: no baseline
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise UserError(f"unknown baseline '{unknown[0]}'; choose from {', '.join(BASELINES)}")
@@ -94,8 +99,9 @@ class RunConfig:
             raise UserError(f"convergence_tolerance must be >= 0, got {self.convergence_tolerance}")
         if self.bootstrap < 100:
             raise UserError(f"bootstrap must be >= 100 resamples for a 95% interval, got {self.bootstrap}")
-        if self.train.eval_windows < 2:
-            raise UserError(f"eval_windows must be >= 2 (intervals are over windows), got {self.train.eval_windows}")
+        if self.train.eval_windows == 1:
+            raise UserError("eval_windows must be 0 (all windows of the val split) or >= 2 (intervals are over "
+                            "windows), got 1")
         self.train_config("x", "x", round(self.steps * self.budget))  # every training knob is validated now, not after hours of work
 
 
@@ -106,17 +112,33 @@ class RunConfig:
 
 
 class _State:
-    """state.json: what each finished stage produced."""
+    """state.json: what each finished stage produced. Model directories inside the run folder are stored relative
+    to it, so a moved run folder still finds (and reports) its own models."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        self.root = path.parent.resolve()
+        self.data = read_json(path, "the run's record of finished stages") if path.is_file() else {}
 
     def get(self, key):
-        return self.data.get(key)
+        value = self.data.get(key)
+        if isinstance(value, dict) and isinstance(value.get("model_dir"), str):
+            value = value | {"model_dir": str(self.root / value["model_dir"])}
+        return value
 
     def put(self, key, value) -> None:
+        if isinstance(value, dict) and isinstance(value.get("model_dir"), str):
+            path = Path(value["model_dir"]).resolve()
+            if path.is_relative_to(self.root):
+                value = value | {"model_dir": str(path.relative_to(self.root))}
         self.data[key] = value
+        self._write()
+
+    def drop(self, key) -> None:
+        if self.data.pop(key, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2))
         tmp.replace(self.path)
@@ -126,7 +148,12 @@ def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Pa
     """Train once: reuse a finished run, resume an interrupted one, else start fresh."""
     done = state.get(key)
     if done and done.get("status") == "finished":
-        return done
+        if (Path(done["model_dir"]) / "config.json").is_file():
+            return done
+        # its model was deleted: train it again (from its last checkpoint when there is one), measure it again
+        print(f"{key}: its model {done['model_dir']} is missing; training it again", flush=True)
+        state.drop(key)
+        state.drop(key.rsplit("/", 1)[0] + "/eval")
     resume = out.is_dir() and bool(checkpoints(out))
     started = time.perf_counter()
     train_config = config.train_config(model, str(out), steps, resume=resume, overwrite=not resume, **extra)
@@ -142,16 +169,45 @@ def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Pa
 
 
 def _torchrun(train_config, nproc: int) -> dict:
-    """One training under torchrun (the run itself stays a single process); returns its summary.json."""
+    """One training under torchrun (the run itself stays a single process); returns its summary.json.
+
+    torchrun is started in a session of its own, so a Ctrl-C at the terminal reaches this process only; SIGINT
+    and SIGTERM are forwarded to torchrun, which passes them to its workers and waits (up to the shutdown
+    timeout) while they finish the step and write their checkpoint. An interrupted training comes back as a
+    summary with status "interrupted" (exit 128 + signal), never as a failure."""
     out = Path(train_config.out)
     out.mkdir(parents=True, exist_ok=True)
     config_file = out.parent / f"{out.name}.train.yaml"
     config_file.write_text(yaml.safe_dump(to_dict(train_config)))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "inheritune", "train", "--config", str(config_file)]
-    if subprocess.run(command).returncode != 0:
-        raise UserError(f"training under torchrun failed: {' '.join(command)}")
-    return json.loads((out / "summary.json").read_text())
+               "--shutdown-timeout", str(TORCHRUN_SHUTDOWN_SECONDS), "-m", "inheritune", "train", "--config",
+               str(config_file)]
+    started = time.time()
+    received = []
+    process = subprocess.Popen(command, start_new_session=True)
+
+    def forward(signum, frame):
+        received.append(signum)
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    summary_file = out / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() and \
+        summary_file.stat().st_mtime >= started else None
+    if summary is not None and (code == 0 or summary.get("status") == "interrupted"):
+        return summary
+    if received or code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0:
+        return {"status": "interrupted", "signal": received[0] if received else (-code if code < 0 else code - 128)}
+    raise UserError(f"training under torchrun failed (exit {code}): {' '.join(command)}")
+
+
+TORCHRUN_SHUTDOWN_SECONDS = 300  # how long torchrun waits for interrupted workers to checkpoint before killing them
 
 
 def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
@@ -164,7 +220,16 @@ def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
 def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -> dict:
     """Val loss with its bootstrap interval on the run's windows, plus inference cost."""
     done = state.get(key)
-    if done:
+    if done and sorted(done.get("zero_shot_tasks", [])) == sorted(config.tasks):
+        return done
+    if done:  # measured with other zero-shot tasks (a re-entered run): score this run's tasks, keep the loss
+        model, tokenizer = load_model(path, device=_device(config))
+        done.pop("zero_shot", None)
+        if config.tasks:
+            done["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
+                                          config.task_limit or None, _device(config))
+        done["zero_shot_tasks"] = list(config.tasks)
+        state.put(key, done)
         return done
     started = time.perf_counter()
     device = _device(config)
@@ -178,6 +243,7 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
     if config.tasks:
         result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
                                         config.task_limit or None, device)
+    result["zero_shot_tasks"] = list(config.tasks)
     result["layers"] = model.config.num_hidden_layers
     result["seconds"] = round(time.perf_counter() - started, 2)  # load, validation loss, inference cost, tasks
     state.put(key, result)
@@ -200,17 +266,31 @@ FIXED_KEYS = ("reference", "reference_from_scratch", "data", "seq_len", "seed", 
 def _check_rerun(out: Path, config: RunConfig) -> None:
     previous = out / "run.json"
     if previous.is_file():
+        recorded = read_json(previous, "the run's settings")
+        if "reference" not in recorded:
+            raise UserError(f"{out} holds a training run of 'inheritune train', not a run of the recipe; choose "
+                            "another --out")
         # Compared key by key, the train section's keys by their own names (unique within a run's config).
-        old = {k.removeprefix("train."): v for k, v in flatten(json.loads(previous.read_text())).items()}
+        old = {k.removeprefix("train."): v for k, v in flatten(recorded).items()}
         new = {k.removeprefix("train."): v for k, v in flatten(to_dict(config)).items()}
-        fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in FIXED_KEYS if k in old and old[k] != new[k]]
+        keys = FIXED_KEYS + (("nproc_per_node",) if not config.train.global_batch_tokens else ())
+        fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in keys if k in old and old[k] != new[k]]
         if fixed:
             raise UserError(f"{out} holds a run with other settings ({'; '.join(fixed)}); finished stages would be "
                             "mixed with new ones. Use another --out, or the same settings to continue")
-        applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k not in FIXED_KEYS and k in old and old[k] != new[k]]
+        applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k not in keys and k in old and old[k] != new[k]]
         if applied:
             print(f"continuing {out} with changed settings (applied): {'; '.join(applied)}", flush=True)
+    elif out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
+        if foreign:
+            raise UserError(f"{out} holds files that are not a run of inheritune ({', '.join(foreign[:3])}); choose "
+                            "another --out")
     previous.write_text(json.dumps(to_dict(config), indent=2))
+
+
+RUN_ENTRIES = ("run.json", "state.json", "state.tmp", "reference", "analysis", "rounds", "baselines", "compare",
+               "report.md", "report.json")
 
 
 def run(config: RunConfig) -> dict:
@@ -230,20 +310,40 @@ def run(config: RunConfig) -> dict:
         except UserError as exc:
             baselines[baseline] = {"skipped": str(exc)}
             print(f"baseline {baseline} skipped: {exc}", flush=True)
-    comparison = None
-    if config.compare_analysis:
-        if state.get("compare_done") is None:
-            began = time.perf_counter()
-            report = analyze(AnalyzeConfig(model=reference, compare=rounds[-1]["model_dir"], data=config.data,
-                                           out=str(out / "compare"), n=config.analyze_n, t=config.analyze_t,
-                                           device=_device(config), overwrite=True, progress=config.train.progress))
-            state.put("reference_attention", attention_summary(report["_results"][0]))
-            state.put("compare_done", {"seconds": round(time.perf_counter() - began, 2)})
-        comparison = str(out / "compare")
+    comparison = _compare(config, state, out, reference, rounds[-1]["model_dir"]) if config.compare_analysis else None
     check = reference_check(_reference_attention(config, state, out, reference), ref_training,
                             config.convergence_tolerance)
     return write_report(config, out, reference, n_layers, ref, ref_training, analysis, start, rounds, baselines,
                         matched, comparison, time.perf_counter() - started, check)
+
+
+def _compare(config: RunConfig, state: _State, out: Path, reference: str, child: str) -> str | None:
+    """The side-by-side analysis of reference and final child, on at most the sequences the val split holds;
+    skipped (and said) when it cannot be made, so that a finished run always writes its report."""
+    done = state.get("compare_done")
+    if done is None:
+        began = time.perf_counter()
+        available = len(TokenData(config.data).split("val")) // config.analyze_t
+        n = min(config.analyze_n, available)
+        if n < 1:
+            done = {"skipped": f"the val split is shorter than one sequence of {config.analyze_t} tokens"}
+        else:
+            if n < config.analyze_n:
+                print(f"comparison: analysing {n} sequences of {config.analyze_t} tokens (the val split holds no "
+                      "more)", flush=True)
+            try:
+                report = analyze(AnalyzeConfig(model=reference, compare=child, data=config.data,
+                                               out=str(out / "compare"), n=n, t=config.analyze_t,
+                                               device=_device(config), overwrite=True, progress=config.train.progress))
+                state.put("reference_attention", attention_summary(report["_results"][0]) | {"n": n})
+                done = {"seconds": round(time.perf_counter() - began, 2), "n": n}
+            except UserError as exc:
+                done = {"skipped": str(exc)}
+        state.put("compare_done", done)
+    if "skipped" in done:
+        print(f"comparison analysis skipped: {done['skipped']}", flush=True)
+        return None
+    return str(out / "compare")
 
 
 def _reference_attention(config: RunConfig, state: _State, out: Path, reference: str) -> dict:
@@ -266,9 +366,27 @@ def _open_run_dir(config: RunConfig) -> Path:
         raise UserError(f"--out {out} is a file, not a directory")
     _device(config)
     TokenData(config.data)  # a missing or damaged dataset fails before anything is written
+    reference_dir = None
+    if not config.reference_from_scratch:
+        reference_dir, gguf = resolve_model_path(config.reference)
+        _check_reference(config, reference_dir, gguf)
+    refuse_output_over_input(out, config.data, reference_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_rerun(out, config)
     return out
+
+
+def _check_reference(config: RunConfig, path, gguf) -> None:
+    """A pretrained reference must load as a config and see at least --seq-len positions: checked before the
+    run writes anything."""
+    model_config = load_config_of(path, gguf)
+    if gguf is None and any((Path(path) / name).is_file() for name in ("model.safetensors",
+                                                                       "model.safetensors.index.json")):
+        SafetensorsSource(Path(path))  # reads the weights' headers: truncated or garbage weights fail here
+    context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if context and config.train.seq_len > context:
+        raise UserError(f"seq_len {config.train.seq_len} is longer than the reference's context ({context} "
+                        "positions); lower --seq-len")
 
 
 def _reference_stage(config: RunConfig, state: _State, out: Path, steps: int):
@@ -283,8 +401,7 @@ def _reference_stage(config: RunConfig, state: _State, out: Path, steps: int):
                                eval_interval=min(config.train.eval_interval or every, every))
         reference = summary["model_dir"]
     path, gguf = resolve_model_path(reference)
-    n_layers = (AutoConfig.from_pretrained(path, gguf_file=gguf) if gguf else AutoConfig.from_pretrained(path)) \
-        .num_hidden_layers
+    n_layers = load_config_of(path, gguf).num_hidden_layers
     ref = _measure(config, "reference", reference, state, "reference_eval")
     print(f"reference: {n_layers} layers, val loss {ref['loss']:.4f} on {ref['windows']} windows", flush=True)
     return reference, n_layers, ref, summary
@@ -342,10 +459,11 @@ def _grow(config: RunConfig, state: _State, out: Path, reference: str, n_layers:
 def _grown_child(reference: str, trained_dir: str, layers: int, out: Path) -> Path:
     """--grow continue: the trained child's weights, with the next reference layers appended."""
     child = _inherit_stage(reference, out, layers=str(layers))
-    model = AutoModelForCausalLM.from_pretrained(child)
     trained = {}
-    for file in Path(trained_dir).glob("*.safetensors"):
-        trained.update(load_file(str(file)))
+    with reading(f"the trained child in {trained_dir}"):
+        model = AutoModelForCausalLM.from_pretrained(child)
+        for file in Path(trained_dir).glob("*.safetensors"):
+            trained.update(load_file(str(file)))
     with torch.no_grad():
         state = model.state_dict()
         for key, tensor in trained.items():

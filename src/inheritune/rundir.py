@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM
@@ -32,52 +35,184 @@ def check_out(config) -> Path:
 # Settings that shape a run's trajectory: resuming with any of them changed would silently mix two runs.
 RESUME_KEYS = ("model", "data", "seq_len", "data_order", "seed", "data_offset", "max_steps", "tokens_per_step",
                "lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "teacher", "kd_alpha",
-               "kd_temperature")
+               "kd_temperature", "eval_windows")
+# What a training run writes into its directory; anything else there is the user's and is never deleted.
+RUN_FILES = ("run.json", "summary.json", "metrics.jsonl", "loss.png", "final", "tensorboard", "abandoned", ".lock")
 
 
-def prepare_out(out: Path, config, plan: dict) -> tuple[Path | None, bool]:
-    """Refuse to mix runs: an out dir with another run needs --resume or --overwrite. Returns (the checkpoint to
-    resume from, whether the previous run's files are to be cleared). Nothing is deleted here: the caller
-    clears the old run only once everything else has been validated."""
+@dataclass
+class OutPlan:
+    """What the run directory needs before training: the checkpoint to resume from (None: a fresh start),
+    whether the previous run's files are cleared (--overwrite), and the later checkpoints and results of an
+    abandoned branch (--resume-from an earlier checkpoint) to be moved aside. Nothing is touched until the
+    caller has validated everything else."""
+
+    resume: Path | None = None
+    clear: bool = False
+    abandon: list[Path] = field(default_factory=list)
+
+
+def settings(config, plan: dict) -> dict:
+    """The run's trajectory settings (stored in run.json and in every checkpoint)."""
+    current = {**to_dict(config), **plan}
+    return {key: current[key] for key in RESUME_KEYS if key in current}
+
+
+PATH_KEYS = ("model", "data", "teacher")
+
+
+def same_setting(key: str, old, new) -> bool:
+    """Equal values; for a path, also the same place reached another way, or the same file in a folder that was
+    moved as a whole (the old path is gone and the new one ends in the same three names: a run folder moved
+    with its inputs inside, as a recipe run's children are)."""
+    if old == new:
+        return True
+    if key not in PATH_KEYS or not isinstance(old, str) or not isinstance(new, str) or not old or not new:
+        return False
+    old_path, new_path = Path(old).expanduser(), Path(new).expanduser()
+    if old_path.exists():
+        return new_path.exists() and old_path.resolve() == new_path.resolve()
+    return new_path.exists() and old_path.parts[-3:] == new_path.resolve().parts[-3:]
+
+
+def refuse_changes(previous: dict, current: dict, where: str, flag: str) -> None:
+    changed = [f"{key} {previous[key]!r} -> {current[key]!r}" for key in RESUME_KEYS
+               if key in previous and key in current and not same_setting(key, previous[key], current[key])]
+    if changed:
+        raise UserError(f"{flag} would change the run in {where}: {'; '.join(changed)}. Resume with the same "
+                        "settings, or start over with --overwrite (or another --out)")
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON file this tool wrote, or a one-line error naming it when it is damaged."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} ({what}) is damaged ({type(exc).__name__}); restore it or start over with "
+                        "--overwrite (or another --out)") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} ({what}) is damaged (not a JSON object)")
+    return value
+
+
+def checkpoint_step(path: Path) -> int | None:
+    match = re.fullmatch(r"ckpt-(\d+)\.pt", path.name)
+    return int(match.group(1)) if match else None
+
+
+def is_training_run(out: Path) -> bool:
+    """Whether ``out`` holds a training run of this tool (a checkpoint, or run.json with a training's keys)."""
+    if checkpoints(out):
+        return True
     run_file = out / "run.json"
+    if run_file.is_file():
+        try:
+            return "max_steps" in json.loads(run_file.read_text())
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def prepare_out(out: Path, config, plan: dict) -> OutPlan:
+    """Refuse to mix runs: an out dir with another run needs --resume or --overwrite; a resumed run keeps the
+    settings that shaped it (checked against run.json here, and against the checkpoint's own copy when it is
+    loaded)."""
+    run_file = out / "run.json"
+    current = settings(config, plan)
     if config.resume_from:
-        path = Path(config.resume_from)
-        if not path.is_file():
-            raise UserError(f"checkpoint not found: {path}")
-        return path, False
+        return _resume_from(out, Path(config.resume_from), config, current)
     if config.resume:
         found = checkpoints(out)
         if not found:
             raise UserError(f"nothing to resume in {out}: no checkpoint")
-        previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        current = {**to_dict(config), **plan}
-        changed = [f"{key} {previous[key]!r} -> {current[key]!r}" for key in RESUME_KEYS
-                   if key in previous and key in current and previous[key] != current[key]]
-        if changed:
-            raise UserError(f"--resume would change the run in {out}: {'; '.join(changed)}. Resume with the same "
-                            "settings, or start over with --overwrite (or another --out)")
-        return found[-1], False
+        if run_file.is_file():
+            refuse_changes(read_json(run_file, "the run's settings"), current, str(out), "--resume")
+        return OutPlan(resume=found[-1])
+    return OutPlan(clear=_may_replace(out, config))
+
+
+def _resume_from(out: Path, path: Path, config, current: dict) -> OutPlan:
+    """--resume-from: a checkpoint of the run in --out continues that run (an abandoned later branch is moved
+    aside); a checkpoint of another run starts a new one in --out, which must be free (or --overwrite)."""
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    step = checkpoint_step(path)
+    if path.resolve().parent == out.resolve() and step is not None:
+        if (out / "run.json").is_file():
+            refuse_changes(read_json(out / "run.json", "the run's settings"), current, str(out), "--resume-from")
+        later = [p for p in checkpoints(out) if (checkpoint_step(p) or 0) > step]
+        results = [out / name for name in ("final", "summary.json") if (out / name).exists()] \
+            if later or step < current.get("max_steps", step) else []
+        return OutPlan(resume=path, abandon=later + results)
+    source_run = path.parent / "run.json"
+    if source_run.is_file():
+        refuse_changes(read_json(source_run, "the checkpoint's run settings"), current, str(path.parent),
+                       "--resume-from")
+    return OutPlan(resume=path, clear=_may_replace(out, config))
+
+
+def _may_replace(out: Path, config) -> bool:
+    """Whether a fresh start must first clear --out: never without --overwrite, and never when --out holds
+    files that a training run did not write (they are the user's)."""
     if out.is_file():
         raise UserError(f"--out {out} is a file, not a directory")
-    if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
-        if not config.overwrite:
-            raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        return None, True
-    return None, False
+    entries = [p for p in out.iterdir() if p.name != ".lock"] if out.exists() else []
+    if not entries:
+        return False
+    if not config.overwrite:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    foreign = [p.name for p in entries if p.name not in RUN_FILES and checkpoint_step(p) is None
+               and not p.name.endswith(".tmp")]
+    if foreign or not is_training_run(out):
+        what = ", ".join(sorted(foreign)[:3]) or "no run.json or checkpoint"
+        raise UserError(f"{out} holds files that are not a training run of inheritune ({what}); --overwrite "
+                        "replaces only a run: choose another --out")
+    return True
 
 
 def clear_previous_run(out: Path) -> None:
+    """Delete what a training run wrote into ``out`` (only that: see ``RUN_FILES``)."""
     for child in out.iterdir():
-        if child.name != ".lock":
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if child.name == ".lock" or (child.name not in RUN_FILES and checkpoint_step(child) is None
+                                     and not child.name.endswith(".tmp")):
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def abandon_branch(out: Path, paths: list[Path], step: int) -> Path | None:
+    """Move the later checkpoints and results of a branch that --resume-from leaves behind into
+    ``out/abandoned/after-step-N[-k]/`` (kept, never mixed with the new branch), with a copy of its metrics."""
+    if not paths:
+        return None
+    root = out / "abandoned"
+    target = root / f"after-step-{step}"
+    k = 1
+    while target.exists():
+        k += 1
+        target = root / f"after-step-{step}-{k}"
+    target.mkdir(parents=True)
+    if (out / "metrics.jsonl").is_file():
+        shutil.copy2(out / "metrics.jsonl", target / "metrics.jsonl")
+    for path in paths:
+        os.replace(path, target / path.name)
+    print(f"resuming an earlier checkpoint: the later branch ({', '.join(p.name for p in paths)}) is kept in "
+          f"{target}", flush=True)
+    return target
 
 
 def truncate_metrics(path: Path, step: int) -> None:
     """After a kill, metrics.jsonl holds steps past the checkpoint that the resumed run will redo: drop them,
-    so that every step is logged once."""
+    so that every step is logged once. A line cut short by the kill (or otherwise unreadable) is dropped too."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)

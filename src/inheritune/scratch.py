@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, reading
 
 GPT2_SHAPES = {  # layers, width, heads (PAPER.md: Small, Medium, Large, XL)
     "gpt2-small": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
@@ -51,11 +51,12 @@ def scratch_config(spec: str, vocab_size: int, seq_len: int, eos_token_id: int |
 
     vocab = (vocab_size + 63) // 64 * 64  # padded like nanoGPT's 50304: faster matmuls
     if spec.endswith(".json"):
-        data = json.loads(Path(spec).read_text())
-        model_type = data.pop("model_type", None)
-        if not model_type:
-            raise UserError(f"{spec} has no model_type")
-        config = AutoConfig.for_model(model_type, **data)
+        with reading(f"the model config {spec}"):
+            data = json.loads(Path(spec).read_text())
+            model_type = data.pop("model_type", None) if isinstance(data, dict) else None
+            if not model_type:
+                raise UserError(f"{spec} has no model_type")
+            config = AutoConfig.for_model(model_type, **data)
         if config.vocab_size < vocab_size:
             config.vocab_size = vocab
         return config
@@ -74,8 +75,11 @@ def scratch_config(spec: str, vocab_size: int, seq_len: int, eos_token_id: int |
     else:
         raise UserError(f"unknown scratch family '{family}'; use gpt2, llama or one of {', '.join(GPT2_SHAPES)}")
     layers, hidden, heads = int(options["layers"]), int(options["hidden"]), int(options["heads"])
+    kv_heads = int(options.get("kv_heads", heads))
     if hidden % heads:
         raise UserError(f"hidden size {hidden} is not divisible by {heads} heads")
+    if heads % kv_heads:
+        raise UserError(f"{heads} attention heads are not divisible by {kv_heads} key-value heads")
     context = int(options.get("context", max(1024, seq_len)))
     if family == "gpt2":
         # nanoGPT recipe (PAPER.md §2): pre-LN, GELU, tied embeddings, no dropout; the authors also scale
@@ -87,6 +91,6 @@ def scratch_config(spec: str, vocab_size: int, seq_len: int, eos_token_id: int |
                           eos_token_id=eos_token_id)
     ffn = int(options.get("ffn", 256 * ((8 * hidden // 3 + 255) // 256)))
     return LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                       num_key_value_heads=int(options.get("kv_heads", heads)), intermediate_size=ffn,
+                       num_key_value_heads=kv_heads, intermediate_size=ffn,
                        vocab_size=vocab, max_position_embeddings=context, tie_word_embeddings=options.get("tie", True),
                        bos_token_id=eos_token_id, eos_token_id=eos_token_id)

@@ -29,12 +29,13 @@ from .checkpoint import RunLock, checkpoints, load_checkpoint, save_checkpoint
 from .config import to_dict
 from .data import RandomWindows, SequentialWindows, TokenData, fixed_windows
 from .errors import UserError
-from .evaluate import window_losses
-from .models import load_model, parse_dtype
+from .evaluate import check_tokenizer_matches, window_losses
+from .models import load_config_of, load_model, parse_dtype
 from .optim import cross_entropy, default_peak_flops, distillation_loss, flops_per_token, lr_at, make_optimizer
 from .progress import progress_bar
 from .recipe import TrainConfig
 from .scratch import is_scratch, scratch_config
+from .sources import resolve_model_path
 from .tokenizer import load_tokenizer
 
 
@@ -46,6 +47,7 @@ def load_training_model(config: TrainConfig, data: TokenData, dtype: torch.dtype
                                                                 data.meta.get("eos_token_id")),
                                                  dtype=dtype)
         return model, None
+    adapter_for(load_config_of(*resolve_model_path(config.model)))  # an unsupported family: refused before loading
     model, _ = load_model(config.model, dtype=dtype, attn_implementation="sdpa", with_tokenizer=False)
     try:
         tokenizer = load_tokenizer(config.model)
@@ -54,7 +56,12 @@ def load_training_model(config: TrainConfig, data: TokenData, dtype: torch.dtype
     return model, tokenizer
 
 
-def _check_fit(model, data: TokenData, config: TrainConfig) -> None:
+def _check_fit(model, data: TokenData, config: TrainConfig, tokenizer) -> None:
+    """Refuse, before anything is written, a model that cannot train on this data: an unsupported family (the
+    evaluations need its adapter), another tokenizer than the dataset's, a vocabulary or context too small."""
+    adapter_for(model.config)
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, data, config.model)
     vocab = model.get_input_embeddings().num_embeddings
     if data.vocab_size > vocab:
         raise UserError(f"the dataset's vocabulary ({data.vocab_size}) does not fit the model's embeddings ({vocab})")
@@ -167,18 +174,24 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
     tokenizer = None
     if model is None:
         model, tokenizer = load_training_model(config, data)
-    _check_fit(model, data, config)
+    _check_fit(model, data, config, tokenizer)
     plan = BatchPlan.of(config, d.world)
     out = rundir.check_out(config)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     D.barrier(d)
     with RunLock(out) if d.main else nullcontext():
-        resume_path, clear_previous = rundir.prepare_out(out, config, plan.facts())
+        out_plan = rundir.prepare_out(out, config, plan.facts())
         run = _setup(config, model, data, plan, d, amp_dtype)
-        step, history = _restore(run, resume_path, out, d)
-        if clear_previous and d.main:  # everything is validated: only now is the old run replaced
-            rundir.clear_previous_run(out)
+        run.settings = rundir.settings(config, plan.facts())
+        step, history = _restore(run, out_plan.resume, plan)
+        if d.main:  # everything is validated: only now is the old run replaced or an abandoned branch moved aside
+            if out_plan.clear:
+                rundir.clear_previous_run(out)
+            rundir.abandon_branch(out, out_plan.abandon, step)
+            if out_plan.resume is not None:
+                rundir.truncate_metrics(out / "metrics.jsonl", step)
+                print(f"resuming from {out_plan.resume} at step {step}", flush=True)
         D.barrier(d)
         if d.main:
             (out / "run.json").write_text(json.dumps(
@@ -200,8 +213,9 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
     wrapped = D.wrap(model, d, config.distributed, _blocks(model))
     teacher = _load_teacher(config, model, d) if config.teacher else None
     train_tokens = data.split("train")
-    windows = RandomWindows(train_tokens, config.seq_len, plan.rows_per_step, config.seed) \
-        if config.data_order == "random" else SequentialWindows(train_tokens, config.seq_len, plan.rows_per_step)
+    vocab = model.get_input_embeddings().num_embeddings
+    windows = RandomWindows(train_tokens, config.seq_len, plan.rows_per_step, config.seed, vocab) \
+        if config.data_order == "random" else SequentialWindows(train_tokens, config.seq_len, plan.rows_per_step, vocab)
     val_tokens = data.split("val")
     # Training FLOPs per token count everything a step computes: the student's forward and backward and, with
     # KD, the teacher's forward (a third of its training cost). MFU divides by the peak of every device.
@@ -240,21 +254,24 @@ def _compile_decision(config: TrainConfig, plan: BatchPlan, flops_per_step: floa
     return compiled
 
 
-def _restore(run, resume_path: Path | None, out: Path, d: D.Dist) -> tuple[int, list[dict]]:
-    """(step, history) of the checkpoint to resume from, with model, optimizer and RNG restored; else a start."""
+def _restore(run, resume_path: Path | None, plan: BatchPlan) -> tuple[int, list[dict]]:
+    """(step, history) of the checkpoint to resume from, with model, optimizer and RNG restored; else a start.
+    A checkpoint that records its run's settings (all since 0.3) must agree with this run's."""
     run.train_seconds = 0.0  # time spent in training steps (evaluations and checkpoints included), all sessions
     if resume_path is None:
         return 0, []
     state = load_checkpoint(resume_path)
+    if isinstance(state.get("settings"), dict):
+        rundir.refuse_changes(state["settings"], run.settings, str(resume_path), "resuming")
+    if state.get("step", 0) > plan.max_steps:
+        raise UserError(f"checkpoint {resume_path} is at step {state['step']}, past this run's {plan.max_steps} "
+                        "steps: resume with the run's own budget")
     run.train_seconds = float(state.get("train_seconds", 0.0))
     try:
         D.load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise UserError(f"checkpoint {resume_path} does not fit this model: {str(exc).splitlines()[0]}") from None
     torch.set_rng_state(state["rng"])
-    if d.main:
-        rundir.truncate_metrics(out / "metrics.jsonl", state["step"])
-        print(f"resuming from {resume_path} at step {state['step']}", flush=True)
     return state["step"], state["history"]
 
 
@@ -263,37 +280,40 @@ def _checkpoint(run, out: Path, step: int, history: list[dict], config: TrainCon
     if d.main:
         save_checkpoint(out, step, {"model": model_state, "optimizer": optim_state, "step": step, "history": history,
                                     "best_val": rundir.best(history) or math.inf, "rng": torch.get_rng_state(),
-                                    "train_seconds": run.train_seconds},
+                                    "train_seconds": run.train_seconds, "settings": run.settings},
                         config.keep_checkpoints)
     D.barrier(d)
 
 
 def _micro_step(run, x, y, config: TrainConfig, sync: bool, scale: float) -> float:
-    """Forward and backward of one micro-batch (gradients synchronised only on the last); its loss."""
-    with D.gradient_sync(run.model, sync), run.autocast:
-        if run.chunked:
-            loss = _chunked_loss(run, x, y, config)
-            (loss * scale).backward()
-            return float(loss.detach())
-        logits = run.forward(x).logits
-        if run.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = run.teacher(x).logits
-            loss = distillation_loss(logits, teacher_logits, y, config.kd_alpha, config.kd_temperature)[0]
-        else:
-            loss = cross_entropy(logits, y)
-    (loss * scale).backward()
+    """Forward and backward of one micro-batch (gradients synchronised only on the last); its loss. The forward
+    runs under autocast, the backward outside it (as torch recommends), on both paths."""
+    with D.gradient_sync(run.model, sync):
+        with run.autocast:
+            loss = _chunked_loss(run, x, y, config) if run.chunked else _plain_loss(run, x, y, config)
+        (loss * scale).backward()
     return float(loss.detach())
+
+
+def _plain_loss(run, x, y, config: TrainConfig) -> torch.Tensor:
+    logits = run.forward(x).logits
+    if run.teacher is None:
+        return cross_entropy(logits, y)
+    with torch.no_grad():
+        teacher_logits = run.teacher(x).logits
+    return distillation_loss(logits, teacher_logits, y, config.kd_alpha, config.kd_temperature)[0]
 
 
 def _chunked_loss(run, x, y, config: TrainConfig) -> torch.Tensor:
     """The loss from the final hidden states, its head run in chunks (``chunked`` module); with KD the teacher's
-    head too, chunk by chunk."""
+    head too, chunk by chunk. The teacher's hidden width is whatever its head reads (OPT's ``project_out`` maps
+    to ``word_embed_proj_dim``, not ``hidden_size``)."""
     hidden = run.forward(input_ids=x).last_hidden_state
     teacher_logits = None
     if run.teacher is not None:
         with torch.no_grad():
-            teacher_hidden = chunked_head.final_hidden(run.teacher, x).reshape(-1, run.teacher.config.hidden_size)
+            teacher_hidden = chunked_head.final_hidden(run.teacher, x)
+            teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
         head, adapter = run.teacher.get_output_embeddings(), adapter_for(run.teacher.config)
         teacher_logits = lambda rows: adapter.soft_cap(run.teacher.config, head(teacher_hidden[rows]))  # noqa: E731
     return chunked_head.head_loss(hidden, run.head, y, run.cap, teacher_logits, config.kd_alpha, config.kd_temperature)
@@ -305,54 +325,55 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
     bar = progress_bar(total=plan.max_steps, initial=step, unit="step", desc="train",
                        disable=not (d.main and config.progress))
     run.model.train()
-    with _StopRequest() as stop:
-        while step < plan.max_steps:
-            started = time.perf_counter()
-            lr = lr_at(step, plan.max_steps, config.lr, config.min_lr, plan.warmup)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(plan.grad_accum):
-                offset = (d.rank * plan.grad_accum + micro) * config.micro_batch_size
-                x, y = run.windows.batch(config.data_offset + step, offset, config.micro_batch_size)
-                loss_sum += _micro_step(run, x.to(d.device), y.to(d.device), config, micro == plan.grad_accum - 1,
-                                        1.0 / plan.grad_accum)
-            (train_loss,) = D.all_sum([loss_sum / plan.grad_accum / d.world], d)
-            if not math.isfinite(train_loss):
-                last = checkpoints(out)
-                raise UserError(f"the loss became {train_loss} at step {step + 1}; stopped without saving. Last "
-                                f"good checkpoint: {last[-1] if last else 'none'} (try a lower --lr)")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or math.inf))
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            step += 1
-            seconds = time.perf_counter() - started
-            record = {"step": step, "time": round(time.time(), 4), "tokens": step * plan.tokens_per_step,
-                      "loss": train_loss, "lr": lr,
-                      "grad_norm": grad_norm, "tokens_per_s": plan.tokens_per_step / seconds,
-                      "mfu": (run.flops + run.teacher_flops) * plan.tokens_per_step / seconds / run.peak
-                      if run.peak else None}
-            if config.eval_interval and step % config.eval_interval == 0 or step == plan.max_steps:
-                record["val_loss"] = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d,
-                                                      run.amp_dtype)
-            history.append({k: record[k] for k in ("step", "loss", "val_loss") if k in record})
-            if step % config.log_interval == 0 or "val_loss" in record or step == plan.max_steps:
-                log.write(record)
-                bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False,
-                                **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
-            bar.update(1)
-            run.train_seconds += time.perf_counter() - started
-            (stopping,) = D.all_sum([float(stop.requested)], d)
-            if stopping or (config.checkpoint_interval and step % config.checkpoint_interval == 0) \
-                    or step == plan.max_steps:
-                _checkpoint(run, out, step, history, config, d)
-            if stopping:
-                if d.main:
-                    print(f"\nstopped at step {step}; checkpoint written.", flush=True)
-                bar.close()
-                return "interrupted", int(stop.signal or signal.SIGTERM), step
-    bar.close()
-    return "finished", 0, step
+    try:  # the bar ends its line on any exit, so that an error message starts on its own
+        with _StopRequest() as stop:
+            while step < plan.max_steps:
+                started = time.perf_counter()
+                lr = lr_at(step, plan.max_steps, config.lr, config.min_lr, plan.warmup)
+                for group in run.optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = 0.0
+                for micro in range(plan.grad_accum):
+                    offset = (d.rank * plan.grad_accum + micro) * config.micro_batch_size
+                    x, y = run.windows.batch(config.data_offset + step, offset, config.micro_batch_size)
+                    loss_sum += _micro_step(run, x.to(d.device), y.to(d.device), config, micro == plan.grad_accum - 1,
+                                            1.0 / plan.grad_accum)
+                (train_loss,) = D.all_sum([loss_sum / plan.grad_accum / d.world], d)
+                if not math.isfinite(train_loss):
+                    last = checkpoints(out)
+                    raise UserError(f"the loss became {train_loss} at step {step + 1}; stopped without saving. Last "
+                                    f"good checkpoint: {last[-1] if last else 'none'} (try a lower --lr)")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or math.inf))
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                seconds = time.perf_counter() - started
+                record = {"step": step, "time": round(time.time(), 4), "tokens": step * plan.tokens_per_step,
+                          "loss": train_loss, "lr": lr,
+                          "grad_norm": grad_norm, "tokens_per_s": plan.tokens_per_step / seconds,
+                          "mfu": (run.flops + run.teacher_flops) * plan.tokens_per_step / seconds / run.peak
+                          if run.peak else None}
+                if config.eval_interval and step % config.eval_interval == 0 or step == plan.max_steps:
+                    record["val_loss"] = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d,
+                                                          run.amp_dtype)
+                history.append({k: record[k] for k in ("step", "loss", "val_loss") if k in record})
+                if step % config.log_interval == 0 or "val_loss" in record or step == plan.max_steps:
+                    log.write(record)
+                    bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False,
+                                    **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
+                bar.update(1)
+                run.train_seconds += time.perf_counter() - started
+                (stopping,) = D.all_sum([float(stop.requested)], d)
+                if stopping or (config.checkpoint_interval and step % config.checkpoint_interval == 0) \
+                        or step == plan.max_steps:
+                    _checkpoint(run, out, step, history, config, d)
+                if stopping:
+                    if d.main:
+                        print(f"\nstopped at step {step}; checkpoint written.", flush=True)
+                    return "interrupted", int(stop.signal or signal.SIGTERM), step
+        return "finished", 0, step
+    finally:
+        bar.close()
 
 
 def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, data: TokenData, tokenizer, status: str,

@@ -67,8 +67,8 @@ def reference_attention(reference: str, data: str, out: str, n: int, t: int, dev
 
 
 def reference_check(attention: dict | None, training: dict | None, tolerance: float) -> dict:
-    """The checks on the reference, each with its numbers, and ``meaningful``: both passed (a check that could
-    not be made does not fail). ``attention`` is ``analyze.attention_summary`` of the reference; ``training``
+    """The checks on the reference, each with its numbers, and ``meaningful``: true when the checks that could be
+    made passed, false when one failed, null when none could be made ("could not check"). ``attention`` is ``analyze.attention_summary`` of the reference; ``training``
     the summary of its training when this run trained it (with ``history`` and ``max_steps``)."""
     check = {"attention": None, "training": None, "warnings": []}
     if attention and "skipped" in attention:
@@ -98,8 +98,11 @@ def reference_check(attention: dict | None, training: dict | None, tolerance: fl
                     f"its validation loss was still falling when its training stopped ({slope['slope']:+.4f} nats per "
                     f"10% of the budget, 95% CI [{slope['ci95'][0]:+.4f}, {slope['ci95'][1]:+.4f}], from "
                     f"{slope['points']} evaluations over steps {slope['from_step']}-{slope['to_step']}; tolerance "
-                    f"{tolerance} nats)")
-    check["meaningful"] = not check["warnings"]
+                    f"{tolerance} nats per 10% of the budget)")
+    made = [part for part, key in (("attention", "formed"), ("training", "converged"))
+            if check[part] is not None and check[part].get(key) is not None]
+    # True: every check that could be made passed; False: one failed; None: none could be made (could not check)
+    check["meaningful"] = False if check["warnings"] else (True if made else None)
     return check
 
 
@@ -110,8 +113,8 @@ def _span(attention: dict, layers: list[int]) -> str:
 
 
 def warning_text(check: dict) -> str:
-    """The plain sentence the report puts under the verdict, or '' when the reference passed both checks."""
-    if check["meaningful"]:
+    """The plain sentence the report puts under the verdict, or '' when no check failed."""
+    if check["meaningful"] is not False:
         return ""
     return ("**This comparison is not evidence for the recipe**: " + "; and ".join(check["warnings"])
             + ". A child that matches (or misses) an unfinished reference says only how inheritance helps an "

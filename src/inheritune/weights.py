@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from .architectures import adapter_for
-from .errors import UserError
+from .errors import UserError, reading
 from .hashing import sha256_file
-from .models import load_model
+from .models import load_config_of, load_model
 from .sources import resolve_model_path
 from .tokenizer import load_tokenizer
 
@@ -42,13 +42,14 @@ class SafetensorsSource:
         self.directory = Path(directory)
         self.aliases: dict[str, str] = {}
         index = self.directory / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-        else:
-            from safetensors import safe_open
+        with reading(f"the weights in {self.directory}"):
+            if index.is_file():
+                weight_map = dict(json.loads(index.read_text())["weight_map"])
+            else:
+                from safetensors import safe_open
 
-            with safe_open(self.directory / "model.safetensors", framework="pt") as handle:
-                weight_map = {key: "model.safetensors" for key in handle.keys()}
+                with safe_open(self.directory / "model.safetensors", framework="pt") as handle:
+                    weight_map = {key: "model.safetensors" for key in handle.keys()}
         # Checkpoints may store keys under older names that transformers renames when it loads (GPT-NeoX's
         # `embed_out` is the model's `lm_head`): apply the same renamings, so the model's names find them.
         renames = _load_renamings(config) if config is not None else []
@@ -86,9 +87,10 @@ class SafetensorsSource:
             if stored is not None:
                 by_shard.setdefault(self.weight_map[stored], []).append((key, stored))
         for shard in sorted(by_shard):
-            with safe_open(self.directory / shard, framework="pt") as handle:
-                for key, stored in by_shard[shard]:
-                    yield key, handle.get_tensor(stored)
+            with reading(f"the weights file {self.directory / shard}"):
+                with safe_open(self.directory / shard, framework="pt") as handle:
+                    tensors = [(key, handle.get_tensor(stored)) for key, stored in by_shard[shard]]
+            yield from tensors
 
 
 @dataclass
@@ -114,7 +116,7 @@ class Reference:
 
 def open_reference(reference, trust_remote_code: bool = False) -> Reference:
     """A Reference from a model object, a safetensors HF directory (read lazily), or anything load_model takes."""
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import GenerationConfig
 
 
     if isinstance(reference, Reference):
@@ -129,16 +131,14 @@ def open_reference(reference, trust_remote_code: bool = False) -> Reference:
         model, tokenizer = load_model(reference, trust_remote_code=trust_remote_code)
         files = [Path(path) / gguf] if gguf else []
         return Reference(model.config, ModelSource(model), tokenizer, model.generation_config, files)
-    try:
-        config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the config of {directory}: {str(exc).splitlines()[0]}") from None
+    config = load_config_of(directory, trust_remote_code=trust_remote_code)
     tokenizer = None
     if any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
     generation = None
     if (directory / "generation_config.json").is_file():
-        generation = GenerationConfig.from_pretrained(directory)
+        with reading(f"the generation config of {directory}"):
+            generation = GenerationConfig.from_pretrained(directory)
 
     prefix = adapter_for(config).blocks.split(".")[0]
     source = SafetensorsSource(directory, base_prefix=prefix, config=config)
