@@ -130,7 +130,7 @@ class _Recorder:
     def __init__(self, model, adapter, config: AnalyzeConfig, n_layers: int, maps: set[int]):
         self.model, self.adapter, self.config = model, adapter, config
         self.maps = maps
-        self.per_layer = [{"rank": [], "mass": [], "entropy": [], "sink": []} for _ in range(n_layers)]
+        self.per_layer = [{"rank": [], "mass": [], "entropy": [], "sink": [], "first": []} for _ in range(n_layers)]
         self.bi_sum, self.bi_count = np.zeros(n_layers), 0
         self.lens_sum, self.lens_count = np.zeros(n_layers), 0
         self.last_token: list[list[torch.Tensor]] = [[] for _ in range(n_layers + 1)]
@@ -157,6 +157,7 @@ class _Recorder:
             record["mass"].append(metrics.column_mass(weights, self.config.eta).cpu())
             record["entropy"].append(metrics.row_entropy(weights).cpu())
             record["sink"].append(metrics.sink_mass(weights).cpu())
+            record["first"].append(metrics.first_token_mass(weights).cpu())
             if index in self.maps and index not in self.attention_maps:
                 self.attention_maps[index] = weights[0].mean(0).cpu().numpy()
         return hook
@@ -193,6 +194,7 @@ class _Recorder:
             "mass": np.stack([torch.cat(r["mass"]).double().mean(0).numpy() for r in self.per_layer]),  # [L, H]
             "entropy": np.stack([torch.cat(r["entropy"]).mean(0).numpy() for r in self.per_layer]),
             "sink": np.stack([torch.cat(r["sink"]).mean(0).numpy() for r in self.per_layer]),
+            "first": np.stack([torch.cat(r["first"]).mean(0).numpy() for r in self.per_layer]),  # [L, H]
             "block_influence": self.bi_sum / self.bi_count,
             "angular_distance": np.array(angular),
             "logit_lens": self.lens_sum / max(self.lens_count, 1),
@@ -205,8 +207,9 @@ class _Recorder:
 
 
 @torch.inference_mode()
-def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: bool = True) -> dict:
-    """All per-head and per-layer metrics of ``model`` on ``sequences`` ([N, T] token ids)."""
+def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: bool = True, lens: bool = True) -> dict:
+    """All per-head and per-layer metrics of ``model`` on ``sequences`` ([N, T] token ids); without ``lens`` the
+    logit lens (the head over every block's output, the costly part) is skipped."""
     adapter = adapter_for(model.config)
     _eager(model)
     blocks = adapter.block_list(model)
@@ -218,7 +221,7 @@ def measure(model, sequences: torch.Tensor, config: AnalyzeConfig, progress: boo
     # Head-averaged maps of the first sequence: all layers while small, else only the ones asked for.
     maps = set(config.map_layers) if (config.map_layers or t > 256) else set(range(n_layers))
     recorder = _Recorder(model, adapter, config, n_layers, maps or {0, n_layers // 2, n_layers - 1})
-    lens = lens_subset(n, config.lens_sequences, config.seed)
+    lens = lens_subset(n, config.lens_sequences, config.seed) if lens else []
     hooks = recorder.attach(blocks)
     try:
         for first in progress_bar(range(0, n, config.batch_size), desc="analyze", unit="batch", disable=not progress):
@@ -267,6 +270,11 @@ def summarize(raw: dict, config: AnalyzeConfig) -> dict:
             "entropy": float(raw["entropy"][l].mean()),
             "sink_mass": float(raw["sink"][l].mean()),
             "sink_head_fraction": float((raw["sink"][l] > config.sink_threshold).mean()),
+            # position 0's mass among queries that have other keys to choose from (t >= 16), and the share of
+            # heads where it exceeds the sink threshold: what the attention tracker follows during training
+            "first_token_mass": float(raw["first"][l].mean()),
+            "max_first_token_mass": float(raw["first"][l].max()),
+            "first_token_sink_heads": float((raw["first"][l] > config.sink_threshold).mean()),
             "rank1_heads": states[l].count("lazy"),
             "uniform_heads": uniform_heads,
             "lazy": lazy,

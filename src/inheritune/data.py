@@ -231,6 +231,7 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
         "vocab_size": len(tokenizer),
         "dtype": dtype.name,
         "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,  # what starts each window under --bos-windows (None: the EOS)
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
         "train_documents": n_docs - n_val,
@@ -329,6 +330,15 @@ class TokenData:
                 raise UserError(f"{file} has {file.stat().st_size:,} bytes, meta.json says {count:,} tokens "
                                 f"({expected:,} bytes): the dataset is damaged; prepare it again")
 
+    def bos_id(self) -> int:
+        """The token that starts every window under --bos-windows: the tokenizer's BOS, else its document
+        separator (EOS), which prepared data puts between documents anyway."""
+        for key in ("bos_token_id", "eos_token_id"):
+            value = self.meta.get(key, self.tokenizer.get(key))
+            if isinstance(value, int) and 0 <= value < self.vocab_size:
+                return value
+        raise UserError(f"{self.path} names no BOS or EOS token for --bos-windows; prepare it again")
+
     def tokenizer_path(self) -> str:
         """Where the dataset's tokenizer loads from: the copy inside the dataset when it has one (a tokenizer
         trained on it), else the name or path that prepared it."""
@@ -344,10 +354,17 @@ class TokenData:
         return np.memmap(path, dtype=self.dtype, mode="r")
 
 
-def window_rows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+def window_rows(tokens: np.ndarray, starts: np.ndarray, seq_len: int, bos: int | None = None) -> torch.Tensor:
     """The windows starting at ``starts`` as one int64 tensor [n, seq_len + 1] (inputs and shifted targets): the
-    one place where token windows become model rows, for training and evaluation alike."""
-    return torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
+    one place where token windows become model rows, for training and evaluation alike. With ``bos`` each row
+    is that token followed by seq_len stream tokens (inputs: BOS and seq_len - 1 stream tokens)."""
+    if bos is None:
+        return torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
+    rows = np.empty((len(starts), seq_len + 1), dtype=np.int64)
+    rows[:, 0] = bos
+    for i, s in enumerate(starts):
+        rows[i, 1:] = tokens[s:s + seq_len]
+    return torch.from_numpy(rows)
 
 
 def check_ids(rows: torch.Tensor, vocab: int | None, where: str) -> None:
@@ -357,8 +374,9 @@ def check_ids(rows: torch.Tensor, vocab: int | None, where: str) -> None:
                         "is damaged or was made for another model; prepare it again")
 
 
-def _as_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, vocab: int | None = None):
-    rows = window_rows(tokens, starts, seq_len)
+def _as_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, vocab: int | None = None,
+              bos: int | None = None):
+    rows = window_rows(tokens, starts, seq_len, bos)
     check_ids(rows, vocab, "the training split")
     return rows[:, :-1], rows[:, 1:]
 
@@ -373,10 +391,11 @@ class RandomWindows:
     each process or micro-step takes a slice of it, so the data is the same for any number of processes or
     accumulation steps, and resuming at any step reproduces it exactly."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int = 0, vocab: int | None = None):
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int = 0, vocab: int | None = None,
+                 bos: int | None = None):
         _check_length(tokens, seq_len)
         self.tokens, self.seq_len, self.global_batch, self.seed = tokens, seq_len, global_batch, seed
-        self.vocab = vocab
+        self.vocab, self.bos = vocab, bos
 
     def starts(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, step])
@@ -385,7 +404,7 @@ class RandomWindows:
     def batch(self, step: int, offset: int = 0, count: int | None = None):
         """Rows [offset, offset + count) of global batch ``step`` as (inputs, targets)."""
         count = self.global_batch - offset if count is None else count
-        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len, self.vocab)
+        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len, self.vocab, self.bos)
 
 
 class SequentialWindows:
@@ -393,9 +412,10 @@ class SequentialWindows:
     [step * G, (step + 1) * G); ranks and micro-steps take slices of it (so the split is sharded by rank).
     Wraps to the start (a new epoch) after the last full window."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, vocab: int | None = None):
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, vocab: int | None = None,
+                 bos: int | None = None):
         _check_length(tokens, seq_len)
-        self.tokens, self.seq_len, self.global_batch, self.vocab = tokens, seq_len, global_batch, vocab
+        self.tokens, self.seq_len, self.global_batch, self.vocab, self.bos = tokens, seq_len, global_batch, vocab, bos
         self.n_windows = (len(tokens) - 1) // seq_len
 
     def epoch(self, step: int) -> int:
@@ -407,7 +427,7 @@ class SequentialWindows:
 
     def batch(self, step: int, offset: int = 0, count: int | None = None):
         count = self.global_batch - offset if count is None else count
-        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len, self.vocab)
+        return _as_batch(self.tokens, self.starts(step)[offset:offset + count], self.seq_len, self.vocab, self.bos)
 
 
 def fixed_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None,

@@ -6,12 +6,19 @@ A plain single process needs none of it: every function here is a no-op when WOR
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -131,3 +138,46 @@ def all_sum(values: list[float], d: Dist) -> list[float]:
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()
+
+
+def launch_torchrun(train_config, nproc: int) -> dict:
+    """One ``inheritune train`` under torchrun (the caller stays a single process); returns its summary.json.
+
+    torchrun is started in a session of its own, so a Ctrl-C at the terminal reaches this process only; SIGINT
+    and SIGTERM are forwarded to torchrun, which passes them to its workers and waits (up to the shutdown
+    timeout) while they finish the step and write their checkpoint. An interrupted training comes back as a
+    summary with status "interrupted" (exit 128 + signal), never as a failure."""
+    out = Path(train_config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out.parent / f"{out.name}.train.yaml"
+    config_file.write_text(yaml.safe_dump({k: str(v) if isinstance(v, Path) else v
+                                          for k, v in asdict(train_config).items()}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "--shutdown-timeout", str(TORCHRUN_SHUTDOWN_SECONDS), "-m", "inheritune", "train", "--config",
+               str(config_file)]
+    started = time.time()
+    received = []
+    process = subprocess.Popen(command, start_new_session=True)
+
+    def forward(signum, frame):
+        received.append(signum)
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    summary_file = out / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() and \
+        summary_file.stat().st_mtime >= started else None
+    if summary is not None and (code == 0 or summary.get("status") == "interrupted"):
+        return summary
+    if received or code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0:
+        return {"status": "interrupted", "signal": received[0] if received else (-code if code < 0 else code - 128)}
+    raise UserError(f"training under torchrun failed (exit {code}): {' '.join(command)}")
+
+
+TORCHRUN_SHUTDOWN_SECONDS = 300  # how long torchrun waits for interrupted workers to checkpoint before killing them

@@ -50,6 +50,8 @@ class EvalConfig:
     limit: int = option(0, low=0, help="at most this many items per task; 0 = all")
     inference: bool = option(True, help="also measure parameters, memory, prefill and decode tokens/s")
     inference_batch: int = option(1, low=1, high=4096, help="batch size of the inference measurement")
+    bos_windows: bool = option(False, help="score windows that start with the tokenizer's BOS followed by seq_len "
+                                           "stream tokens (as a model trained with --bos-windows saw them)")
     overwrite: bool = option(False, help="replace results in --out that are about other models")
     progress: bool = option(True, help="show progress bars")
 
@@ -65,6 +67,8 @@ class EvalConfig:
             raise UserError("batch_size must be >= 1 and max_windows >= 0")
         if self.bootstrap < 100:
             raise UserError(f"bootstrap must be >= 100 resamples for a 95% interval, got {self.bootstrap}")
+        if self.bos_windows and self.stride:
+            raise UserError("--bos-windows scores whole windows; it does not combine with --stride")
         if self.max_windows == 1:
             raise UserError("max_windows must be 0 (all) or >= 2: intervals are over windows")
 
@@ -108,16 +112,17 @@ def token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int 
 @torch.no_grad()  # not inference_mode: the trainer calls it between steps, FSDP buffers included
 def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, stride: int = 0,
                   batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  progress: bool = False, bos: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(sum of token losses, number of scored tokens) per window. With a stride, windows after the first
-    score only their last ``stride`` targets (the rest is context already scored by earlier windows)."""
+    score only their last ``stride`` targets (the rest is context already scored by earlier windows). With
+    ``bos`` every window is that token followed by seq_len stream tokens (as --bos-windows trains)."""
     vocab = model.get_input_embeddings().num_embeddings
     sums, counts = np.zeros(len(starts)), np.zeros(len(starts), dtype=np.int64)
     scored = stride or seq_len
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
     for first in progress_bar(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
         batch_starts = starts[first:first + batch_size]
-        rows = window_rows(tokens, batch_starts, seq_len).to(device)
+        rows = window_rows(tokens, batch_starts, seq_len, bos).to(device)
         if int(rows.max()) >= vocab:
             raise UserError(f"token id {int(rows.max())} does not fit the model's vocabulary of {vocab}")
         # Only the scored positions need logits; the very first window of a strided pass is scored whole.
@@ -159,12 +164,14 @@ def summarize(sums: np.ndarray, counts: np.ndarray, bootstrap: int = 1000, seed:
 
 def validation_loss(model, data: TokenData, seq_len: int = 512, stride: int = 0, max_windows: int | None = 64,
                     batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                    bootstrap: int = 1000, seed: int = 0, progress: bool = False, keep_windows: bool = True) -> dict:
+                    bootstrap: int = 1000, seed: int = 0, progress: bool = False, keep_windows: bool = True,
+                    bos_windows: bool = False) -> dict:
     """Loss of ``model`` on the fixed validation windows of ``data`` (same windows for every model). With
     ``keep_windows`` the result keeps each window's start, loss sum and token count, for paired comparisons."""
     tokens = data.split("val")
     starts = fixed_windows(tokens, seq_len, max_windows or None, stride or None)
-    sums, counts = window_losses(model, tokens, starts, seq_len, stride, batch_size, device, dtype, progress)
+    sums, counts = window_losses(model, tokens, starts, seq_len, stride, batch_size, device, dtype, progress,
+                                 data.bos_id() if bos_windows else None)
     result = summarize(sums, counts, bootstrap, seed)
     if keep_windows:
         result.update(window_starts=starts.tolist(), window_sums=sums.tolist(), window_counts=counts.tolist())
@@ -192,7 +199,8 @@ def evaluate(config: EvalConfig, progress: bool | None = None) -> list[dict]:
             raise UserError(f"seq_len {config.seq_len} exceeds the context of {name} "
                             f"({model.config.max_position_embeddings})")
         result = validation_loss(model, data, config.seq_len, config.stride, config.max_windows, config.batch_size,
-                                 config.device, dtype, config.bootstrap, config.seed, progress)
+                                 config.device, dtype, config.bootstrap, config.seed, progress,
+                                 bos_windows=config.bos_windows)
         result.update(model=str(name), parameters=sum(p.numel() for p in model.parameters()))
         if config.tasks:
             result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.batch_size, config.limit or None,

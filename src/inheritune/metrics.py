@@ -116,6 +116,19 @@ def sink_mass(attn: torch.Tensor) -> torch.Tensor:
     return attn.double()[..., :, 0].mean(-1)
 
 
+def first_token_mass(attn: torch.Tensor, first_query: int | None = None) -> torch.Tensor:
+    """Mean over queries i >= ``first_query`` of A[i, 0]: the attention paid to position 0 by queries that have
+    other keys to choose from (early queries see few keys, so their mass on position 0 says little). The
+    default is 16, or T // 2 for sequences of 32 tokens or fewer."""
+    t = attn.shape[-1]
+    start = first_query if first_query is not None else first_query_of(t)
+    return attn.double()[..., start:, 0].mean(-1)
+
+
+def first_query_of(t: int) -> int:
+    return 16 if t > 32 else t // 2
+
+
 def block_influence(x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
     """1 - cos(x_l[t], x_{l+1}[t]) per token ([B, T]); BI_l is its mean."""
     return 1.0 - torch.nn.functional.cosine_similarity(x_in.double(), x_out.double(), dim=-1)

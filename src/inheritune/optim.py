@@ -23,10 +23,19 @@ def make_optimizer(model, lr: float, weight_decay: float, betas: tuple[float, fl
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=device_type in ("cuda", "cpu"))
 
 
-def lr_at(step: int, max_steps: int, lr: float, min_lr: float, warmup: int) -> float:
-    """Linear warmup for ``warmup`` steps, then cosine from ``lr`` down to ``min_lr`` at ``max_steps``."""
+def lr_at(step: int, max_steps: int, lr: float, min_lr: float, warmup: int, schedule: str = "cosine",
+          decay_fraction: float = 0.2) -> float:
+    """Linear warmup for ``warmup`` steps, then either cosine from ``lr`` down to ``min_lr`` at ``max_steps``
+    (the paper's), or warmup-stable-decay (``wsd``, as SmolLM2 and MiniCPM were trained): constant ``lr``, then a
+    linear decay to ``min_lr`` over the last ``decay_fraction`` of the steps."""
     if step < warmup:
         return lr * (step + 1) / warmup
+    if schedule == "wsd":
+        decay_steps = max(1, round(decay_fraction * max_steps))
+        start = max(warmup, max_steps - decay_steps)
+        if step < start:
+            return lr
+        return lr - (lr - min_lr) * min(1.0, (step - start + 1) / max(1, max_steps - start))
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 

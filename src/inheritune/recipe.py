@@ -26,7 +26,15 @@ class TrainRecipe:
     beta1: float = option(0.9, help="AdamW beta1")
     beta2: float = option(0.95, help="AdamW beta2")
     grad_clip: float = option(1.0, help="gradient-norm clip; 0 = off")
+    schedule: str = option("cosine", help="learning-rate schedule after the warmup: cosine (to min_lr at the end, the "
+                                          "paper's) or wsd (constant, then linear to min_lr over the last "
+                                          "decay_fraction of the steps: SmolLM2's and MiniCPM's)")
+    decay_fraction: float = option(0.2, low=0.01, high=1, help="wsd: share of the steps spent decaying")
     data_order: str = option("random", help="random (windows with replacement) or sequential (no replacement)")
+    bos_windows: bool = option(False, help="every training and validation window starts with the tokenizer's BOS (its "
+                                           "document separator when it has none) followed by seq_len - 1 stream "
+                                           "tokens, so that one token always sits at position 0 (where attention "
+                                           "sinks form); losses compare only with runs that did the same")
     seed: int = option(1337, low=0, high=2**32 - 1, help="seed of data order and of fresh weights")
     dtype: str = option("float32", help="float32 or bfloat16 (autocast; weights and optimizer stay fp32); float16 "
                                         "is refused (it needs loss scaling; use bfloat16)")
@@ -70,6 +78,8 @@ class TrainRecipe:
             raise UserError("float16 training needs loss scaling, which inheritune does not do; use --dtype bfloat16")
         if self.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
             raise UserError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
+        if self.schedule not in ("cosine", "wsd"):
+            raise UserError(f"schedule must be cosine or wsd, not {self.schedule!r}")
         if self.data_order not in ("random", "sequential"):
             raise UserError(f"data_order must be random or sequential, not {self.data_order!r}")
         self.compile = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(
@@ -98,6 +108,10 @@ class TrainConfig(TrainRecipe):
     teacher: str = option("", help="teacher model for knowledge distillation (empty = no KD)")
     kd_alpha: float = option(0.6, help="KD: loss = alpha * CE + (1 - alpha) * KL (paper: 0.6)")
     kd_temperature: float = option(1.0, help="KD temperature (paper: 1)")
+    track_attention: int = option(0, low=0, help="every this many steps (and at the end) measure each layer's attention "
+                                                 "on fixed validation windows (MaxRank, first-token mass, sink heads, "
+                                                 "state) into attention.jsonl and emergence.png; 0 = off")
+    track_windows: int = option(8, low=1, high=1024, help="validation windows the attention tracker reads")
     resume: bool = option(False, help="continue the run in --out from its last checkpoint")
     resume_from: str = option("", help="continue from this checkpoint file")
     overwrite: bool = option(False, help="replace a different run in --out")

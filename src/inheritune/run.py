@@ -6,31 +6,25 @@ finished stages are not redone and an interrupted training resumes from its chec
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from .analyze import AnalyzeConfig, analyze, attention_summary
 from .checkpoint import checkpoints
-from .rundir import read_json
-from .config import flatten, option, to_dict
+from .config import option, to_dict
 from .data import TokenData
-from .distributed import resolve_device
-from .errors import Interrupted, UserError, reading, refuse_output_over_input
+from .distributed import launch_torchrun, resolve_device
+from .errors import Interrupted, UserError, reading
 from .evaluate import check_tokenizer_matches, inference_cost, validation_loss
 from .inherit import InheritConfig, inherit
 from .models import load_config_of, load_model
-from .weights import SafetensorsSource
 from .report import write_report
+from .runstate import State, open_run_dir
 from .sources import resolve_model_path
 from .recipe import TrainConfig, TrainRecipe
 from .train import train
@@ -111,40 +105,7 @@ class RunConfig:
                                                          checkpoint_interval=max(10, steps // 4)) | extra))
 
 
-class _State:
-    """state.json: what each finished stage produced. Model directories inside the run folder are stored relative
-    to it, so a moved run folder still finds (and reports) its own models."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.root = path.parent.resolve()
-        self.data = read_json(path, "the run's record of finished stages") if path.is_file() else {}
-
-    def get(self, key):
-        value = self.data.get(key)
-        if isinstance(value, dict) and isinstance(value.get("model_dir"), str):
-            value = value | {"model_dir": str(self.root / value["model_dir"])}
-        return value
-
-    def put(self, key, value) -> None:
-        if isinstance(value, dict) and isinstance(value.get("model_dir"), str):
-            path = Path(value["model_dir"]).resolve()
-            if path.is_relative_to(self.root):
-                value = value | {"model_dir": str(path.relative_to(self.root))}
-        self.data[key] = value
-        self._write()
-
-    def drop(self, key) -> None:
-        if self.data.pop(key, None) is not None:
-            self._write()
-
-    def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
-
-
-def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Path, steps: int, **extra) -> dict:
+def _train_stage(config: RunConfig, state: State, key: str, model: str, out: Path, steps: int, **extra) -> dict:
     """Train once: reuse a finished run, resume an interrupted one, else start fresh."""
     done = state.get(key)
     if done and done.get("status") == "finished":
@@ -157,7 +118,7 @@ def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Pa
     resume = out.is_dir() and bool(checkpoints(out))
     started = time.perf_counter()
     train_config = config.train_config(model, str(out), steps, resume=resume, overwrite=not resume, **extra)
-    summary = _torchrun(train_config, config.nproc_per_node) if config.nproc_per_node > 1 else train(train_config)
+    summary = launch_torchrun(train_config, config.nproc_per_node) if config.nproc_per_node > 1 else train(train_config)
     if summary["status"] != "finished":  # stopped by a signal: the run resumes from here next time
         raise Interrupted(summary.get("signal") or 15, f"interrupted during {key}; its checkpoint is written. Run "
                                                        "the same 'inheritune run' command again to continue")
@@ -168,48 +129,6 @@ def _train_stage(config: RunConfig, state: _State, key: str, model: str, out: Pa
     return summary
 
 
-def _torchrun(train_config, nproc: int) -> dict:
-    """One training under torchrun (the run itself stays a single process); returns its summary.json.
-
-    torchrun is started in a session of its own, so a Ctrl-C at the terminal reaches this process only; SIGINT
-    and SIGTERM are forwarded to torchrun, which passes them to its workers and waits (up to the shutdown
-    timeout) while they finish the step and write their checkpoint. An interrupted training comes back as a
-    summary with status "interrupted" (exit 128 + signal), never as a failure."""
-    out = Path(train_config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    config_file = out.parent / f"{out.name}.train.yaml"
-    config_file.write_text(yaml.safe_dump(to_dict(train_config)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "--shutdown-timeout", str(TORCHRUN_SHUTDOWN_SECONDS), "-m", "inheritune", "train", "--config",
-               str(config_file)]
-    started = time.time()
-    received = []
-    process = subprocess.Popen(command, start_new_session=True)
-
-    def forward(signum, frame):
-        received.append(signum)
-        if process.poll() is None:
-            process.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        code = process.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    summary_file = out / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() and \
-        summary_file.stat().st_mtime >= started else None
-    if summary is not None and (code == 0 or summary.get("status") == "interrupted"):
-        return summary
-    if received or code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0:
-        return {"status": "interrupted", "signal": received[0] if received else (-code if code < 0 else code - 128)}
-    raise UserError(f"training under torchrun failed (exit {code}): {' '.join(command)}")
-
-
-TORCHRUN_SHUTDOWN_SECONDS = 300  # how long torchrun waits for interrupted workers to checkpoint before killing them
-
-
 def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
     """Cut a child once (an existing one is reused when the run is re-entered)."""
     if (out / "inheritune.json").is_file():
@@ -217,7 +136,7 @@ def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
     return inherit(InheritConfig(reference=reference, out=str(out), overwrite=True, **kwargs))
 
 
-def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -> dict:
+def _measure(config: RunConfig, name: str, path: str, state: State, key: str) -> dict:
     """Val loss with its bootstrap interval on the run's windows, plus inference cost."""
     done = state.get(key)
     if done and sorted(done.get("zero_shot_tasks", [])) == sorted(config.tasks):
@@ -238,7 +157,7 @@ def _measure(config: RunConfig, name: str, path: str, state: _State, key: str) -
     if tokenizer is not None:
         check_tokenizer_matches(tokenizer, data, name)
     result = validation_loss(model, data, config.train.seq_len, 0, config.train.eval_windows, config.train.micro_batch_size, device,
-                             bootstrap=config.bootstrap, keep_windows=True)
+                             bootstrap=config.bootstrap, keep_windows=True, bos_windows=config.train.bos_windows)
     result["inference"] = inference_cost(model, seq_len=config.train.seq_len, new_tokens=16, device=device, path=path)
     if config.tasks:
         result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
@@ -254,49 +173,10 @@ def _device(config: RunConfig) -> str:
     return resolve_device(config.train.device)
 
 
-# Settings that change what a stage trains or how it is measured: a run re-entered with any of them changed
-# would mix two experiments, so it is refused. The rest (more rounds, other baselines, a tolerance, tasks,
-# progress) only decide which stages run and how they are reported: they are applied, and said.
-FIXED_KEYS = ("reference", "reference_from_scratch", "data", "seq_len", "seed", "start", "step", "grow", "steps",
-              "budget", "micro_batch_size", "global_batch_tokens", "lr", "min_lr", "warmup_steps", "weight_decay",
-              "beta1", "beta2", "grad_clip", "data_order", "dtype", "tf32", "eval_windows", "kd_alpha",
-              "kd_temperature", "analyze_n", "analyze_t", "bootstrap")
-
-
-def _check_rerun(out: Path, config: RunConfig) -> None:
-    previous = out / "run.json"
-    if previous.is_file():
-        recorded = read_json(previous, "the run's settings")
-        if "reference" not in recorded:
-            raise UserError(f"{out} holds a training run of 'inheritune train', not a run of the recipe; choose "
-                            "another --out")
-        # Compared key by key, the train section's keys by their own names (unique within a run's config).
-        old = {k.removeprefix("train."): v for k, v in flatten(recorded).items()}
-        new = {k.removeprefix("train."): v for k, v in flatten(to_dict(config)).items()}
-        keys = FIXED_KEYS + (("nproc_per_node",) if not config.train.global_batch_tokens else ())
-        fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in keys if k in old and old[k] != new[k]]
-        if fixed:
-            raise UserError(f"{out} holds a run with other settings ({'; '.join(fixed)}); finished stages would be "
-                            "mixed with new ones. Use another --out, or the same settings to continue")
-        applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k not in keys and k in old and old[k] != new[k]]
-        if applied:
-            print(f"continuing {out} with changed settings (applied): {'; '.join(applied)}", flush=True)
-    elif out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
-        if foreign:
-            raise UserError(f"{out} holds files that are not a run of inheritune ({', '.join(foreign[:3])}); choose "
-                            "another --out")
-    previous.write_text(json.dumps(to_dict(config), indent=2))
-
-
-RUN_ENTRIES = ("run.json", "state.json", "state.tmp", "reference", "analysis", "rounds", "baselines", "compare",
-               "report.md", "report.json")
-
-
 def run(config: RunConfig) -> dict:
     """Run the recipe; returns the report (also written as report.md / report.json in ``out``)."""
-    out = _open_run_dir(config)
-    state = _State(out / "state.json")
+    out = open_run_dir(config)
+    state = State(out / "state.json")
     started = time.perf_counter()
     steps = round(config.steps * config.budget)
     reference, n_layers, ref, ref_training = _reference_stage(config, state, out, steps)
@@ -317,7 +197,7 @@ def run(config: RunConfig) -> dict:
                         matched, comparison, time.perf_counter() - started, check)
 
 
-def _compare(config: RunConfig, state: _State, out: Path, reference: str, child: str) -> str | None:
+def _compare(config: RunConfig, state: State, out: Path, reference: str, child: str) -> str | None:
     """The side-by-side analysis of reference and final child, on at most the sequences the val split holds;
     skipped (and said) when it cannot be made, so that a finished run always writes its report."""
     done = state.get("compare_done")
@@ -346,7 +226,7 @@ def _compare(config: RunConfig, state: _State, out: Path, reference: str, child:
     return str(out / "compare")
 
 
-def _reference_attention(config: RunConfig, state: _State, out: Path, reference: str) -> dict:
+def _reference_attention(config: RunConfig, state: State, out: Path, reference: str) -> dict:
     """The state of the reference's attention (uniform, lazy, attentive layers), from an analysis this run has
     made anyway (start 'auto', the final comparison) or, when it made none, from one of the reference alone."""
     if state.get("reference_attention") is None:
@@ -357,39 +237,7 @@ def _reference_attention(config: RunConfig, state: _State, out: Path, reference:
     return state.get("reference_attention")
 
 
-def _open_run_dir(config: RunConfig) -> Path:
-    """The run directory, once every input it depends on is known to be usable."""
-    if not config.data or not config.out:
-        raise UserError("run needs --data and --out")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    _device(config)
-    TokenData(config.data)  # a missing or damaged dataset fails before anything is written
-    reference_dir = None
-    if not config.reference_from_scratch:
-        reference_dir, gguf = resolve_model_path(config.reference)
-        _check_reference(config, reference_dir, gguf)
-    refuse_output_over_input(out, config.data, reference_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_rerun(out, config)
-    return out
-
-
-def _check_reference(config: RunConfig, path, gguf) -> None:
-    """A pretrained reference must load as a config and see at least --seq-len positions: checked before the
-    run writes anything."""
-    model_config = load_config_of(path, gguf)
-    if gguf is None and any((Path(path) / name).is_file() for name in ("model.safetensors",
-                                                                       "model.safetensors.index.json")):
-        SafetensorsSource(Path(path))  # reads the weights' headers: truncated or garbage weights fail here
-    context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
-    if context and config.train.seq_len > context:
-        raise UserError(f"seq_len {config.train.seq_len} is longer than the reference's context ({context} "
-                        "positions); lower --seq-len")
-
-
-def _reference_stage(config: RunConfig, state: _State, out: Path, steps: int):
+def _reference_stage(config: RunConfig, state: State, out: Path, steps: int):
     """(reference model, its depth, its measurement, its training summary when this run trained it)."""
     summary = None
     reference = config.reference
@@ -407,7 +255,7 @@ def _reference_stage(config: RunConfig, state: _State, out: Path, steps: int):
     return reference, n_layers, ref, summary
 
 
-def _choose_start(config: RunConfig, state: _State, out: Path, reference: str, n_layers: int):
+def _choose_start(config: RunConfig, state: State, out: Path, reference: str, n_layers: int):
     """(first child depth, analyze's recommendation when the start is 'auto')."""
     analysis = None
     if config.start == "auto":
@@ -428,7 +276,7 @@ def _choose_start(config: RunConfig, state: _State, out: Path, reference: str, n
     return start, analysis
 
 
-def _grow(config: RunConfig, state: _State, out: Path, reference: str, n_layers: int, start: int, ref_loss: float,
+def _grow(config: RunConfig, state: State, out: Path, reference: str, n_layers: int, start: int, ref_loss: float,
           steps: int, spent: float) -> tuple[list[dict], bool]:
     """The growth rounds: l, l + step, ... re-inherited (or grown) and trained until the reference is matched or
     the FLOPs cap (counting ``spent`` already, the reference's training) is reached."""
@@ -473,7 +321,7 @@ def _grown_child(reference: str, trained_dir: str, layers: int, out: Path) -> Pa
     return child
 
 
-def _baseline(config: RunConfig, state: _State, name: str, reference: str, layers: int, out: Path, steps: int) -> dict:
+def _baseline(config: RunConfig, state: State, name: str, reference: str, layers: int, out: Path, steps: int) -> dict:
     """Train one baseline at the child's depth on the same budget and validation windows; returns its summary
     with eval. ``uses_reference`` says whether it was built from the reference's weights (then the reference's
     own training is part of what it cost)."""

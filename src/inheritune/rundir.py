@@ -35,9 +35,10 @@ def check_out(config) -> Path:
 # Settings that shape a run's trajectory: resuming with any of them changed would silently mix two runs.
 RESUME_KEYS = ("model", "data", "seq_len", "data_order", "seed", "data_offset", "max_steps", "tokens_per_step",
                "lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "teacher", "kd_alpha",
-               "kd_temperature", "eval_windows")
+               "kd_temperature", "eval_windows", "schedule", "decay_fraction", "bos_windows")
 # What a training run writes into its directory; anything else there is the user's and is never deleted.
-RUN_FILES = ("run.json", "summary.json", "metrics.jsonl", "loss.png", "final", "tensorboard", "abandoned", ".lock")
+RUN_FILES = ("run.json", "summary.json", "metrics.jsonl", "loss.png", "final", "tensorboard", "abandoned", ".lock",
+             "attention.jsonl", "emergence.png")
 
 
 @dataclass
@@ -191,8 +192,9 @@ def abandon_branch(out: Path, paths: list[Path], step: int) -> Path | None:
         k += 1
         target = root / f"after-step-{step}-{k}"
     target.mkdir(parents=True)
-    if (out / "metrics.jsonl").is_file():
-        shutil.copy2(out / "metrics.jsonl", target / "metrics.jsonl")
+    for log in ("metrics.jsonl", "attention.jsonl"):
+        if (out / log).is_file():
+            shutil.copy2(out / log, target / log)
     for path in paths:
         os.replace(path, target / path.name)
     print(f"resuming an earlier checkpoint: the later branch ({', '.join(p.name for p in paths)}) is kept in "

@@ -37,6 +37,7 @@ from .recipe import TrainConfig
 from .scratch import is_scratch, scratch_config
 from .sources import resolve_model_path
 from .tokenizer import load_tokenizer
+from .tracker import AttentionTracker, tracking_rows
 
 
 def load_training_model(config: TrainConfig, data: TokenData, dtype: torch.dtype = torch.float32):
@@ -142,7 +143,8 @@ class BatchPlan:
 
 
 @torch.no_grad()
-def evaluate_windows(model, tokens, starts: np.ndarray, config: TrainConfig, d: D.Dist, dtype: torch.dtype) -> float:
+def evaluate_windows(model, tokens, starts: np.ndarray, config: TrainConfig, d: D.Dist, dtype: torch.dtype,
+                     bos: int | None = None) -> float:
     """Mean loss on the fixed validation windows, computed by the evaluate module's per-window loss (one path for
     both): each process scores every world-th window, padded with weightless copies of the first so that every
     rank runs the same number of forward passes (FSDP needs each rank in each forward), and the sums are added."""
@@ -152,7 +154,7 @@ def evaluate_windows(model, tokens, starts: np.ndarray, config: TrainConfig, d: 
     model.eval()
     with D.unsharded(model):
         sums, counts = window_losses(D.unwrap(model), tokens, padded, config.seq_len, 0, config.micro_batch_size,
-                                     d.device, dtype)
+                                     d.device, dtype, bos=bos)
     model.train()
     total, count = D.all_sum([float(sums[:len(mine)].sum()), float(counts[:len(mine)].sum())], d)
     return total / count
@@ -185,12 +187,15 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
         run = _setup(config, model, data, plan, d, amp_dtype)
         run.settings = rundir.settings(config, plan.facts())
         step, history = _restore(run, out_plan.resume, plan)
+        run.tracker = _tracker(config, model, data, out, d, run.bos)
         if d.main:  # everything is validated: only now is the old run replaced or an abandoned branch moved aside
             if out_plan.clear:
                 rundir.clear_previous_run(out)
             rundir.abandon_branch(out, out_plan.abandon, step)
             if out_plan.resume is not None:
                 rundir.truncate_metrics(out / "metrics.jsonl", step)
+                if run.tracker is not None:
+                    run.tracker.restart_at(step)
                 print(f"resuming from {out_plan.resume} at step {step}", flush=True)
         D.barrier(d)
         if d.main:
@@ -214,8 +219,10 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
     teacher = _load_teacher(config, model, d) if config.teacher else None
     train_tokens = data.split("train")
     vocab = model.get_input_embeddings().num_embeddings
-    windows = RandomWindows(train_tokens, config.seq_len, plan.rows_per_step, config.seed, vocab) \
-        if config.data_order == "random" else SequentialWindows(train_tokens, config.seq_len, plan.rows_per_step, vocab)
+    bos = data.bos_id() if config.bos_windows else None
+    windows = RandomWindows(train_tokens, config.seq_len, plan.rows_per_step, config.seed, vocab, bos) \
+        if config.data_order == "random" else SequentialWindows(train_tokens, config.seq_len, plan.rows_per_step,
+                                                                vocab, bos)
     val_tokens = data.split("val")
     # Training FLOPs per token count everything a step computes: the student's forward and backward and, with
     # KD, the teacher's forward (a third of its training cost). MFU divides by the peak of every device.
@@ -232,9 +239,22 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
         cap=getattr(model.config, "final_logit_softcapping", None),
         optimizer=make_optimizer(wrapped, config.lr, config.weight_decay, (config.beta1, config.beta2), d.device.type),
         autocast=torch.autocast(device_type=d.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32),
-        amp_dtype=amp_dtype, windows=windows, val_tokens=val_tokens,
+        amp_dtype=amp_dtype, windows=windows, val_tokens=val_tokens, bos=bos,
         val_starts=fixed_windows(val_tokens, config.seq_len, config.eval_windows or None),
         flops=flops, teacher_flops=teacher_flops, peak=peak)
+
+
+def _tracker(config: TrainConfig, model, data: TokenData, out: Path, d: D.Dist, bos: int | None):
+    """The attention tracker of --track-attention (main process only; not under FSDP, whose shards no single
+    process holds whole)."""
+    if not config.track_attention or not d.main:
+        return None
+    if d.world > 1 and config.distributed == "fsdp":
+        print("--track-attention is not available under FSDP; use DDP or one process to track", flush=True)
+        return None
+    adapter_for(model.config)
+    rows = tracking_rows(data.split("val"), config.seq_len, config.track_windows, config.seed, bos)
+    return AttentionTracker(out, rows, config.track_attention)
 
 
 COMPILE_SECONDS = {"cpu": 60.0, "cuda": 30.0}  # what torch.compile of a small LM costs before its first step
@@ -258,6 +278,7 @@ def _restore(run, resume_path: Path | None, plan: BatchPlan) -> tuple[int, list[
     """(step, history) of the checkpoint to resume from, with model, optimizer and RNG restored; else a start.
     A checkpoint that records its run's settings (all since 0.3) must agree with this run's."""
     run.train_seconds = 0.0  # time spent in training steps (evaluations and checkpoints included), all sessions
+    run.track_seconds = 0.0  # of which attention tracking, this session
     if resume_path is None:
         return 0, []
     state = load_checkpoint(resume_path)
@@ -329,7 +350,8 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
         with _StopRequest() as stop:
             while step < plan.max_steps:
                 started = time.perf_counter()
-                lr = lr_at(step, plan.max_steps, config.lr, config.min_lr, plan.warmup)
+                lr = lr_at(step, plan.max_steps, config.lr, config.min_lr, plan.warmup, config.schedule,
+                           config.decay_fraction)
                 for group in run.optimizer.param_groups:
                     group["lr"] = lr
                 loss_sum = 0.0
@@ -353,9 +375,13 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
                           "grad_norm": grad_norm, "tokens_per_s": plan.tokens_per_step / seconds,
                           "mfu": (run.flops + run.teacher_flops) * plan.tokens_per_step / seconds / run.peak
                           if run.peak else None}
+                if run.tracker is not None and run.tracker.due(step, plan.max_steps):
+                    began = time.perf_counter()
+                    run.tracker.track(D.unwrap(run.model), step, step * plan.tokens_per_step)
+                    run.track_seconds += time.perf_counter() - began
                 if config.eval_interval and step % config.eval_interval == 0 or step == plan.max_steps:
                     record["val_loss"] = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d,
-                                                          run.amp_dtype)
+                                                          run.amp_dtype, run.bos)
                 history.append({k: record[k] for k in ("step", "loss", "val_loss") if k in record})
                 if step % config.log_interval == 0 or "val_loss" in record or step == plan.max_steps:
                     log.write(record)
@@ -389,7 +415,8 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                "teacher_flops": run.teacher_flops * step * plan.tokens_per_step, "data_offset": config.data_offset,
                "world_size": d.world, "grad_accum": plan.grad_accum, "signal": stopped_by,
                # every session's training time, up to this run's last checkpoint before each interruption
-               "train_seconds": round(run.train_seconds, 2), "compiled": run.compiled, "chunked_loss": run.chunked}
+               "train_seconds": round(run.train_seconds, 2), "compiled": run.compiled, "chunked_loss": run.chunked,
+               "track_seconds": round(run.track_seconds, 2)}
     if status == "finished":
         model_state, _ = D.full_state(run.model)
         if d.main:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .architectures import adapter_for
-from .errors import UserError, reading
+from .errors import reading
 from .hashing import sha256_file
 from .models import load_config_of, load_model
 from .sources import resolve_model_path

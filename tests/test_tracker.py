@@ -1,0 +1,118 @@
+"""The attention tracker (train --track-attention), BOS-first windows and the warmup-stable-decay schedule."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from inheritune.analyze import AnalyzeConfig, measure, summarize
+from inheritune.data import PrepareConfig, RandomWindows, TokenData, prepare, window_rows
+from inheritune.metrics import first_query_of
+from inheritune.optim import lr_at
+from inheritune.recipe import TrainConfig
+from inheritune.tracker import measure_attention, read_track, tracking_rows
+from inheritune.train import train
+
+T = 48
+
+
+def _gpt2(layers=3):
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=layers, n_embd=32, n_head=4, vocab_size=128, n_positions=64, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def test_an_untrained_model_tracks_as_uniform_with_the_uniform_matrixs_first_token_mass():
+    model = _gpt2()
+    with torch.no_grad():
+        for block in model.transformer.h:  # zero queries: every head averages evenly over the keys it sees
+            block.attn.c_attn.weight[:, :32] = 0
+            block.attn.c_attn.bias[:32] = 0
+    layers = measure_attention(model, torch.randint(0, 128, (4, T)))
+    start = first_query_of(T)
+    uniform_mass = float(np.mean([1.0 / (i + 1) for i in range(start, T)]))
+    for layer in layers:
+        assert layer["state"] == "uniform" and layer["max_rank"] == pytest.approx(layer["uniform_rank"], abs=1e-9)
+        assert layer["first_token_mass"] == pytest.approx(uniform_mass, abs=1e-6)
+        assert layer["first_token_sink_heads"] == 0.0
+
+
+def test_a_model_that_attends_to_position_0_tracks_as_lazy_with_every_head_a_sink():
+    model = _gpt2()
+    with torch.no_grad():
+        model.transformer.wpe.weight.zero_()
+        model.transformer.wpe.weight[0, 0] = 30.0  # position 0 stands out along dimension 0 after the norm
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.zero_()
+            block.attn.c_attn.bias.zero_()
+            for head in range(4):  # each head's query is constant, its key reads dimension 0
+                block.attn.c_attn.bias[head * 8] = 40.0
+                block.attn.c_attn.weight[0, 32 + head * 8] = 1.0
+            block.attn.c_proj.weight.zero_()  # the stream never changes: every layer sees the same thing
+            block.mlp.c_proj.weight.zero_()
+    layers = measure_attention(model, torch.randint(0, 128, (4, T)))
+    for layer in layers:
+        assert layer["state"] == "lazy" and layer["max_rank"] == pytest.approx(1.0)
+        assert layer["first_token_sink_heads"] == 1.0 and layer["first_token_mass"] > 0.99
+
+
+@pytest.fixture
+def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
+    return prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir),
+                                 val_fraction=0.2), progress=False)
+
+
+def test_tracking_during_training_ends_with_what_analyze_sees_in_the_saved_model(dataset, tmp_path):
+    out = tmp_path / "run"
+    summary = train(TrainConfig(model="scratch:gpt2:layers=2,hidden=32,heads=4", data=str(dataset), out=str(out),
+                                max_steps=6, seq_len=32, micro_batch_size=4, lr=3e-3, eval_windows=4,
+                                track_attention=2, track_windows=4, bos_windows=True, progress=False,
+                                checkpoint_interval=2, keep_checkpoints=5))
+    records = read_track(out / "attention.jsonl")
+    assert [r["step"] for r in records] == [2, 4, 6] and (out / "emergence.png").is_file()
+    assert records[-1]["tokens"] == summary["tokens"] and summary["track_seconds"] > 0
+    data = TokenData(dataset)
+    rows = tracking_rows(data.split("val"), 32, 4, 1337, data.bos_id())
+    assert (rows[:, 0] == data.bos_id()).all()
+    model = AutoModelForCausalLM.from_pretrained(out / "final", attn_implementation="eager").eval()
+    config = AnalyzeConfig(n=4, t=32, batch_size=4, lens_sequences=0)
+    layers = summarize(measure(model, rows, config, progress=False, lens=False), config)["layers"]
+    for tracked, analysed in zip(records[-1]["layers"], layers):
+        for key in ("max_rank", "entropy", "first_token_mass", "first_token_sink_heads"):
+            assert tracked[key] == pytest.approx(analysed[key], abs=1e-5), key
+        assert tracked["state"] == analysed["state"]
+    # a resumed run drops the measurements past its checkpoint, like its metrics
+    with open(out / "attention.jsonl", "a") as handle:
+        handle.write('{"step": 99, "tokens": 1, "layers": []}\n{"step": 7, "cut')
+    train(TrainConfig(model="scratch:gpt2:layers=2,hidden=32,heads=4", data=str(dataset), out=str(out),
+                      max_steps=6, seq_len=32, micro_batch_size=4, lr=3e-3, eval_windows=4, track_attention=2,
+                      track_windows=4, bos_windows=True, progress=False, checkpoint_interval=2, keep_checkpoints=5,
+                      resume_from=str(out / "ckpt-0000004.pt")))
+    assert [r["step"] for r in read_track(out / "attention.jsonl")] == [2, 4, 6]
+    assert len(read_track(out / "abandoned" / "after-step-4" / "attention.jsonl")) == 4  # the old branch's, kept
+
+
+def test_bos_windows_put_the_bos_first_in_training_and_validation(dataset):
+    data = TokenData(dataset)
+    tokens = data.split("train")
+    bos = data.bos_id()
+    plain = window_rows(tokens, np.array([5, 100]), 16)
+    first = window_rows(tokens, np.array([5, 100]), 16, bos)
+    assert first.shape == plain.shape and (first[:, 0] == bos).all()
+    assert torch.equal(first[:, 1:], plain[:, :-1])  # BOS, then seq_len stream tokens from the same start
+    x, y = RandomWindows(tokens, 16, 4, seed=3, bos=bos).batch(0)
+    assert (x[:, 0] == bos).all() and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_wsd_is_constant_then_decays_linearly_over_its_last_fraction():
+    lrs = [lr_at(s, 100, 1e-3, 1e-5, 10, "wsd", 0.2) for s in range(100)]
+    assert lrs[9] == pytest.approx(1e-3) and lrs[10:80] == [1e-3] * 70
+    decay = lrs[80:]
+    assert all(a > b for a, b in zip(decay, decay[1:])) and decay[-1] == pytest.approx(1e-5)
+    steps = np.diff(decay)
+    assert np.allclose(steps, steps[0])  # linear
+    assert lr_at(50, 100, 1e-3, 1e-5, 10) < 1e-3  # cosine (the default) is already decaying there
