@@ -55,3 +55,12 @@ def text_dir(tmp_path):
         body = " ".join(f"Document {i} sentence {j} talks about the number {i * j}." for j in range(30))
         (folder / f"doc{i:02d}.txt").write_text(body)
     return folder
+
+
+@pytest.fixture
+def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
+    """The twenty documents prepared with the GPT-2 tokenizer (20% of them for validation)."""
+    from inheritune.data import PrepareConfig, prepare
+
+    return prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir),
+                                 val_fraction=0.2), progress=False)

@@ -21,12 +21,6 @@ from inheritune.verdict import reference_check, warning_text
 TINY = "scratch:llama:layers=2,hidden=32,heads=4,kv_heads=2,ffn=64"
 
 
-@pytest.fixture
-def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
-    return prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir),
-                                 val_fraction=0.2), progress=False)
-
-
 def _config(dataset, out, **kw):
     base = dict(model=TINY, data=str(dataset), out=str(out), max_steps=6, seq_len=32, micro_batch_size=4, lr=3e-3,
                 eval_interval=3, eval_windows=4, checkpoint_interval=2, keep_checkpoints=5, progress=False,

@@ -1,7 +1,5 @@
 """The attention tracker (train --track-attention), BOS-first windows and the warmup-stable-decay schedule."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from inheritune.analyze import AnalyzeConfig, measure, summarize
-from inheritune.data import PrepareConfig, RandomWindows, TokenData, prepare, window_rows
+from inheritune.data import RandomWindows, TokenData, window_rows
 from inheritune.metrics import first_query_of
 from inheritune.optim import lr_at
 from inheritune.recipe import TrainConfig
@@ -58,12 +56,6 @@ def test_a_model_that_attends_to_position_0_tracks_as_lazy_with_every_head_a_sin
     for layer in layers:
         assert layer["state"] == "lazy" and layer["max_rank"] == pytest.approx(1.0)
         assert layer["first_token_sink_heads"] == 1.0 and layer["first_token_mass"] > 0.99
-
-
-@pytest.fixture
-def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
-    return prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir),
-                                 val_fraction=0.2), progress=False)
 
 
 def test_tracking_during_training_ends_with_what_analyze_sees_in_the_saved_model(dataset, tmp_path):

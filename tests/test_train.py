@@ -10,18 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inheritune.data import PrepareConfig, prepare
 from inheritune.errors import UserError
 from inheritune.optim import distillation_loss, lr_at, param_groups
 from inheritune.train import TrainConfig, train
 
 TINY = "scratch:llama:layers=2,hidden=32,heads=4,kv_heads=2,ffn=64"
-
-
-@pytest.fixture
-def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
-    return prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir),
-                                 val_fraction=0.2), progress=False)
 
 
 def _config(dataset, out, **kw):

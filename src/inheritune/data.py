@@ -294,6 +294,27 @@ def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backen
     return counts
 
 
+def write_token_dataset(out: Path, train: np.ndarray, val: np.ndarray, vocab_size: int, eos: int, name: str,
+                        bos: int | None = None) -> Path:
+    """A prepared dataset from token ids made elsewhere (a synthetic task, say): the same files and meta.json as
+    ``prepare`` writes, with ``name`` standing for the tokenizer (there is none to load)."""
+    out = Path(out)
+    dtype = token_dtype(vocab_size)
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    np.asarray(train, dtype=dtype).tofile(staging / "train.bin")
+    np.asarray(val, dtype=dtype).tofile(staging / "val.bin")
+    identity = {"name_or_path": name, "class": "none", "vocab_size": vocab_size, "eos_token_id": eos,
+                "sha256": hashlib.sha256(name.encode()).hexdigest()}
+    meta = {"format": FORMAT, "fingerprint": hashlib.sha256(np.asarray(train).tobytes()).hexdigest(),
+            "tokenizer": identity, "vocab_size": vocab_size, "dtype": dtype.name, "eos_token_id": eos,
+            "bos_token_id": bos, "train_tokens": int(len(train)), "val_tokens": int(len(val))}
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    replace_dir(staging, out)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- reading
 class TokenData:
     """A prepared dataset opened as memmaps; ``split("train")`` is a flat array of token ids. Opening it checks

@@ -41,7 +41,8 @@ class TrainRecipe:
     tf32: bool = option(True, help="on CUDA, let float32 matmuls use TF32 tensor cores (as nanoGPT); MFU is then "
                                    "quoted against the TF32 peak, else against the plain fp32 peak")
     compile: str = option("auto", help="torch.compile the model: on, off, or auto (on when the run's estimated eager "
-                                       "training time is at least 10x the compile cost: 60 s on a CPU, 30 s on a GPU)")
+                                       "training time is at least 10x the compile cost: 60 s on a CPU, 30 s on a GPU, and it "
+                                       "does not track attention)")
     chunked_loss: bool = option(True, help="compute the head and the loss (CE and KD) in chunks of positions, so the "
                                            "full logits never exist (exact; single process; off = the plain path)")
     device: str = option("auto", help="auto, cpu or cuda")

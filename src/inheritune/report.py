@@ -167,6 +167,11 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               + "; stacking counts both of its stages. "
               f"Inference: batch 1, {config.train.seq_len}-token prefill, 16 decoded tokens.", "",
               "![validation loss](val_loss.png)", ""]
+    emergence = out / "reference" / "emergence.png"
+    if emergence.is_file():
+        lines += ["How the reference's attention formed while it trained (MaxRank and first-token mass per layer "
+                  "against tokens seen; `reference/attention.jsonl`):", "", "![emergence](reference/emergence.png)",
+                  ""]
     if comparison:
         lines += [f"Reference vs final child, attention rank by layer (from `{comparison}`):", "",
                   "![rank by layer](compare/maxrank.png)", ""]

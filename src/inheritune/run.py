@@ -63,6 +63,9 @@ class RunConfig:
     analyze_n: int = option(100, low=1, help="sequences for the analysis (start auto, and the final comparison)")
     analyze_t: int = option(100, low=2, help="tokens per analysis sequence")
     compare_analysis: bool = option(True, help="analyse reference vs final child side by side at the end")
+    track_reference: int = option(0, low=0, help="with --reference-from-scratch: track the reference's attention "
+                                                 "every this many steps while it trains (emergence.png in the "
+                                                 "report); 0 = off")
     train: TrainRecipe = option(default_factory=TrainRecipe, help="the training recipe of every round and baseline "
                                                                   "(its keys also work flat: --lr, --seq-len, ...)")
     bootstrap: int = option(1000, low=100, high=100_000, help="bootstrap resamples of the validation windows for intervals (paired for deltas)")
@@ -246,7 +249,8 @@ def _reference_stage(config: RunConfig, state: State, out: Path, steps: int):
         every = max(1, steps // 16)
         summary = _train_stage(config, state, "reference_training", config.reference_from_scratch,
                                out / "reference", steps,
-                               eval_interval=min(config.train.eval_interval or every, every))
+                               eval_interval=min(config.train.eval_interval or every, every),
+                               track_attention=config.track_reference)
         reference = summary["model_dir"]
     path, gguf = resolve_model_path(reference)
     n_layers = load_config_of(path, gguf).num_hidden_layers

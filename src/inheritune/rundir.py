@@ -202,9 +202,10 @@ def abandon_branch(out: Path, paths: list[Path], step: int) -> Path | None:
     return target
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """After a kill, metrics.jsonl holds steps past the checkpoint that the resumed run will redo: drop them,
-    so that every step is logged once. A line cut short by the kill (or otherwise unreadable) is dropped too."""
+def truncate_log(path: Path, step: int) -> None:
+    """After a kill, a JSON-lines log (metrics.jsonl, attention.jsonl) holds steps past the checkpoint that the
+    resumed run will redo: drop them, so that every step is logged once. A line cut short by the kill (or
+    otherwise unreadable) is dropped too."""
     if not path.is_file():
         return
     kept = []

@@ -50,8 +50,8 @@ def measure_attention(model, rows: torch.Tensor, sink_threshold: float = 0.3) ->
 
 
 class AttentionTracker:
-    """Appends one line per measurement to ``out/attention.jsonl`` (steps past a resumed checkpoint are dropped
-    first, like the metrics) and redraws ``out/emergence.png``."""
+    """Appends one line per measurement to ``out/attention.jsonl`` (a resumed run first drops the lines past its
+    checkpoint, as it does the metrics') and redraws ``out/emergence.png``."""
 
     def __init__(self, out: Path, rows: torch.Tensor, every: int, sink_threshold: float = 0.3):
         self.path, self.plot = out / "attention.jsonl", out / "emergence.png"
@@ -59,19 +59,6 @@ class AttentionTracker:
 
     def due(self, step: int, max_steps: int) -> bool:
         return self.every > 0 and (step % self.every == 0 or step == max_steps)
-
-    def restart_at(self, step: int) -> None:
-        if not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
 
     def track(self, model, step: int, tokens: int) -> dict:
         layers = measure_attention(model, self.rows, self.sink_threshold)

@@ -193,9 +193,8 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
                 rundir.clear_previous_run(out)
             rundir.abandon_branch(out, out_plan.abandon, step)
             if out_plan.resume is not None:
-                rundir.truncate_metrics(out / "metrics.jsonl", step)
-                if run.tracker is not None:
-                    run.tracker.restart_at(step)
+                rundir.truncate_log(out / "metrics.jsonl", step)
+                rundir.truncate_log(out / "attention.jsonl", step)
                 print(f"resuming from {out_plan.resume} at step {step}", flush=True)
         D.barrier(d)
         if d.main:
@@ -262,10 +261,12 @@ COMPILE_SECONDS = {"cpu": 60.0, "cuda": 30.0}  # what torch.compile of a small L
 
 def _compile_decision(config: TrainConfig, plan: BatchPlan, flops_per_step: float, peak: float, d: D.Dist) -> bool:
     """--compile auto: compile when the eager run would take at least 10x the compile cost (estimated at 50% of
-    the peak), so that compiling costs at most a tenth of the run in the worst case; short runs and tests stay
-    eager. on / off decide alone."""
+    the peak), so that compiling costs at most a tenth of the run in the worst case; short runs, tests and
+    runs that track attention stay eager. on / off decide alone."""
     if config.compile != "auto":
         return config.compile == "on"
+    if config.track_attention:  # the tracker switches the model to eager attention and back: every switch would
+        return False            # invalidate the compiled graph
     estimate = plan.max_steps * flops_per_step / (0.5 * peak) if peak else 0.0
     cost = COMPILE_SECONDS.get(d.device.type, 60.0)
     compiled = estimate >= 10 * cost

@@ -1,0 +1,50 @@
+"""The emergence search's driver and configs at a tiny budget (two cells, 12-layer references), and the
+positive control's synthetic task."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments" / "lazy_emergence"))
+
+
+def test_emergence_search_smoke(tmp_path, text_dir):
+    result = subprocess.run([sys.executable, str(ROOT / "experiments" / "lazy_emergence" / "search.py"), "--out",
+                             str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--corpus", str(text_dir),
+                             "--smoke", "--budget", "0.005", "--cells", "plain-scaled", "bos-noscale-hot-decay"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert [r["cell"] for r in results] == ["plain-scaled", "bos-noscale-hot-decay"]
+    for r in results:
+        assert r["layers"] == 12 and len(r["max_rank"]) == 12
+        assert r["status"] == "finished" or r["status"].startswith("stopped: flat")
+        assert (tmp_path / "docs" / f"emergence-{r['cell']}.png").is_file()
+    assert results[1]["settings"]["bos"] and not results[0]["settings"]["bos"]
+    assert "| plain-scaled | 12 | off | on |" in (tmp_path / "docs" / "table.md").read_text()
+    again = subprocess.run([sys.executable, str(ROOT / "experiments" / "lazy_emergence" / "search.py"), "--out",
+                            str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--corpus", str(text_dir),
+                            "--smoke", "--budget", "0.005", "--cells", "plain-scaled"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0 and "cell plain-scaled:" in again.stdout  # finished cells are not trained again
+    assert "scratch:gpt2" not in again.stdout
+
+
+def test_the_synthetic_task_copies_back_after_triggers_and_follows_its_chain():
+    from synthetic import TRIGGERS, bigram_copy_sequences
+
+    rows = bigram_copy_sequences(50, 64, seed=1, table_seed=0, successors=3)
+    other = bigram_copy_sequences(50, 64, seed=2, table_seed=0, successors=3)
+    assert rows.min() >= 1 and rows.max() <= 30  # no BOS inside: --bos-windows puts it at position 0
+    after_trigger = np.isin(rows[:, 1:-1], TRIGGERS)
+    assert (rows[:, 2:][after_trigger] == rows[:, :-2][after_trigger]).all()
+    successors = {}
+    for seq in np.concatenate([rows, other]):
+        for a, b, c in zip(seq[:-2], seq[1:-1], seq[2:]):
+            if b not in TRIGGERS:
+                successors.setdefault(b, set()).add(c)
+    assert max(len(s) for s in successors.values()) <= 3  # one transition table for every split
