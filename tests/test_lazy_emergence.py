@@ -48,3 +48,21 @@ def test_the_synthetic_task_copies_back_after_triggers_and_follows_its_chain():
             if b not in TRIGGERS:
                 successors.setdefault(b, set()).add(c)
     assert max(len(s) for s in successors.values()) <= 3  # one transition table for every split
+
+
+def test_positive_control_a_bos_sink_forms_and_the_tracker_sees_it(tmp_path):
+    """The whole chain (--bos-windows, training, --track-attention, states) on the synthetic copy task: the one
+    head parks on BOS between its copies. Measured: by step 250-400 of 500 in three of three seeds, first-token
+    mass 0.92-0.95, about 18 s each on 2 cores."""
+    from synthetic import control_config, make_dataset, sink_formed
+
+    from inheritune.tracker import read_track
+    from inheritune.train import train
+
+    data = make_dataset(tmp_path / "data")
+    summary = train(control_config(data, tmp_path / "run"))
+    records = read_track(tmp_path / "run" / "attention.jsonl")
+    found = sink_formed(records)
+    assert found["formed"] and found["final_max_first_token_mass"] > 0.8, found
+    assert records[0]["layers"][0]["state"] != "lazy"  # it formed during training, not at the start
+    assert found["final_states"] == ["lazy"] and summary["final_val_loss"] < 3.3  # and the copy was learned

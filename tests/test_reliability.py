@@ -202,7 +202,21 @@ def test_a_finished_run_writes_its_report_when_the_val_split_is_short_for_its_an
     assert state["compare_done"]["n"] < 10 ** 6  # capped at what the val split holds, and said
     assert "matched" in report and "Matched" in (tmp_path / "r" / "report.md").read_text() or \
         "Not matched" in (tmp_path / "r" / "report.md").read_text()
-    short = run(_run_config(data, ref, tmp_path / "s", compare_analysis=True, analyze_t=10 ** 7))
+    from transformers import LlamaConfig
+
+    from families import trained_like
+
+    long_context = tmp_path / "ref-long"  # a context longer than the whole val split (1,210 tokens)
+    trained_like(LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=50257, tie_word_embeddings=True,
+                             max_position_embeddings=4096), seed=1).save_pretrained(long_context)
+    shutil.copy2(ref / "tokenizer.json", long_context / "tokenizer.json")
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+        if (ref / name).is_file():
+            shutil.copy2(ref / name, long_context / name)
+    short = run(_run_config(data, long_context, tmp_path / "s", compare_analysis=True, analyze_t=3000))
+    with pytest.raises(UserError, match="analyze_t 3000 is longer than the reference's context"):
+        run(_run_config(data, ref, tmp_path / "refused", analyze_t=3000))
     assert (tmp_path / "s" / "report.md").is_file() and short["rows"]
     skipped = json.loads((tmp_path / "s" / "state.json").read_text())["compare_done"]
     assert "shorter than one sequence" in skipped["skipped"]

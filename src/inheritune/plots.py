@@ -180,25 +180,27 @@ def draw_emergence(records: list[dict], path: Path) -> Path | None:
     rank = np.array([[layer["max_rank"] for layer in r["layers"]] for r in records]).T  # [L, M]
     first = np.array([[layer["first_token_mass"] for layer in r["layers"]] for r in records]).T
     lazy = np.array([[layer["state"] == "lazy" for layer in r["layers"]] for r in records]).T
-    n_layers = rank.shape[0]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.3 * n_layers + 3), sharey=True)
-    extent = [0, len(records), n_layers - 0.5, -0.5]
+    n_layers, n = rank.shape
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.25 * n_layers + 3.2), sharey=True)
+    extent = [0, n, n_layers - 0.5, -0.5]
     shown = axes[0].imshow(rank, aspect="auto", cmap="viridis_r", norm=_log_norm(rank), extent=extent,
                            interpolation="nearest")
-    fig.colorbar(shown, ax=axes[0], label="MaxRank (tau 0.9, log scale; 1 = one column)")
+    fig.colorbar(shown, ax=axes[0], label="MaxRank (log; 1 = one column)")
     shown = axes[1].imshow(first, aspect="auto", cmap="magma", vmin=0.0, vmax=max(0.5, float(first.max())),
                            extent=extent, interpolation="nearest")
-    fig.colorbar(shown, ax=axes[1], label="first-token mass (queries t >= 16)")
+    fig.colorbar(shown, ax=axes[1], label="mass on position 0 (t >= 16)")
+    ticks = sorted({int(i) for i in np.linspace(0, n - 1, min(5, n)).round()})
     for ax, title in zip(axes, ("MaxRank by layer", "Mass on position 0 by layer")):
         ys, xs = np.nonzero(lazy)
         ax.scatter(xs + 0.5, ys, marker="o", s=18, facecolors="none", edgecolors="red", label="lazy")
-        ticks = np.linspace(0, len(records) - 1, min(6, len(records))).round().astype(int)
-        ax.set_xticks(ticks + 0.5)
+        ax.set_xticks([i + 0.5 for i in ticks])
         ax.set_xticklabels([f"{tokens[i] / 1e6:.2g}M" for i in ticks])
+        ax.set_yticks(range(0, n_layers, max(1, n_layers // 12)))
         ax.set_xlabel("tokens seen")
         ax.set_title(title)
     axes[0].set_ylabel("layer")
     if lazy.any():
         axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"Attention during training ({records[-1]['windows']} validation windows of {records[-1]['t']} tokens)")
+    fig.suptitle(f"Attention during training ({records[-1]['windows']} validation windows of {records[-1]['t']} "
+                 "tokens; red circles: lazy)", y=0.99)
     return _save(fig, path)

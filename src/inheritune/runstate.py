@@ -13,6 +13,7 @@ from .distributed import resolve_device
 from .errors import UserError, refuse_output_over_input
 from .models import load_config_of
 from .rundir import read_json
+from .scratch import is_scratch, scratch_config
 from .sources import resolve_model_path
 from .weights import SafetensorsSource
 
@@ -97,9 +98,14 @@ def open_run_dir(config) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     resolve_device(config.train.device)
-    TokenData(config.data)  # a missing or damaged dataset fails before anything is written
+    data = TokenData(config.data)  # a missing or damaged dataset fails before anything is written
     reference_dir = None
-    if not config.reference_from_scratch:
+    if config.reference_from_scratch:
+        if not is_scratch(config.reference_from_scratch):
+            raise UserError(f"reference_from_scratch must be a scratch spec (scratch:...) or a config.json, not "
+                            f"{config.reference_from_scratch!r}")
+        _check_context(config, scratch_config(config.reference_from_scratch, data.vocab_size, config.train.seq_len))
+    else:
         reference_dir, gguf = resolve_model_path(config.reference)
         _check_reference(config, reference_dir, gguf)
     refuse_output_over_input(out, config.data, reference_dir)
@@ -115,7 +121,15 @@ def _check_reference(config, path, gguf) -> None:
     if gguf is None and any((Path(path) / name).is_file() for name in ("model.safetensors",
                                                                        "model.safetensors.index.json")):
         SafetensorsSource(Path(path))  # reads the weights' headers: truncated or garbage weights fail here
+    _check_context(config, model_config)
+
+
+def _check_context(config, model_config) -> None:
+    """The reference must see --seq-len positions (training) and --analyze-t (the analyses of the run)."""
     context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
     if context and config.train.seq_len > context:
         raise UserError(f"seq_len {config.train.seq_len} is longer than the reference's context ({context} "
                         "positions); lower --seq-len")
+    if context and config.analyze_t > context:
+        raise UserError(f"analyze_t {config.analyze_t} is longer than the reference's context ({context} "
+                        "positions); lower --analyze-t")

@@ -279,7 +279,7 @@ def _restore(run, resume_path: Path | None, plan: BatchPlan) -> tuple[int, list[
     """(step, history) of the checkpoint to resume from, with model, optimizer and RNG restored; else a start.
     A checkpoint that records its run's settings (all since 0.3) must agree with this run's."""
     run.train_seconds = 0.0  # time spent in training steps (evaluations and checkpoints included), all sessions
-    run.track_seconds = 0.0  # of which attention tracking, this session
+    run.track_seconds = 0.0  # of which attention tracking, all sessions
     if resume_path is None:
         return 0, []
     state = load_checkpoint(resume_path)
@@ -289,6 +289,7 @@ def _restore(run, resume_path: Path | None, plan: BatchPlan) -> tuple[int, list[
         raise UserError(f"checkpoint {resume_path} is at step {state['step']}, past this run's {plan.max_steps} "
                         "steps: resume with the run's own budget")
     run.train_seconds = float(state.get("train_seconds", 0.0))
+    run.track_seconds = float(state.get("track_seconds", 0.0))
     try:
         D.load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
     except (RuntimeError, KeyError, ValueError) as exc:
@@ -302,7 +303,8 @@ def _checkpoint(run, out: Path, step: int, history: list[dict], config: TrainCon
     if d.main:
         save_checkpoint(out, step, {"model": model_state, "optimizer": optim_state, "step": step, "history": history,
                                     "best_val": rundir.best(history) or math.inf, "rng": torch.get_rng_state(),
-                                    "train_seconds": run.train_seconds, "settings": run.settings},
+                                    "train_seconds": run.train_seconds, "track_seconds": run.track_seconds,
+                                    "settings": run.settings},
                         config.keep_checkpoints)
     D.barrier(d)
 
