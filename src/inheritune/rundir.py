@@ -202,22 +202,28 @@ def abandon_branch(out: Path, paths: list[Path], step: int) -> Path | None:
     return target
 
 
-def truncate_log(path: Path, step: int) -> None:
-    """After a kill, a JSON-lines log (metrics.jsonl, attention.jsonl) holds steps past the checkpoint that the
-    resumed run will redo: drop them, so that every step is logged once. A line cut short by the kill (or
-    otherwise unreadable) is dropped too."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
+def read_log(path: Path) -> list[dict]:
+    """The records of a JSON-lines log, in order; a line cut short by a kill (or otherwise not a JSON object) is
+    skipped."""
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """After a kill, a JSON-lines log (metrics.jsonl, attention.jsonl) holds steps past the checkpoint that the
+    resumed run will redo: drop them, so that every step is logged once (unreadable lines go too)."""
+    if not path.is_file():
+        return
+    kept = [r for r in read_log(path) if isinstance(r.get("step"), int) and r["step"] <= step]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
     tmp.replace(path)
 
 

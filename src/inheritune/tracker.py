@@ -19,6 +19,7 @@ import torch
 from .analyze import AnalyzeConfig, measure, summarize
 from .data import fixed_windows, window_rows
 from .plots import draw_emergence
+from .rundir import read_log
 
 KEYS = ("max_rank", "entropy", "state", "first_token_mass", "max_first_token_mass", "first_token_sink_heads",
         "uniform_rank")
@@ -72,10 +73,4 @@ class AttentionTracker:
 
 def read_track(path: Path) -> list[dict]:
     """The measurements of an attention.jsonl, in order (unreadable lines skipped)."""
-    records = []
-    for line in Path(path).read_text(errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in records if isinstance(r, dict) and "layers" in r]
+    return [r for r in read_log(path) if "layers" in r]
