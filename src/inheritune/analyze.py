@@ -27,6 +27,7 @@ from .evaluate import check_output_dir, check_tokenizer_matches
 from .models import load_model
 from .plots import draw_analysis
 from .progress import progress_bar
+from .selection import ranges
 from .tokenizer import tokenizer_identity
 import torch.nn.functional as F
 
@@ -186,8 +187,10 @@ class _Recorder:
         finals = torch.stack([torch.cat(x) for x in self.last_token])  # [L+1, N, D]
         n_layers = len(self.per_layer)
         span = min(span, n_layers)
-        angular = [float(metrics.angular_distance(finals[l], finals[l + span]).mean())
-                   for l in range(n_layers - span + 1)]
+        # every span n: the distance between the input of block l and the output of block l + n - 1
+        by_span = {str(n): [float(metrics.angular_distance(finals[l], finals[l + n]).mean())
+                            for l in range(n_layers - n + 1)] for n in range(1, n_layers + 1)}
+        angular = by_span[str(span)]
         return {
             "rank_mean": np.stack([r.mean(0).numpy() for r in ranks]),  # [L, H, n_tau]
             "rank_std": np.stack([r.std(0, unbiased=False).numpy() for r in ranks]),
@@ -197,6 +200,7 @@ class _Recorder:
             "first": np.stack([torch.cat(r["first"]).mean(0).numpy() for r in self.per_layer]),  # [L, H]
             "block_influence": self.bi_sum / self.bi_count,
             "angular_distance": np.array(angular),
+            "angular_distance_by_span": by_span,
             "logit_lens": self.lens_sum / max(self.lens_count, 1),
             "lens_tokens": self.lens_count,
             "uniform": [metrics.uniform_reference(int(self.ids.shape[1]), self.config.tau,
@@ -317,25 +321,13 @@ def recommend(layers: list[dict], config: AnalyzeConfig) -> dict:
         k = max(1, n_layers // 2)
         reason = f"no lazy group of {run} consecutive layers; falling back to the paper's L/2 = {k}"
     if uniform:
-        reason += (f". Layers {_ranges(uniform)} ({len(uniform)} of {n_layers}) still attend uniformly (untrained "
+        reason += (f". Layers {ranges(uniform)} ({len(uniform)} of {n_layers}) still attend uniformly (untrained "
                    "averaging, neither lazy nor attentive): "
                    + ("the model's attention has not formed, so this analysis cannot locate its lazy layers"
                       if 2 * len(uniform) >= n_layers else "they are read as neither"))
     return {"k": k, "layers": list(range(k)), "method": "lazy-prefix", "reason": reason,
             "paper_default": n_layers // 2, "logit_lens_k_within_0.5_nats": within,
             "lazy_layers": [l for l, layer in enumerate(layers) if layer["lazy"]], "uniform_layers": uniform}
-
-
-def _ranges(indices: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5'."""
-    parts, begin = [], None
-    for i, value in enumerate(indices):
-        if begin is None:
-            begin = value
-        if i + 1 == len(indices) or indices[i + 1] != value + 1:
-            parts.append(f"{begin}-{value}" if value > begin else f"{value}")
-            begin = None
-    return ", ".join(parts)
 
 
 def attention_summary(result: dict) -> dict:
@@ -376,7 +368,8 @@ def _analyze_one(name: str, model, tokenizer, sequences, config, progress) -> di
             "t": int(sequences.shape[1]),
             "num_heads": len(summary["heads"]) // max(1, len(summary["layers"])),
             "parameters": sum(p.numel() for p in model.parameters()), "seconds": round(time.perf_counter() - started, 2),
-            "lens_tokens": raw["lens_tokens"], "lens_sequences": raw["lens_sequences"], **summary, "_maps": raw["attention_maps"],
+            "lens_tokens": raw["lens_tokens"],
+            "angular_distance_by_span": raw["angular_distance_by_span"], "lens_sequences": raw["lens_sequences"], **summary, "_maps": raw["attention_maps"],
             "_rank_matrix": raw["rank_mean"][..., 0], "_rank_std": raw["rank_std"][..., 0]}
 
 

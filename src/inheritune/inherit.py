@@ -22,6 +22,7 @@ from .cards import child_card, write_card
 from .config import option, to_dict
 from .errors import UserError, refuse_output_over_input, replace_dir
 from .models import parse_dtype
+from .selection import NEEDS_REPORT, parse_select, read_report_model, select_layers
 from .sources import resolve_model_path
 from .weights import open_reference
 
@@ -45,7 +46,12 @@ class InheritConfig:
     out: str = option("", help="output directory of the child (an HF model directory)")
     layers: str = option("", help="'12' = first 12 blocks; '0-7,10,12-13' = those blocks in that order; "
                                   "default: half the reference's blocks (the paper's L/2)")
-    from_report: str = option("", help="take the layers from an 'inheritune analyze' report.json")
+    from_report: str = option("", help="take the layers from an 'inheritune analyze' report.json (its recommended "
+                                       "k, or the blocks --select chooses from its measurements)")
+    select: str = option("", help="METHOD:K, which K blocks to keep: first (Inheritune), bi (highest Block "
+                                  "Influence: ShortGPT), angular (drop the span closest in angle: Gromov et al.), "
+                                  "drop-lazy (drop the lazy blocks, then lowest BI), spread (evenly spaced); all but "
+                                  "first and spread need --from-report")
     init: str = option("inherit", help="inherit | random | stacking | hybrid-stacking | half-width | distil")
     copy: str = option("full", help="what inherited blocks bring: full | authors (fresh positional embeddings and "
                                     "final norm) | attention | mlp | attention-mlp (no norms)")
@@ -61,8 +67,13 @@ class InheritConfig:
             raise UserError(f"unknown init '{self.init}'; choose one of {', '.join(INITS)}")
         if self.copy not in COPY_MODES:
             raise UserError(f"unknown copy mode '{self.copy}'; choose one of {', '.join(COPY_MODES)}")
-        if self.layers and self.from_report:
-            raise UserError("give either --layers or --from-report, not both")
+        if self.layers and (self.from_report or self.select):
+            raise UserError(f"give either --layers or {'--select' if self.select else '--from-report'}, not both")
+        if self.select:
+            method, k = parse_select(self.select)
+            if method in NEEDS_REPORT and not self.from_report:
+                raise UserError(f"--select {self.select} chooses from a measurement: pass the reference's analysis "
+                                "report with --from-report (made by 'inheritune analyze')")
         if self.depth < 0 or (self.depth and self.init != "stacking"):
             raise UserError("--depth is a positive number, and only for --init stacking")
 
@@ -150,13 +161,28 @@ def _check_report_is_about(report: str, reference: str) -> None:
         raise UserError(f"{report} analyses {analysed}, not the reference {reference}; analyse the reference first")
 
 
-def choose_layers(config: InheritConfig, n_layers: int) -> list[int]:
-    """The reference block behind each child block, for every init."""
-    spec = layers_from_report(config.from_report) if config.from_report else (config.layers or str(n_layers // 2))
+def selection_of(config: InheritConfig, n_layers: int) -> dict | None:
+    """What ``--select`` chose (method, k, layers, reason), or None without it."""
+    if not config.select:
+        return None
+    method, k = parse_select(config.select)
+    report = read_report_model(config.from_report) if config.from_report else None
+    return {**select_layers(method, k, n_layers, report), "report": config.from_report or None}
+
+
+def choose_layers(config: InheritConfig, n_layers: int, selection: dict | None = None) -> list[int]:
+    """The reference block behind each child block, for every init (``selection``: what --select chose)."""
+    if selection is not None:
+        spec = list(selection["layers"])
+    elif config.from_report:
+        spec = layers_from_report(config.from_report)
+    else:
+        spec = config.layers or str(n_layers // 2)
     if config.init == "half-width":
         return list(range(n_layers))  # full depth; width is what shrinks
     if config.init == "stacking":  # the model's own blocks on top of themselves: 2x depth (or the first `depth`)
-        base = parse_layers(spec, n_layers) if (config.layers or config.from_report) else list(range(n_layers))
+        chosen = config.layers or config.from_report or selection
+        base = parse_layers(spec, n_layers) if chosen else list(range(n_layers))
         depth = config.depth or 2 * len(base)
         if not len(base) < depth <= 2 * len(base):
             raise UserError(f"stacking {len(base)} blocks gives a depth between {len(base) + 1} and {2 * len(base)}, "
@@ -306,8 +332,11 @@ def inherit(config: InheritConfig) -> Path:
         _check_report_is_about(config.from_report, config.reference)
     ref = open_reference(config.reference, trust_remote_code=config.trust_remote_code)
     adapter_for(ref.config)  # unsupported families fail before any work
-    layers = choose_layers(config, ref.config.num_hidden_layers)
+    selection = selection_of(config, ref.config.num_hidden_layers)
+    layers = choose_layers(config, ref.config.num_hidden_layers, selection)
     child, record = build_child(ref, layers, config.init, config.copy, config.seed, parse_dtype(config.dtype))
+    if selection is not None:
+        record["selection"] = selection
     if ref.generation_config is not None:
         child.generation_config = ref.generation_config
 

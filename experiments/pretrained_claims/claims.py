@@ -1,0 +1,226 @@
+"""The paper's child-versus-child claims on a converged model (SmolLM2-135M), and the layer-selection methods
+of its peers, at one retraining budget. One command regenerates every number of docs/pretrained.md:
+
+    python experiments/pretrained_claims/claims.py                   # about 60 min on 2 cores (see the docs)
+    python experiments/pretrained_claims/claims.py --budget 0.5      # every training budget halved
+    python experiments/pretrained_claims/claims.py --smoke --reference DIR --data DIR   # tiny, for tests
+
+Stages (each child is its own folder with a ``result.json``: rerunning skips what is done and continues a
+child's interrupted training from its checkpoint):
+1. analyze the reference (the selections choose from this report: Block Influence, angular distances, lazy
+   layers);
+2. sweep: the first-K child at three learning rates and two batch sizes (same tokens); the best learning
+   rate and batch train every child below (and set ``make demo-smollm2``'s);
+3. which blocks (K of L): first (Inheritune), bi (ShortGPT), angular (Gromov et al.), drop-lazy, spread, and
+   random init of the same shape;
+4. lazy-layer transfer (PAPER.md section 1): 4-block children from the first four blocks, the middle, the lazy
+   group and its neighbours, the last four, and random init;
+5. sub-module ablation (PAPER.md section 2) on the first four blocks: full block (the transfer child), attention
+   only, MLP only, attention + MLP without norms;
+6. zero-shot: the reference and the best children on the offline BIG-bench tasks;
+7. a second family: ``analyze`` on Gemma-3-270M (fetched here only; --no-gemma skips it).
+Every child is scored before and after training on the same fixed validation windows; deltas against first-K
+(or the first-four child) are paired bootstrap intervals over those windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from collect import collect  # noqa: E402
+
+from inheritune.analyze import AnalyzeConfig, analyze  # noqa: E402
+from inheritune.data import PrepareConfig, TokenData, prepare  # noqa: E402
+from inheritune.evaluate import validation_loss  # noqa: E402
+from inheritune.inherit import InheritConfig, inherit  # noqa: E402
+from inheritune.models import load_model  # noqa: E402
+from inheritune.recipe import TrainConfig  # noqa: E402
+from inheritune.train import train  # noqa: E402
+
+FULL = dict(k=15, tokens=40_960, sweep_tokens=20_480, seq_len=128, batch=8, eval_t=256, eval_windows=48,
+            analyze_n=50, analyze_t=128, lrs=(1e-4, 3e-4, 1e-3), batches=(4, 8), zero_shot_limit=100)
+SMOKE = dict(k=4, tokens=256, sweep_tokens=128, seq_len=32, batch=2, eval_t=32, eval_windows=4,
+             analyze_n=4, analyze_t=32, lrs=(3e-4, 1e-3), batches=(2,), zero_shot_limit=0)
+
+
+def _done(folder: Path) -> dict | None:
+    result = folder / "result.json"
+    return json.loads(result.read_text()) if result.is_file() else None
+
+
+def score(model_dir: Path, data: Path, plan: dict) -> dict:
+    model, _ = load_model(model_dir)
+    result = validation_loss(model, TokenData(data), plan["eval_t"], max_windows=plan["eval_windows"], batch_size=4)
+    return {k: result[k] for k in ("loss", "loss_ci95", "tokens", "window_sums", "window_counts")}
+
+
+def child(name: str, root: Path, reference: str, data: Path, plan: dict, lr: float, batch: int, tokens: int,
+          **inherit_args) -> dict:
+    """Cut, score, train for ``tokens`` and score again one child (resumable)."""
+    folder = root / name
+    if (result := _done(folder)) is not None:
+        return result
+    began = time.perf_counter()
+    model_dir = folder / "inherited"
+    if not (model_dir / "inheritune.json").is_file():
+        inherit(InheritConfig(reference=reference, out=str(model_dir), overwrite=True, seed=plan["seed"],
+                              **inherit_args))
+    record = json.loads((model_dir / "inheritune.json").read_text())
+    before = score(model_dir, data, plan)
+    steps = max(2, tokens // (batch * plan["seq_len"]))
+    run = folder / "train"
+    config = TrainConfig(model=str(model_dir), data=str(data), out=str(run), max_steps=steps, seq_len=plan["seq_len"],
+                         micro_batch_size=batch, lr=lr, eval_interval=0, eval_windows=4, checkpoint_interval=max(1, steps // 2),
+                         keep_checkpoints=1, seed=plan["seed"], progress=False, resume=(run / "run.json").is_file())
+    summary = train(config)
+    if summary["status"] != "finished":
+        sys.exit(f"{name}: training interrupted; run the same command again to continue")
+    after = score(run / "final", data, plan)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    result = {"name": name, "layers": record["layers"], "init": record["init"], "copy": record["copy"],
+              "selection": record.get("selection"), "parameters": record["parameters"], "lr": lr, "batch": batch,
+              "steps": summary["steps"], "tokens": summary["tokens"], "training_flops": summary["training_flops"],
+              "train_seconds": summary["train_seconds"], "tokens_per_s": summary["tokens"] / summary["train_seconds"],
+              "before": before, "after": after, "seconds": round(time.perf_counter() - began, 1),
+              "curve": [[r["step"], r["loss"]] for r in history if "loss" in r and "step" in r]}
+    (folder / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def lazy_neighbourhood(report_model: dict, n_layers: int) -> list[int]:
+    """Four blocks around the first measured lazy layers (the group and its neighbours), or the four before the
+    last four when nothing is lazy."""
+    lazy = [l for l, layer in enumerate(report_model["layers"]) if layer["lazy"]]
+    start = max(0, lazy[0] - 1) if lazy else max(0, n_layers - 8)
+    start = min(start, n_layers - 4)
+    return list(range(start, start + 4))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/pretrained_claims", help="work directory (resumable)")
+    parser.add_argument("--docs", default="docs/pretrained", help="tables, results.json and plots")
+    parser.add_argument("--reference", default="smollm2", help="the converged reference")
+    parser.add_argument("--data", default=None, help="prepared dataset (default: the corpus, SmolLM2 tokenizer)")
+    parser.add_argument("--budget", type=float, default=1.0, help="scales every training budget")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--no-gemma", action="store_true", help="skip the Gemma-3 analysis (a 250 MB fetch)")
+    parser.add_argument("--smoke", action="store_true", help="tiny budgets, no zero-shot, no Gemma (for tests)")
+    args = parser.parse_args()
+    plan = {**(SMOKE if args.smoke else FULL), "seed": args.seed}
+    for key in ("tokens", "sweep_tokens"):
+        plan[key] = int(plan[key] * args.budget)
+    root, docs = Path(args.out), Path(args.docs)
+    root.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        timings[stage] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+        print(f"[{stage} done: {timings[stage]:.0f} s]", flush=True)
+
+    data = Path(args.data) if args.data else root / "data-smollm2"
+    if not args.data:
+        from inheritune.assets import fetch
+
+        corpus = fetch(["corpus"], verbose=False)["corpus"]
+        prepare(PrepareConfig(input=[str(corpus)], out=str(data), tokenizer="smollm2"), progress=False)
+    report_path = root / "analysis" / "report.json"
+    if not report_path.is_file():
+        analyze(AnalyzeConfig(model=args.reference, data=str(data), n=plan["analyze_n"], t=plan["analyze_t"],
+                              out=str(root / "analysis"), overwrite=True), progress=False)
+    report = json.loads(report_path.read_text())
+    n_layers, k = report["models"][0]["num_layers"], plan["k"]
+    lap("analysis")
+    ref_score = _done(root / "reference") or _reference_score(args.reference, data, plan, root / "reference")
+    lap("reference")
+
+    run = dict(root=root, reference=args.reference, data=data, plan=plan)
+    sweep = {}
+    for lr in plan["lrs"]:
+        for batch in plan["batches"]:
+            sweep[(lr, batch)] = child(f"sweep/lr{lr:g}-b{batch}", lr=lr, batch=batch, tokens=plan["sweep_tokens"],
+                                       layers=str(k), **run)
+    lr, batch = min(sweep, key=lambda key: sweep[key]["after"]["loss"])
+    lap("sweep")
+    which = {m: child(f"which/{m}", lr=lr, batch=batch, tokens=plan["tokens"], select=f"{m}:{k}",
+                      from_report=str(report_path), **run) for m in ("first", "bi", "angular", "drop-lazy", "spread")}
+    which["random"] = child("which/random", lr=lr, batch=batch, tokens=plan["tokens"], init="random", layers=str(k), **run)
+    lap("which")
+    lazy4 = lazy_neighbourhood(report["models"][0], n_layers)
+    middle = (n_layers - 4) // 2
+    spans = {"first": "0-3", "middle": f"{middle}-{middle + 3}", "lazy": f"{lazy4[0]}-{lazy4[-1]}",
+             "last": f"{n_layers - 4}-{n_layers - 1}"}
+    transfer = {name: child(f"transfer/{name}", lr=lr, batch=batch, tokens=plan["tokens"], layers=span, **run)
+                for name, span in spans.items()}
+    transfer["random"] = child("transfer/random", lr=lr, batch=batch, tokens=plan["tokens"], init="random",
+                               layers="4", **run)
+    lap("transfer")
+    ablation = {"full": transfer["first"]}
+    for mode in ("attention", "mlp", "attention-mlp"):
+        ablation[mode] = child(f"ablation/{mode}", lr=lr, batch=batch, tokens=plan["tokens"], layers="0-3",
+                               copy=mode, **run)
+    lap("ablation")
+    zero_shot = {} if args.smoke else _zero_shot(root, args.reference, which, plan)
+    lap("zero-shot")
+    gemma = None if (args.smoke or args.no_gemma) else _gemma(root, plan)
+    lap("gemma")
+    collect(docs, dict(plan=plan, reference=args.reference, report=report, ref_score=ref_score, sweep=sweep,
+                       chosen={"lr": lr, "batch": batch}, which=which, transfer=transfer, ablation=ablation,
+                       zero_shot=zero_shot, gemma=gemma, timings=timings, spans=spans))
+
+
+def _reference_score(reference: str, data: Path, plan: dict, folder: Path) -> dict:
+    model, _ = load_model(reference)
+    result = validation_loss(model, TokenData(data), plan["eval_t"], max_windows=plan["eval_windows"], batch_size=4)
+    result = {k: result[k] for k in ("loss", "loss_ci95", "tokens", "window_sums", "window_counts")}
+    result["parameters"] = sum(p.numel() for p in model.parameters())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def _zero_shot(root: Path, reference: str, which: dict, plan: dict) -> dict:
+    """The reference, the first-K child and the best other child on the offline BIG-bench tasks."""
+    from inheritune.zeroshot import BIGBENCH_DEFAULT, zero_shot
+
+    best = min((m for m in which if m != "first"), key=lambda m: which[m]["after"]["loss"])
+    models = {"reference": reference, "first": str(root / "which" / "first" / "train" / "final"),
+              best: str(root / "which" / best / "train" / "final")}
+    results = {}
+    for name, path in models.items():
+        target = root / "zero-shot" / f"{name}.json"
+        if not target.is_file():
+            model, tokenizer = load_model(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(zero_shot(model, tokenizer, list(BIGBENCH_DEFAULT), batch_size=8,
+                                                   limit=plan["zero_shot_limit"])))
+        results[name] = json.loads(target.read_text())
+    return results
+
+
+def _gemma(root: Path, plan: dict) -> dict | None:
+    from inheritune.assets import fetch
+
+    gguf = fetch(["gemma3-gguf"], verbose=True)["gemma3-gguf"]
+    gemma_data = root / "data-gemma3"
+    prepare(PrepareConfig(input=[str(fetch(["corpus"], verbose=False)["corpus"])], out=str(gemma_data),
+                          tokenizer=str(gguf)), progress=False)
+    report = root / "analysis-gemma3" / "report.json"
+    if not report.is_file():
+        analyze(AnalyzeConfig(model=str(gguf), data=str(gemma_data), n=plan["analyze_n"], t=plan["analyze_t"],
+                              out=str(report.parent), overwrite=True), progress=False)
+    return json.loads(report.read_text())
+
+
+if __name__ == "__main__":
+    main()

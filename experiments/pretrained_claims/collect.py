@@ -1,0 +1,157 @@
+"""Tables, plots and the claim-by-claim lines of experiments/pretrained_claims (written into --docs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from inheritune.evaluate import paired_delta  # noqa: E402
+
+BOOTSTRAP = 2000
+
+
+def _paired(a: dict, b: dict) -> dict:
+    return paired_delta(a, b, BOOTSTRAP, seed=0)
+
+
+def _ci(d: dict) -> str:
+    return f"{d['delta']:+.4f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+
+def _blocks(layers: list[int]) -> str:
+    from inheritune.selection import ranges
+
+    return ranges(sorted(layers)) if sorted(layers) == layers else ",".join(map(str, layers))
+
+
+def group_table(rows: dict, baseline: str, ref: dict) -> tuple[str, dict]:
+    """One row per child: blocks, params, loss before/after with CIs, paired delta vs the group's baseline."""
+    lines = ["| child | blocks | params | val loss before | val loss after [95% CI] | Δ vs " + baseline +
+             " after [paired 95% CI] | Δ vs reference after [paired 95% CI] | tokens | train FLOPs | train s |",
+             "|" + "---|" * 10]
+    deltas = {}
+    for name, r in rows.items():
+        after, before = r["after"], r["before"]
+        delta = _paired(after, rows[baseline]["after"]) if name != baseline else None
+        deltas[name] = delta
+        lines.append(f"| {name} | {_blocks(r['layers']) if r['init'] != 'random' else 'random init'} | "
+                     f"{r['parameters'] / 1e6:.1f}M | {before['loss']:.3f} | {after['loss']:.4f} "
+                     f"[{after['loss_ci95'][0]:.3f}, {after['loss_ci95'][1]:.3f}] | {_ci(delta) if delta else '-'} | "
+                     f"{_ci(_paired(after, ref))} | {r['tokens']:,} | {r['training_flops']:.2e} | "
+                     f"{r['train_seconds']:.0f} |")
+    return "\n".join(lines), deltas
+
+
+def verdict(delta: dict | None, better: str, worse: str, tie: str) -> str:
+    if delta is None:
+        return "could not tell"
+    low, high = delta["ci95"]
+    return better if high < 0 else worse if low > 0 else tie
+
+
+def draw_curves(groups: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], groups.items()):
+        for name, r in rows.items():
+            steps = [s for s, _ in r["curve"]]
+            losses = [l for _, l in r["curve"]]
+            width = max(1, len(losses) // 10)  # running mean over a tenth of the run
+            smooth = [sum(losses[max(0, i - width + 1):i + 1]) / len(losses[max(0, i - width + 1):i + 1])
+                      for i in range(len(losses))]
+            ax.plot(steps, smooth, label=f"{name} ({r['after']['loss']:.2f})")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (running mean)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_depth_profile(reports: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, model in reports.items():
+        layers = model["layers"]
+        n = len(layers)
+        ax.plot([(l + 0.5) / n for l in range(n)], [x["max_rank"] for x in layers], marker="o", label=name)
+        lazy = [l for l, x in enumerate(layers) if x["lazy"]]
+        ax.scatter([(l + 0.5) / n for l in lazy], [layers[l]["max_rank"] for l in lazy], s=90, facecolors="none",
+                   edgecolors="red")
+    ax.set_yscale("log")
+    ax.set_xlabel("relative depth (layer + 0.5) / L")
+    ax.set_ylabel("MaxRank (tau 0.9), log scale")
+    ax.set_title("Attention rank by relative depth (red circles: lazy layers)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def collect(docs: Path, r: dict) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    ref = r["ref_score"]
+    which_table, which_d = group_table(r["which"], "first", ref)
+    transfer_table, transfer_d = group_table(r["transfer"], "first", ref)
+    ablation_table, ablation_d = group_table(r["ablation"], "full", ref)
+    sweep_lines = ["| lr | batch (x seq) | steps | tokens | val loss after [95% CI] |", "|---|---|---|---|---|"]
+    for (lr, batch), s in sorted(r["sweep"].items()):
+        sweep_lines.append(f"| {lr:g} | {batch} x {r['plan']['seq_len']} | {s['steps']} | {s['tokens']:,} | "
+                           f"{s['after']['loss']:.4f} [{s['after']['loss_ci95'][0]:.3f}, "
+                           f"{s['after']['loss_ci95'][1]:.3f}] |")
+    which_lines = [f"- **{m}** vs first-K: " + verdict(which_d[m], "better than first-K", "worse than first-K",
+                                                        "no difference the windows can resolve") + f" ({_ci(which_d[m])})"
+                   for m in r["which"] if m != "first"]
+    transfer_lines = [f"- **{m}** vs the first four: " + verdict(transfer_d[m], "transfers better", "transfers less",
+                                                                 "no resolvable difference") + f" ({_ci(transfer_d[m])})"
+                      for m in r["transfer"] if m != "first"]
+    ablation_lines = [f"- **{m}** vs the full block: " + verdict(ablation_d[m], "better", "worse",
+                                                                 "no resolvable difference") + f" ({_ci(ablation_d[m])})"
+                      for m in r["ablation"] if m != "full"]
+    groups = {"which blocks (K of L)": r["which"], "lazy-layer transfer (4 blocks)": r["transfer"],
+              "sub-module ablation (blocks 0-3)": r["ablation"]}
+    draw_curves(groups, docs / "curves.png")
+    profiles = {f"{r['reference']} ({r['report']['models'][0]['num_layers']} layers)": r["report"]["models"][0]}
+    if r.get("gemma"):
+        profiles[f"Gemma-3-270M ({r['gemma']['models'][0]['num_layers']} layers)"] = r["gemma"]["models"][0]
+    draw_depth_profile(profiles, docs / "maxrank_by_depth.png")
+    zero_lines = []
+    if r["zero_shot"]:
+        tasks = [t for t in next(iter(r["zero_shot"].values())) if t != "average"]
+        zero_lines = ["| model | " + " | ".join(tasks) + " | average |", "|" + "---|" * (len(tasks) + 2)]
+        for name, res in r["zero_shot"].items():
+            cells = [f"{res[t]['acc']:.3f} ± {1.96 * (res[t].get('acc_stderr') or 0):.3f} (n={res[t].get('n')})"
+                     for t in tasks]
+            zero_lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['average']['acc']:.3f} |")
+    selections = {m: x["selection"] for m, x in r["which"].items() if x.get("selection")}
+    text = "\n".join([
+        f"Reference `{r['reference']}`: val loss {ref['loss']:.4f} [{ref['loss_ci95'][0]:.3f}, {ref['loss_ci95'][1]:.3f}]"
+        f" on {len(ref['window_sums'])} windows of {r['plan']['eval_t']} tokens ({ref['tokens']:,} scored tokens).",
+        "", f"## Sweep (first-{r['plan']['k']} child; chosen: lr {r['chosen']['lr']:g}, batch {r['chosen']['batch']})",
+        "", *sweep_lines, "", f"## Which blocks ({r['plan']['k']} of {r['report']['models'][0]['num_layers']})", "",
+        which_table, "", *which_lines, "", "Selections:", "",
+        *[f"- {m}: {_blocks(s['layers'])} — {s['reason']}" for m, s in selections.items()], "",
+        f"## Lazy-layer transfer (4 blocks; spans {r['spans']})", "", transfer_table, "", *transfer_lines, "",
+        "## Sub-module ablation (blocks 0-3)", "", ablation_table, "", *ablation_lines, "",
+        *(["## Zero-shot (BIG-bench, accuracy ± 1.96 stderr)", "", *zero_lines, ""] if zero_lines else []),
+        f"Stage times (s): {r['timings']}"])
+    (docs / "tables.md").write_text(text + "\n")
+    light = {k: v for k, v in r.items() if k not in ("report", "gemma")}
+    light["sweep"] = {f"lr{lr:g}-b{b}": v for (lr, b), v in r["sweep"].items()}
+    light["gemma_layers"] = r["gemma"]["models"][0]["layers"] if r.get("gemma") else None
+    light["reference_layers"] = r["report"]["models"][0]["layers"]
+    (docs / "results.json").write_text(json.dumps(_strip(light), indent=1))
+    print(text, flush=True)
+
+
+def _strip(value):
+    """The results without per-window sums and curves (they stay in the run folder)."""
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in ("window_sums", "window_counts", "curve")}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value

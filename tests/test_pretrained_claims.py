@@ -1,0 +1,40 @@
+"""Smoke run of experiments/pretrained_claims at a tiny budget on a tiny 8-layer Llama (no SmolLM2, no Gemma)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import tiny_llama
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "pretrained_claims" / "claims.py"
+
+
+def test_the_experiment_runs_every_group_and_reruns_to_the_same_numbers(tmp_path, dataset, gpt2_tokenizer):
+    reference = tmp_path / "ref"
+    tiny_llama(layers=8).save_pretrained(reference)
+    gpt2_tokenizer.save_pretrained(reference)
+    command = [sys.executable, str(SCRIPT), "--smoke", "--reference", str(reference), "--data", str(dataset),
+               "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs")]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    results = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert set(results["which"]) == {"first", "bi", "angular", "drop-lazy", "spread", "random"}
+    assert results["which"]["first"]["layers"] == [0, 1, 2, 3]
+    assert results["which"]["spread"]["layers"] == [0, 2, 5, 7]
+    assert results["transfer"]["last"]["layers"] == [4, 5, 6, 7] and results["transfer"]["random"]["init"] == "random"
+    assert {results["ablation"][m]["copy"] for m in ("attention", "mlp", "attention-mlp")} == \
+        {"attention", "mlp", "attention-mlp"}
+    for group in ("which", "transfer", "ablation"):
+        for row in results[group].values():  # every child trained the same budget with the chosen recipe
+            assert row["tokens"] == results["which"]["first"]["tokens"] > 0
+            assert (row["lr"], row["batch"]) == (results["chosen"]["lr"], results["chosen"]["batch"])
+    for name in ("tables.md", "curves.png", "maxrank_by_depth.png"):
+        assert (tmp_path / "docs" / name).stat().st_size > 0
+    first = (tmp_path / "docs" / "tables.md").read_text()
+    # a rerun finds every child done; a fresh seeded run gives the same numbers
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    assert (tmp_path / "docs" / "tables.md").read_text().split("Stage times")[0] == first.split("Stage times")[0]
+    fresh = [*command[:-4], "--out", str(tmp_path / "out2"), "--docs", str(tmp_path / "docs2")]
+    subprocess.run(fresh, check=True, capture_output=True, text=True)
+    again = json.loads((tmp_path / "docs2" / "results.json").read_text())
+    assert again["which"]["bi"]["after"]["loss"] == results["which"]["bi"]["after"]["loss"]

@@ -1,0 +1,106 @@
+"""Layer selection (inherit --from-report --select METHOD:K) on a tiny GPT-2 whose blocks are built so that each
+method has exactly one right answer."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from inheritune.analyze import AnalyzeConfig, analyze
+from inheritune.cli import main as cli_main
+from inheritune.errors import UserError
+from inheritune.inherit import InheritConfig, inherit
+from inheritune.selection import parse_select, select_layers
+
+IDENTITY = (2, 3, 4)  # blocks that leave the stream unchanged: Block Influence 0, and span 2-4 has angle 0
+QUIET = 5             # a block whose output is scaled down: the smallest influence of the working blocks
+LAZY = 6              # every head attends to position 0 only (rank-1 attention), with a large output
+
+
+def _constructed_gpt2():
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=8, n_embd=32, n_head=4, vocab_size=50257, n_positions=64, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        model.transformer.wpe.weight[0].zero_()
+        model.transformer.wpe.weight[0, 0] = 30.0  # position 0 stands out along dimension 0
+        for l, block in enumerate(model.transformer.h):
+            if l in IDENTITY:
+                for proj in (block.attn.c_proj, block.mlp.c_proj):
+                    proj.weight.zero_()
+                    proj.bias.zero_()
+            elif l == QUIET:
+                block.attn.c_proj.weight.mul_(0.05)
+                block.mlp.c_proj.weight.mul_(0.05)
+            elif l == LAZY:
+                block.attn.c_attn.weight[:, :64].zero_()  # queries constant, keys read dimension 0
+                block.attn.c_attn.bias[:64].zero_()
+                for head in range(4):
+                    block.attn.c_attn.bias[head * 8] = 40.0
+                    block.attn.c_attn.weight[0, 32 + head * 8] = 1.0
+                block.attn.c_proj.weight.mul_(20.0)
+                block.mlp.c_proj.weight.mul_(20.0)
+    return model
+
+
+@pytest.fixture
+def analysed(tmp_path, dataset, gpt2_tokenizer):
+    model = _constructed_gpt2()
+    reference = tmp_path / "ref"
+    model.save_pretrained(reference)
+    gpt2_tokenizer.save_pretrained(reference)
+    analyze(AnalyzeConfig(model=str(reference), data=str(dataset), n=6, t=48, out=str(tmp_path / "analysis")),
+            progress=False)
+    report = tmp_path / "analysis" / "report.json"
+    layers = json.loads(report.read_text())["models"][0]["layers"]
+    bi = [layer["block_influence"] for layer in layers]
+    # the construction did what it says: zero influence, then the quiet block, then the rest; one lazy block
+    assert max(bi[l] for l in IDENTITY) < 1e-6 < bi[QUIET] < min(bi[l] for l in (0, 1, LAZY, 7))
+    assert [l for l, layer in enumerate(layers) if layer["lazy"]] == [LAZY]
+    return reference, report
+
+
+@pytest.mark.parametrize("select, expected", [
+    ("first:4", [0, 1, 2, 3]),
+    ("bi:4", [0, 1, LAZY, 7]),            # ShortGPT keeps the lazy block: its influence is high
+    ("angular:5", [0, 1, 5, 6, 7]),       # the 3-block span with the smallest angle is the identity span 2-4
+    ("drop-lazy:4", [0, 1, QUIET, 7]),    # the lazy block goes first, then the three of zero influence
+    ("drop-lazy:7", [0, 1, 2, 3, 4, 5, 7]),
+    ("spread:4", [0, 2, 5, 7]),
+])
+def test_each_method_keeps_the_blocks_it_should(analysed, tmp_path, select, expected):
+    reference, report = analysed
+    child = inherit(InheritConfig(reference=str(reference), from_report=str(report), select=select,
+                                  out=str(tmp_path / "child")))
+    record = json.loads((child / "inheritune.json").read_text())
+    assert record["layers"] == expected
+    assert record["selection"]["method"] == select.split(":")[0] and record["selection"]["layers"] == expected
+    assert record["selection"]["reason"] in (child / "README.md").read_text()
+
+
+def test_first_and_spread_need_no_report_and_the_rest_refuse_without_one(tmp_path, tiny_model_dir):
+    child = inherit(InheritConfig(reference=str(tiny_model_dir), select="first:1", out=str(tmp_path / "a")))
+    assert json.loads((child / "inheritune.json").read_text())["layers"] == [0]
+    assert select_layers("spread", 3, 30)["layers"] == [0, 14, 29]
+    assert select_layers("spread", 1, 30)["layers"] == [0]
+    with pytest.raises(UserError, match="--from-report"):
+        InheritConfig(reference=str(tiny_model_dir), select="bi:1", out=str(tmp_path / "b"))
+    for bad in ("bi", "bi:0", "best:3", "bi:x", "first:-1"):
+        with pytest.raises(UserError, match="METHOD:K|K must be"):
+            parse_select(bad)
+    with pytest.raises(UserError, match="not both"):
+        InheritConfig(reference=str(tiny_model_dir), select="first:1", layers="1")
+    with pytest.raises(UserError, match="cannot keep 3 blocks"):
+        select_layers("first", 3, 2)
+
+
+def test_select_errors_are_one_line_from_the_cli(tmp_path, tiny_model_dir, capsys):
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"recommendation": {"k": 1}}))  # no per-layer table
+    code = cli_main(["inherit", str(tiny_model_dir), "--from-report", str(report), "--select", "bi:1",
+                     "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "per-layer table" in err[0]
+    assert not (tmp_path / "c").exists()
