@@ -204,6 +204,12 @@ def main() -> None:
               f"({time.perf_counter() - began:.0f} s)", flush=True)
         results.append(result)
         shutil.copy2(root / name / "emergence.png", docs / f"emergence-{name}.png")
+    # the docs hold every cell measured so far: a run of some cells replaces only theirs
+    known = docs / "results.json"
+    if known.exists() and not args.smoke:
+        earlier = {r["cell"]: r for r in json.loads(known.read_text()) if r.get("cell") in CELLS}
+        earlier.update({r["cell"]: r for r in results})
+        results = [earlier[c] for c in CELLS if c in earlier]
     (docs / "results.json").write_text(json.dumps(results, indent=2))
     (docs / "table.md").write_text(table(results) + "\n")
     print(table(results), flush=True)

@@ -46,6 +46,8 @@ from inheritune.train import train  # noqa: E402
 
 FULL = dict(k=15, tokens=40_960, sweep_tokens=20_480, seq_len=128, batch=8, eval_t=256, eval_windows=48,
             analyze_n=50, analyze_t=128, lrs=(1e-4, 3e-4, 1e-3), batches=(4, 8), zero_shot_limit=100)
+# make demo's short version: the lr and batch the full run's sweep chose (docs/pretrained.md), four methods
+SHORT = dict(lr=3e-4, batch=8, tokens=20_480, methods=("first", "bi", "angular"))
 SMOKE = dict(k=4, tokens=256, sweep_tokens=128, seq_len=32, batch=2, eval_t=32, eval_windows=4,
              analyze_n=4, analyze_t=32, lrs=(3e-4, 1e-3), batches=(2,), zero_shot_limit=0)
 
@@ -113,8 +115,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--no-gemma", action="store_true", help="skip the Gemma-3 analysis (a 250 MB fetch)")
     parser.add_argument("--smoke", action="store_true", help="tiny budgets, no zero-shot, no Gemma (for tests)")
+    parser.add_argument("--short", action="store_true", help="make demo's version: which blocks only (first, bi, "
+                        "angular, random) at the recorded lr and batch, no sweep, transfer, ablation, zero-shot, Gemma")
+    parser.add_argument("--lr", type=float, default=None, help="skip the sweep: train every child at this lr")
+    parser.add_argument("--batch", type=int, default=None, help="with --lr: windows per step")
     args = parser.parse_args()
     plan = {**(SMOKE if args.smoke else FULL), "seed": args.seed}
+    if args.short:
+        args.lr = args.lr or SHORT["lr"]
+        args.batch = args.batch or SHORT["batch"]
+        plan["tokens"] = SHORT["tokens"]
+    methods = SHORT["methods"] if args.short else ("first", "bi", "angular", "drop-lazy", "spread")
     for key in ("tokens", "sweep_tokens"):
         plan[key] = int(plan[key] * args.budget)
     root, docs = Path(args.out), Path(args.docs)
@@ -146,16 +157,23 @@ def main() -> None:
 
     run = dict(root=root, reference=args.reference, data=data, plan=plan)
     sweep = {}
-    for lr in plan["lrs"]:
-        for batch in plan["batches"]:
-            sweep[(lr, batch)] = child(f"sweep/lr{lr:g}-b{batch}", lr=lr, batch=batch, tokens=plan["sweep_tokens"],
-                                       layers=str(k), **run)
-    lr, batch = min(sweep, key=lambda key: sweep[key]["after"]["loss"])
+    if args.lr is None:
+        for lr in plan["lrs"]:
+            for batch in plan["batches"]:
+                sweep[(lr, batch)] = child(f"sweep/lr{lr:g}-b{batch}", lr=lr, batch=batch,
+                                           tokens=plan["sweep_tokens"], layers=str(k), **run)
+        lr, batch = min(sweep, key=lambda key: sweep[key]["after"]["loss"])
+    else:
+        lr, batch = args.lr, args.batch or plan["batch"]
     lap("sweep")
     which = {m: child(f"which/{m}", lr=lr, batch=batch, tokens=plan["tokens"], select=f"{m}:{k}",
-                      from_report=str(report_path), **run) for m in ("first", "bi", "angular", "drop-lazy", "spread")}
+                      from_report=str(report_path), **run) for m in methods}
     which["random"] = child("which/random", lr=lr, batch=batch, tokens=plan["tokens"], init="random", layers=str(k), **run)
     lap("which")
+    if args.short:
+        collect(docs, dict(plan=plan, reference=args.reference, report=report, ref_score=ref_score, sweep=sweep,
+                           chosen={"lr": lr, "batch": batch}, which=which, timings=timings))
+        return
     lazy4 = lazy_neighbourhood(report["models"][0], n_layers)
     middle = (n_layers - 4) // 2
     spans = {"first": "0-3", "middle": f"{middle}-{middle + 3}", "lazy": f"{lazy4[0]}-{lazy4[-1]}",

@@ -96,8 +96,9 @@ def collect(docs: Path, r: dict) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     ref = r["ref_score"]
     which_table, which_d = group_table(r["which"], "first", ref)
-    transfer_table, transfer_d = group_table(r["transfer"], "first", ref)
-    ablation_table, ablation_d = group_table(r["ablation"], "full", ref)
+    short = "transfer" not in r
+    transfer_table, transfer_d = group_table(r["transfer"], "first", ref) if not short else ("", {})
+    ablation_table, ablation_d = group_table(r["ablation"], "full", ref) if not short else ("", {})
     sweep_lines = ["| lr | batch (x seq) | steps | tokens | val loss after [95% CI] |", "|---|---|---|---|---|"]
     for (lr, batch), s in sorted(r["sweep"].items()):
         sweep_lines.append(f"| {lr:g} | {batch} x {r['plan']['seq_len']} | {s['steps']} | {s['tokens']:,} | "
@@ -106,21 +107,22 @@ def collect(docs: Path, r: dict) -> None:
     which_lines = [f"- **{m}** vs first-K: " + verdict(which_d[m], "better than first-K", "worse than first-K",
                                                         "no difference the windows can resolve") + f" ({_ci(which_d[m])})"
                    for m in r["which"] if m != "first"]
-    transfer_lines = [f"- **{m}** vs the first four: " + verdict(transfer_d[m], "transfers better", "transfers less",
+    transfer_lines = [] if short else [f"- **{m}** vs the first four: " + verdict(transfer_d[m], "transfers better", "transfers less",
                                                                  "no resolvable difference") + f" ({_ci(transfer_d[m])})"
                       for m in r["transfer"] if m != "first"]
-    ablation_lines = [f"- **{m}** vs the full block: " + verdict(ablation_d[m], "better", "worse",
+    ablation_lines = [] if short else [f"- **{m}** vs the full block: " + verdict(ablation_d[m], "better", "worse",
                                                                  "no resolvable difference") + f" ({_ci(ablation_d[m])})"
                       for m in r["ablation"] if m != "full"]
-    groups = {"which blocks (K of L)": r["which"], "lazy-layer transfer (4 blocks)": r["transfer"],
-              "sub-module ablation (blocks 0-3)": r["ablation"]}
+    groups = {"which blocks (K of L)": r["which"]}
+    if not short:
+        groups.update({"lazy-layer transfer (4 blocks)": r["transfer"], "sub-module ablation (blocks 0-3)": r["ablation"]})
     draw_curves(groups, docs / "curves.png")
     profiles = {f"{r['reference']} ({r['report']['models'][0]['num_layers']} layers)": r["report"]["models"][0]}
     if r.get("gemma"):
         profiles[f"Gemma-3-270M ({r['gemma']['models'][0]['num_layers']} layers)"] = r["gemma"]["models"][0]
     draw_depth_profile(profiles, docs / "maxrank_by_depth.png")
     zero_lines = []
-    if r["zero_shot"]:
+    if r.get("zero_shot"):
         tasks = [t for t in next(iter(r["zero_shot"].values())) if t != "average"]
         zero_lines = ["| model | " + " | ".join(tasks) + " | average |", "|" + "---|" * (len(tasks) + 2)]
         for name, res in r["zero_shot"].items():
@@ -132,11 +134,12 @@ def collect(docs: Path, r: dict) -> None:
         f"Reference `{r['reference']}`: val loss {ref['loss']:.4f} [{ref['loss_ci95'][0]:.3f}, {ref['loss_ci95'][1]:.3f}]"
         f" on {len(ref['window_sums'])} windows of {r['plan']['eval_t']} tokens ({ref['tokens']:,} scored tokens).",
         "", f"## Sweep (first-{r['plan']['k']} child; chosen: lr {r['chosen']['lr']:g}, batch {r['chosen']['batch']})",
-        "", *sweep_lines, "", f"## Which blocks ({r['plan']['k']} of {r['report']['models'][0]['num_layers']})", "",
+        "", *(sweep_lines if r["sweep"] else ["(no sweep: the lr and batch were given)"]), "", f"## Which blocks ({r['plan']['k']} of {r['report']['models'][0]['num_layers']})", "",
         which_table, "", *which_lines, "", "Selections:", "",
         *[f"- {m}: {_blocks(s['layers'])} — {s['reason']}" for m, s in selections.items()], "",
-        f"## Lazy-layer transfer (4 blocks; spans {r['spans']})", "", transfer_table, "", *transfer_lines, "",
-        "## Sub-module ablation (blocks 0-3)", "", ablation_table, "", *ablation_lines, "",
+        *([] if short else [f"## Lazy-layer transfer (4 blocks; spans {r['spans']})", "", transfer_table, "",
+                            *transfer_lines, "", "## Sub-module ablation (blocks 0-3)", "", ablation_table, "",
+                            *ablation_lines, ""]),
         *(["## Zero-shot (BIG-bench, accuracy ± 1.96 stderr)", "", *zero_lines, ""] if zero_lines else []),
         f"Stage times (s): {r['timings']}"])
     (docs / "tables.md").write_text(text + "\n")
