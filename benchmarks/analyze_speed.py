@@ -27,11 +27,12 @@ import time
 import numpy as np
 import torch
 
-from inheritune import metrics
-from inheritune.analyze import AnalyzeConfig, analyze, load_tokens, sample_sequences
-from inheritune.assets import asset_path
-from inheritune.data import PrepareConfig, prepare
-from inheritune.models import load_model
+from inheritune.analysis import metrics
+from inheritune.analysis.attention import AnalyzeConfig, load_tokens, sample_sequences
+from inheritune.analyze import analyze
+from inheritune.assets.catalog import asset_path
+from inheritune.data.dataset import PrepareConfig, prepare
+from inheritune.models.loading import load_model
 
 
 def energy_rank_loop(attn: torch.Tensor, tau: float = 0.9) -> torch.Tensor:

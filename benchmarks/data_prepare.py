@@ -16,9 +16,9 @@ import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-from inheritune.assets import asset_path  # noqa: E402
-from inheritune.data import PrepareConfig, input_files, prepare, read_documents  # noqa: E402
-from inheritune.tokenizer import load_tokenizer  # noqa: E402
+from inheritune.assets.catalog import asset_path
+from inheritune.data.dataset import PrepareConfig, input_files, prepare, read_documents
+from inheritune.data.tokenizer import load_tokenizer
 
 
 def main() -> None:

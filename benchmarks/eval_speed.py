@@ -18,10 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from inheritune.assets import asset_path  # noqa: E402
-from inheritune.data import PrepareConfig, TokenData, fixed_windows, prepare  # noqa: E402
-from inheritune.evaluate import validation_loss  # noqa: E402
-from inheritune.models import load_model  # noqa: E402
+from inheritune.analysis.scoring import validation_loss
+from inheritune.assets.catalog import asset_path
+from inheritune.data.dataset import PrepareConfig, TokenData, fixed_windows, prepare
+from inheritune.models.loading import load_model
 
 
 def plain_loop(model, tokens, starts, seq_len) -> float:
@@ -66,7 +66,8 @@ def main() -> None:
               f"{n / median:7.0f} tokens/s  loss {losses[name]:.4f}")
     print(f"  ratio {statistics.median(times['plain']) / statistics.median(times['ours']):.2f}x (target >= 1.0x)")
     if not args.no_tasks:
-        from inheritune.zeroshot import BIGBENCH_DEFAULT, zero_shot
+        from inheritune.analysis.zeroshot import zero_shot
+        from inheritune.assets.bigbench import BIGBENCH_DEFAULT
 
         started = time.perf_counter()
         result = zero_shot(model, tokenizer, list(BIGBENCH_DEFAULT), batch_size=32, limit=args.task_limit or None)

@@ -74,7 +74,7 @@ def main() -> None:
         if reference is None:
             from transformers import AutoModelForCausalLM
 
-            from inheritune.assets import asset_path
+            from inheritune.assets.catalog import asset_path
 
             reference = f"{tmp}/smollm2-sharded"
             AutoModelForCausalLM.from_pretrained(asset_path("smollm2")).save_pretrained(

@@ -14,9 +14,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from inheritune.data import PrepareConfig, prepare
-from inheritune.recipe import TrainConfig
+from inheritune.data.dataset import PrepareConfig, prepare
 from inheritune.train import train
+from inheritune.training.recipe import TrainConfig
 
 SHAPE = "scratch:gpt2:layers=16,hidden=64,heads=2,scale_attn_by_inverse_layer_idx=false"
 
@@ -30,7 +30,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="track-overhead-"))
     data = args.data
     if data is None:
-        from inheritune.assets import fetch
+        from inheritune.assets.catalog import fetch
 
         corpus = str(fetch(["corpus"], verbose=False)["corpus"])
         data = str(prepare(PrepareConfig(input=[corpus], out=str(work / "data"), train_tokenizer=2048), progress=False))

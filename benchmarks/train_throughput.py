@@ -26,11 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from inheritune.assets import asset_path  # noqa: E402
-from inheritune.data import PrepareConfig, RandomWindows, TokenData, prepare  # noqa: E402
-from inheritune.inherit import InheritConfig, inherit  # noqa: E402
-from inheritune.optim import _MEASURED, flops_per_token, measure_matmul_flops  # noqa: E402
-from inheritune.train import TrainConfig, train  # noqa: E402
+from inheritune.assets.catalog import asset_path
+from inheritune.data.dataset import PrepareConfig, RandomWindows, TokenData, prepare
+from inheritune.inherit import InheritConfig, inherit
+from inheritune.train import TrainConfig, train
+from inheritune.training.optim import _MEASURED, flops_per_token, measure_matmul_flops
 
 
 def ours(child, data, out, args, chunked=True, compile="off") -> float:

@@ -14,14 +14,14 @@ import torch
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer_dir():
-    from inheritune.assets import asset_path
+    from inheritune.assets.catalog import asset_path
 
     return asset_path("gpt2-tokenizer")
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(gpt2_tokenizer_dir):
-    from inheritune.tokenizer import load_tokenizer
+    from inheritune.data.tokenizer import load_tokenizer
 
     return load_tokenizer(gpt2_tokenizer_dir)
 
@@ -60,7 +60,7 @@ def text_dir(tmp_path):
 @pytest.fixture
 def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
     """The twenty documents prepared with the GPT-2 tokenizer (20% of them for validation)."""
-    from inheritune.data import PrepareConfig, prepare
+    from inheritune.data.dataset import PrepareConfig, prepare
 
     return prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir),
                                  val_fraction=0.2), progress=False)

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from families import family_configs, trained_like
-from inheritune import metrics
-from inheritune.analyze import AnalyzeConfig, analyze, measure, sample_sequences
-from inheritune.errors import UserError
+
+from inheritune.analysis import metrics
+from inheritune.analysis.attention import AnalyzeConfig, measure, sample_sequences
+from inheritune.analyze import analyze
 from inheritune.inherit import InheritConfig, build_child, inherit
+from inheritune.utils.errors import UserError
 
 
 def svd_energy_rank(attn: torch.Tensor, tau: float) -> torch.Tensor:
@@ -160,7 +161,7 @@ def test_sequences_are_seeded_and_bad_input_is_refused(tmp_path, tiny_model_dir)
 
 
 def test_recommendation_is_the_prefix_before_the_first_lazy_group():
-    from inheritune.analyze import recommend
+    from inheritune.analysis.attention import recommend
 
     def layers(ranks):
         return [{"max_rank": r, "lazy": r <= 1.25, "logit_lens_loss": 10.0 - i} for i, r in enumerate(ranks)]
@@ -206,7 +207,7 @@ def _blind(model, scale=0.0):
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 def test_a_model_with_uniform_attention_is_uniform_not_lazy(family):
-    from inheritune.analyze import recommend, summarize
+    from inheritune.analysis.attention import recommend, summarize
 
     model = _blind(trained_like(family_configs()[family], seed=2))
     sequences = torch.randint(0, 128, (6, 16), generator=torch.Generator().manual_seed(0))

@@ -3,8 +3,9 @@ import shutil
 
 import pytest
 
-from inheritune import assets, registry
-from inheritune.errors import UserError
+from inheritune.assets import catalog as assets
+from inheritune.assets import registry
+from inheritune.utils.errors import UserError
 
 
 def test_second_fetch_does_nothing(monkeypatch):

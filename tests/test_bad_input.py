@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inheritune.cli import main
-from inheritune.data import PrepareConfig, prepare
+from inheritune.data.dataset import PrepareConfig, prepare
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ import copy
 
 import pytest
 import torch
-
 from families import family_configs, trained_like
-from inheritune.architectures import adapter_for
-from inheritune.chunked import final_hidden, head_loss, supports
-from inheritune.optim import cross_entropy, distillation_loss
+
+from inheritune.models.architectures import adapter_for
+from inheritune.models.chunked import final_hidden, head_loss, supports
+from inheritune.training.optim import cross_entropy, distillation_loss
 
 
 def _grads(model):
@@ -94,8 +94,8 @@ def test_training_loss_with_a_project_out_family_equals_the_plain_path(dtype, to
     gradient entry on every gradient entry (fp32: 1e-5 and 1e-4)."""
     from transformers import OPTConfig
 
-    from inheritune.recipe import TrainConfig
     from inheritune.train import _chunked_loss, _plain_loss
+    from inheritune.training.recipe import TrainConfig
 
     opt = OPTConfig(hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                     vocab_size=128, max_position_embeddings=64, dropout=0.0)

@@ -3,8 +3,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from inheritune.config import add_config_arguments, from_dict, load_config, option
-from inheritune.errors import UserError
+from inheritune.utils.config import add_config_arguments, from_dict, load_config, option
+from inheritune.utils.errors import UserError
 
 
 @dataclass

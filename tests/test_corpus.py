@@ -1,4 +1,4 @@
-from inheritune.corpus import austen_documents, brown_document, detokenize
+from inheritune.assets.corpus import austen_documents, brown_document, detokenize
 
 
 def test_detokenize_attaches_punctuation_and_quotes():

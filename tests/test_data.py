@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from inheritune.data import (PrepareConfig, RandomWindows, SequentialWindows, TokenData, fixed_windows, prepare,
-                             read_documents, input_files)
-from inheritune.errors import UserError
+from inheritune.data.dataset import (
+    PrepareConfig,
+    RandomWindows,
+    SequentialWindows,
+    TokenData,
+    fixed_windows,
+    input_files,
+    prepare,
+    read_documents,
+)
+from inheritune.utils.errors import UserError
 
 
 def _prepare(inputs, out, tokenizer, **kwargs):
@@ -116,7 +124,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path, text_dir, gpt2_tokenizer_dir):
 
 def test_interrupted_prepare_leaves_nothing_that_looks_finished(text_dir, tmp_path, gpt2_tokenizer_dir,
                                                                 monkeypatch):
-    import inheritune.data as data_module
+    import inheritune.data.dataset as data_module
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
@@ -131,8 +139,8 @@ def test_sigterm_during_prepare_removes_its_staging_folder(text_dir, tmp_path, g
     import os
     import signal
 
-    import inheritune.data as data_module
-    from inheritune.errors import Interrupted
+    import inheritune.data.dataset as data_module
+    from inheritune.utils.errors import Interrupted
 
     real = data_module._batches
 

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from inheritune.data import PrepareConfig, TokenData, fixed_windows, prepare
-from inheritune.errors import UserError
-from inheritune.evaluate import EvalConfig, check_tokenizer_matches, evaluate, summarize, validation_loss
 from conftest import tiny_llama
+
+from inheritune.analysis.scoring import check_tokenizer_matches, summarize, validation_loss
+from inheritune.data.dataset import PrepareConfig, TokenData, fixed_windows, prepare
+from inheritune.evaluate import EvalConfig, evaluate
+from inheritune.utils.errors import UserError
 
 
 @pytest.fixture
@@ -67,8 +68,9 @@ def test_evaluate_command_and_tokenizer_mismatch(dataset, tiny_model_dir, tmp_pa
     assert results[0]["loss"] == results[1]["loss"] and (tmp_path / "ev" / "results.json").is_file()
     assert results[1]["paired_vs_first"]["ci95"] == [0.0, 0.0]  # the same model: a paired delta of exactly 0
     assert "+0.0000 [+0.000, +0.000]" in capsys.readouterr().out
-    from inheritune.bpe import gpt2_tokenizer_from_tiktoken
     import base64
+
+    from inheritune.assets.tiktoken import gpt2_tokenizer_from_tiktoken
 
     other = gpt2_tokenizer_from_tiktoken(b"\n".join(base64.b64encode(bytes([b])) + b" " + str(b).encode()
                                                     for b in range(256)))
@@ -87,7 +89,7 @@ def test_train_and_evaluate_report_the_same_validation_loss(dataset, tmp_path):
                                 out=str(tmp_path / "run"), max_steps=3, seq_len=32, micro_batch_size=4, eval_windows=6,
                                 progress=False, device="cpu"))
     model_dir = tmp_path / "run" / "final"
-    from inheritune.models import load_model
+    from inheritune.models.loading import load_model
 
     model, _ = load_model(model_dir)
     result = validation_loss(model, dataset, seq_len=32, max_windows=6)
@@ -97,7 +99,8 @@ def test_train_and_evaluate_report_the_same_validation_loss(dataset, tmp_path):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3_text", "gpt_neox", "opt", "phi3"])
 def test_chunked_token_losses_equal_the_full_logits_path(family):
     from families import family_configs, trained_like
-    from inheritune.evaluate import token_losses
+
+    from inheritune.analysis.scoring import token_losses
 
     model = trained_like(family_configs()[family])
     if family == "gemma3_text":
@@ -112,7 +115,7 @@ def test_chunked_token_losses_equal_the_full_logits_path(family):
 
 
 def test_paired_interval_sees_a_consistent_gap_that_separate_intervals_miss():
-    from inheritune.evaluate import paired_delta
+    from inheritune.analysis.scoring import paired_delta
 
     rng = np.random.default_rng(0)
     difficulty = rng.uniform(2.0, 6.0, size=40)  # windows differ a lot; model b is 0.05 nats better on every one

@@ -1,4 +1,5 @@
-"""The package's layering: no module-level import cycle, and every module imports on its own."""
+"""The package's layering: verbs at the top, subpackages by concern beneath them, each importing only the ones
+below it; no module-level import cycle; ``__init__`` files define nothing; every module imports on its own."""
 
 import ast
 import subprocess
@@ -6,21 +7,43 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "inheritune"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__main__")
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "inheritune"
+# lowest first: a module may import its own subpackage and those listed before it, never a verb
+LAYERS = ("utils", "assets", "data", "models", "analysis", "training")
+VERBS = ("cli", "analyze", "inherit", "train", "evaluate", "run")
+
+
+def dotted(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {dotted(p): p for p in sorted(PACKAGE.rglob("*.py")) if p.stem != "__main__"}
+
+
+def imported_modules(node: ast.AST) -> set[str]:
+    """The package modules (or packages) an import statement names."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name.split(".")[0] == "inheritune"}
+    if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith("inheritune"):
+        return set()
+    found = set()
+    for alias in node.names:
+        child = f"{node.module}.{alias.name}"
+        found.add(child if child in MODULES else node.module)
+    return found
 
 
 def module_imports(name: str) -> set[str]:
     """Package modules imported at module level (top-level statements only) by ``name``."""
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-    found = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:
-                found.update(alias.name for alias in node.names if alias.name in MODULES)
-    return found - {"__init__"}
+    tree = ast.parse(MODULES[name].read_text())
+    return set().union(*(imported_modules(node) for node in tree.body)) - {"inheritune", name}
+
+
+def layer_of(name: str) -> str:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "inheritune"
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -44,6 +67,33 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_the_tree_is_verbs_over_subpackages():
+    top = {n.split(".")[1] for n in MODULES if n.count(".") == 1}
+    assert top == set(VERBS) | set(LAYERS), sorted(top)
+    for verb in VERBS:
+        assert MODULES[f"inheritune.{verb}"].name == f"{verb}.py"
+    for layer in LAYERS:
+        assert MODULES[f"inheritune.{layer}"].name == "__init__.py"
+
+
+def test_subpackages_import_only_layers_below_them_and_never_a_verb():
+    for name in MODULES:
+        layer = layer_of(name)
+        if layer not in LAYERS:
+            continue
+        allowed = set(LAYERS[:LAYERS.index(layer) + 1])
+        for target in module_imports(name):
+            assert layer_of(target) in allowed, f"{name} imports {target} (a {layer} module may import only " \
+                                                f"{', '.join(sorted(allowed))})"
+
+
+def test_the_layer_check_sees_a_violation(tmp_path):
+    tree = ast.parse("from inheritune.train import train\nfrom inheritune.utils.errors import UserError\n")
+    found = set().union(*(imported_modules(node) for node in tree.body))
+    assert found == {"inheritune.train", "inheritune.utils.errors"}
+    assert layer_of("inheritune.train") not in LAYERS
+
+
 def test_no_module_level_import_cycle():
     graph = {name: module_imports(name) for name in MODULES}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
@@ -54,21 +104,31 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_init_files_hand_names_on_and_define_nothing():
+    for name, path in MODULES.items():
+        if path.name != "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), f"{path} needs a docstring saying what lives there and what it may import"
+        for node in tree.body[1:]:
+            version = isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__version__"]
+            assert isinstance(node, (ast.Import, ast.ImportFrom)) or (name == "inheritune" and version), \
+                f"{path}:{node.lineno} defines something"
+
+
 def test_no_package_import_hides_in_a_function():
-    """Relative imports sit at the top of each module; only heavy optional packages may be imported late."""
-    for name in MODULES:
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    """Package imports sit at the top of each module; only heavy optional packages may be imported late."""
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
         top = set(map(id, tree.body))
-        late = [node.lineno for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in top]
-        assert not late, f"{name}.py imports package modules inside functions at lines {late}"
+        late = [node.lineno for node in ast.walk(tree) if imported_modules(node) and id(node) not in top]
+        assert not late, f"{name} imports package modules inside functions at lines {late}"
 
 
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     def load(name):
-        return name, subprocess.run([sys.executable, "-c", f"import inheritune.{name}"], capture_output=True,
-                                    text=True)
+        return name, subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         for name, result in pool.map(load, MODULES):
-            assert result.returncode == 0, f"inheritune.{name}: {result.stderr[-500:]}"
+            assert result.returncode == 0, f"{name}: {result.stderr[-500:]}"

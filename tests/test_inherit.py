@@ -2,12 +2,12 @@ import json
 
 import pytest
 import torch
+from families import family_configs, trained_like
 from transformers import AutoModelForCausalLM
 
-from families import family_configs, trained_like
-from inheritune.architectures import adapter_for
-from inheritune.errors import UserError
 from inheritune.inherit import InheritConfig, build_child, inherit, parse_layers
+from inheritune.models.architectures import adapter_for
+from inheritune.utils.errors import UserError
 
 FAMILIES = family_configs()
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from inheritune.assets import asset_path
-from inheritune.data import PrepareConfig, TokenData, prepare
-from inheritune.evaluate import validation_loss
-from inheritune.models import load_model
+from inheritune.analysis.scoring import validation_loss
+from inheritune.assets.catalog import asset_path
+from inheritune.data.dataset import PrepareConfig, TokenData, prepare
+from inheritune.models.loading import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,8 @@ def test_smollm2_first_k_child_equals_early_exit(smollm2, tmp_path):
 
 
 def test_smollm2_lazy_layers(tmp_path):
-    from inheritune.analyze import AnalyzeConfig, analyze
+    from inheritune.analysis.attention import AnalyzeConfig
+    from inheritune.analyze import analyze
 
     data = tmp_path / "austen.txt"
     lines = asset_path("corpus").read_text().splitlines()
@@ -103,7 +104,7 @@ def test_smollm2_lazy_layers(tmp_path):
 
 
 def test_smollm2_general_knowledge_above_chance(smollm2):
-    from inheritune.zeroshot import zero_shot
+    from inheritune.analysis.zeroshot import zero_shot
 
     model, tokenizer = smollm2
     result = zero_shot(model, tokenizer, ["general_knowledge"], batch_size=16)

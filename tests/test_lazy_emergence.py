@@ -56,7 +56,7 @@ def test_positive_control_a_bos_sink_forms_and_the_tracker_sees_it(tmp_path):
     mass 0.92-0.95, about 18 s each on 2 cores."""
     from synthetic import control_config, make_dataset, sink_formed
 
-    from inheritune.tracker import read_track
+    from inheritune.analysis.tracker import read_track
     from inheritune.train import train
 
     data = make_dataset(tmp_path / "data")

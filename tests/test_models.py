@@ -1,10 +1,10 @@
 import pytest
 import torch
-
-from inheritune.errors import UserError
-from inheritune.models import load_model
-from inheritune.sources import resolve_model_path
 from conftest import tiny_llama
+
+from inheritune.assets.sources import resolve_model_path
+from inheritune.models.loading import load_model
+from inheritune.utils.errors import UserError
 
 
 def test_load_hf_directory_gives_the_saved_model(tiny_model_dir):
@@ -46,7 +46,7 @@ def test_unreachable_hub_fails_at_once(monkeypatch):
     import socket
     import time
 
-    from inheritune import sources
+    from inheritune.assets import sources
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(sources, "_HUB_REACHABLE", {})

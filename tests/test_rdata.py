@@ -4,7 +4,7 @@ import gzip
 import struct
 import zlib
 
-from inheritune.rdata import read_lazyload, unserialize
+from inheritune.assets.rdata import read_lazyload, unserialize
 
 
 def _int(v):

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from inheritune.analysis.verdict import reference_check, warning_text
 from inheritune.cli import main
-from inheritune.config import from_dict, load_config
-from inheritune.data import PrepareConfig, prepare
-from inheritune.errors import UserError
-from inheritune.recipe import TrainConfig
+from inheritune.data.dataset import PrepareConfig, prepare
 from inheritune.run import RunConfig, run
 from inheritune.train import train
-from inheritune.verdict import reference_check, warning_text
+from inheritune.training.recipe import TrainConfig
+from inheritune.utils.config import from_dict, load_config
+from inheritune.utils.errors import UserError
 
 TINY = "scratch:llama:layers=2,hidden=32,heads=4,kv_heads=2,ffn=64"
 
@@ -174,9 +174,8 @@ def test_a_verdict_whose_reference_could_not_be_checked_says_so():
 # ----------------------------------------------------------------------------------------------------- run
 @pytest.fixture
 def setup(tmp_path, text_dir, gpt2_tokenizer):
-    from transformers import LlamaConfig
-
     from families import trained_like
+    from transformers import LlamaConfig
 
     data = prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer="gpt2",
                                  val_fraction=0.2), progress=False)
@@ -202,9 +201,8 @@ def test_a_finished_run_writes_its_report_when_the_val_split_is_short_for_its_an
     assert state["compare_done"]["n"] < 10 ** 6  # capped at what the val split holds, and said
     assert "matched" in report and "Matched" in (tmp_path / "r" / "report.md").read_text() or \
         "Not matched" in (tmp_path / "r" / "report.md").read_text()
-    from transformers import LlamaConfig
-
     from families import trained_like
+    from transformers import LlamaConfig
 
     long_context = tmp_path / "ref-long"  # a context longer than the whole val split (1,210 tokens)
     trained_like(LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=4,

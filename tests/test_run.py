@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from families import trained_like
 from safetensors.torch import load_file
 
-from families import trained_like
-from inheritune.data import PrepareConfig, prepare
-from inheritune.errors import UserError
-from inheritune.config import from_dict
+from inheritune.data.dataset import PrepareConfig, prepare
 from inheritune.run import RunConfig, run
+from inheritune.utils.config import from_dict
+from inheritune.utils.errors import UserError
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_resumed_run_skips_finished_rounds_and_gives_the_same_report(setup, tmp_
 
 
 def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_path, monkeypatch):
-    from inheritune.errors import Interrupted
+    from inheritune.utils.errors import Interrupted
 
     data, ref = setup
     whole = run(_config(data, ref, tmp_path / "whole", max_rounds=1, steps=60, baselines=[]))
@@ -88,7 +88,7 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
     with pytest.raises(Interrupted, match="same 'inheritune run' command"):
         run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=[]))
     watcher.join()
-    from inheritune.checkpoint import checkpoints
+    from inheritune.training.checkpoint import checkpoints
 
     before = torch.load(checkpoints(metrics.parent)[-1], weights_only=True)["train_seconds"]
     assert before > 0  # the interrupted session's training time is kept with its checkpoint
@@ -109,7 +109,7 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
 
 def test_every_baseline_runs_at_the_childs_depth_on_the_same_windows(setup, tmp_path, monkeypatch):
     import inheritune.run as run_module
-    from inheritune.data import RandomWindows
+    from inheritune.data.dataset import RandomWindows
 
     data, ref = setup
     reads, stage = {}, []  # the training batches each stage actually read (global batch index of each micro-batch)
@@ -166,8 +166,9 @@ def test_bad_run_input_fails_before_training(setup, tmp_path):
         from_dict(RunConfig, {"max_round": 3})
     other = tmp_path / "other-tok"
     shutil.copytree(ref, other)
-    from inheritune.bpe import gpt2_tokenizer_from_tiktoken
     import base64
+
+    from inheritune.assets.tiktoken import gpt2_tokenizer_from_tiktoken
 
     gpt2_tokenizer_from_tiktoken(b"\n".join(base64.b64encode(bytes([b])) + b" " + str(b).encode()
                                             for b in range(256))).save_pretrained(other)
@@ -190,7 +191,7 @@ def test_grow_continue_keeps_the_trained_child_and_appends_reference_layers(setu
 
 
 def test_zero_shot_column_when_tasks_are_asked(setup, tmp_path):
-    from inheritune.zeroshot import write_task
+    from inheritune.assets.bigbench import write_task
 
     data, ref = setup
     items = [{"query": "Q: Is fire hot?\nA: ", "choices": ["yes", "no"], "gold": 0}] * 3

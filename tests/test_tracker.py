@@ -6,13 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from inheritune.analyze import AnalyzeConfig, measure, summarize
-from inheritune.data import RandomWindows, TokenData, window_rows
-from inheritune.metrics import first_query_of
-from inheritune.optim import lr_at
-from inheritune.recipe import TrainConfig
-from inheritune.tracker import measure_attention, read_track, tracking_rows
+from inheritune.analysis.attention import AnalyzeConfig, measure, summarize
+from inheritune.analysis.metrics import first_query_of
+from inheritune.analysis.tracker import measure_attention, read_track, tracking_rows
+from inheritune.data.dataset import RandomWindows, TokenData, window_rows
 from inheritune.train import train
+from inheritune.training.optim import lr_at
+from inheritune.training.recipe import TrainConfig
 
 T = 48
 

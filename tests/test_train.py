@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inheritune.errors import UserError
-from inheritune.optim import distillation_loss, lr_at, param_groups
 from inheritune.train import TrainConfig, train
+from inheritune.training.optim import distillation_loss, lr_at, param_groups
+from inheritune.utils.errors import UserError
 
 TINY = "scratch:llama:layers=2,hidden=32,heads=4,kv_heads=2,ffn=64"
 
@@ -190,7 +190,7 @@ def test_distillation_loss_by_hand():
 def test_kd_first_step_loss_is_ce_plus_kl_against_another_teacher(dataset, tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from inheritune.data import RandomWindows, TokenData
+    from inheritune.data.dataset import RandomWindows, TokenData
 
     teacher_dir = tmp_path / "teacher"  # a teacher that is not the student: the KL term is far from 0
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inheritune.verdict import loss_slope, reference_check, t975, warning_text
+from inheritune.analysis.verdict import loss_slope, reference_check, t975, warning_text
 
 
 def _history(losses, every=10):
@@ -36,7 +36,7 @@ def test_reference_check_warns_on_uniform_attention_and_on_a_falling_loss():
 
 
 def test_a_check_that_could_not_be_made_is_said_and_does_not_fail():
-    from inheritune.report import _passed
+    from inheritune.analysis.report import _passed
 
     check = reference_check({"skipped": "the val split is shorter than one sequence of 100 tokens"}, None, 0.01)
     assert check["meaningful"] is None and check["attention"]["formed"] is None  # "could not check", not "passed"

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from inheritune.errors import UserError
+from inheritune.analysis.zeroshot import resolve_tasks, zero_shot
+from inheritune.assets.bigbench import convert_bigbench, write_task
 from inheritune.evaluate import EvalConfig, evaluate
-from inheritune.zeroshot import convert_bigbench, resolve_tasks, write_task, zero_shot
+from inheritune.utils.errors import UserError
 
 BIGBENCH_TASK = {
     "name": "tiny_animals",
@@ -28,7 +29,7 @@ def test_bigbench_converter_builds_bigbench_prompts(tmp_path):
 
 
 def test_a_local_task_runs_through_lm_eval_offline(tmp_path, tiny_model_dir):
-    from inheritune.models import load_model
+    from inheritune.models.loading import load_model
 
     items = convert_bigbench(BIGBENCH_TASK, "tiny_animals") * 3
     config = write_task("tiny_animals_test", items, tmp_path / "tasks")
@@ -41,7 +42,7 @@ def test_a_local_task_runs_through_lm_eval_offline(tmp_path, tiny_model_dir):
 
 
 def test_bad_tasks_fail_in_one_line(tmp_path, tiny_model_dir):
-    from inheritune.models import load_model
+    from inheritune.models.loading import load_model
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("task: [unclosed\n")
@@ -55,7 +56,7 @@ def test_bad_tasks_fail_in_one_line(tmp_path, tiny_model_dir):
 
 
 def test_evaluate_side_by_side_with_tasks(tmp_path, tiny_model_dir, text_dir, gpt2_tokenizer_dir):
-    from inheritune.data import PrepareConfig, prepare
+    from inheritune.data.dataset import PrepareConfig, prepare
 
     data = prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir)),
                    progress=False)

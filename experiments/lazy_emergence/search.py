@@ -28,11 +28,11 @@ import threading
 import time
 from pathlib import Path
 
-from inheritune.data import PrepareConfig, prepare
-from inheritune.recipe import TrainConfig
-from inheritune.tracker import read_track
+from inheritune.analysis.tracker import read_track
+from inheritune.analysis.verdict import loss_slope
+from inheritune.data.dataset import PrepareConfig, prepare
 from inheritune.train import train
-from inheritune.verdict import loss_slope
+from inheritune.training.recipe import TrainConfig
 
 # Every cell: GPT-2 style (pre-LN, GELU, tied), T = 256, 16 x 256 tokens a step, AdamW (0.9, 0.95), clip 1.0,
 # warmup 2%, wsd schedule (constant, then linear decay over the last 20%), a 2,048-token BPE trained on the
@@ -186,7 +186,7 @@ def main() -> None:
     docs.mkdir(parents=True, exist_ok=True)
     corpus = args.corpus
     if corpus is None:
-        from inheritune.assets import fetch
+        from inheritune.assets.catalog import fetch
 
         corpus = str(fetch(["corpus"], verbose=False)["corpus"])
     steps = max(2, round(STEPS * args.budget))

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inheritune.data import write_token_dataset
-from inheritune.recipe import TrainConfig
-from inheritune.tracker import read_track
+from inheritune.analysis.tracker import read_track
+from inheritune.data.dataset import write_token_dataset
 from inheritune.train import train
+from inheritune.training.recipe import TrainConfig
 
 BOS = 0
 CHARS = 30          # tokens 1..30 follow the bigram chain

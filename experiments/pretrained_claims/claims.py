@@ -36,13 +36,14 @@ sys.path.insert(0, str(HERE))
 
 from collect import collect  # noqa: E402
 
-from inheritune.analyze import AnalyzeConfig, analyze  # noqa: E402
-from inheritune.data import PrepareConfig, TokenData, prepare  # noqa: E402
-from inheritune.evaluate import validation_loss  # noqa: E402
-from inheritune.inherit import InheritConfig, inherit  # noqa: E402
-from inheritune.models import load_model  # noqa: E402
-from inheritune.recipe import TrainConfig  # noqa: E402
-from inheritune.train import train  # noqa: E402
+from inheritune.analysis.attention import AnalyzeConfig
+from inheritune.analysis.scoring import validation_loss
+from inheritune.analyze import analyze
+from inheritune.data.dataset import PrepareConfig, TokenData, prepare
+from inheritune.inherit import InheritConfig, inherit
+from inheritune.models.loading import load_model
+from inheritune.train import train
+from inheritune.training.recipe import TrainConfig
 
 FULL = dict(k=15, tokens=40_960, sweep_tokens=20_480, seq_len=128, batch=8, eval_t=256, eval_windows=48,
             analyze_n=50, analyze_t=128, lrs=(1e-4, 3e-4, 1e-3), batches=(4, 8), zero_shot_limit=100)
@@ -141,7 +142,7 @@ def main() -> None:
 
     data = Path(args.data) if args.data else root / "data-smollm2"
     if not args.data:
-        from inheritune.assets import fetch
+        from inheritune.assets.catalog import fetch
 
         corpus = fetch(["corpus"], verbose=False)["corpus"]
         prepare(PrepareConfig(input=[str(corpus)], out=str(data), tokenizer="smollm2"), progress=False)
@@ -209,7 +210,8 @@ def _reference_score(reference: str, data: Path, plan: dict, folder: Path) -> di
 
 def _zero_shot(root: Path, reference: str, which: dict, plan: dict) -> dict:
     """The reference, the first-K child and the best other child on the offline BIG-bench tasks."""
-    from inheritune.zeroshot import BIGBENCH_DEFAULT, zero_shot
+    from inheritune.analysis.zeroshot import zero_shot
+    from inheritune.assets.bigbench import BIGBENCH_DEFAULT
 
     best = min((m for m in which if m != "first"), key=lambda m: which[m]["after"]["loss"])
     models = {"reference": reference, "first": str(root / "which" / "first" / "train" / "final"),
@@ -227,7 +229,7 @@ def _zero_shot(root: Path, reference: str, which: dict, plan: dict) -> dict:
 
 
 def _gemma(root: Path, plan: dict) -> dict | None:
-    from inheritune.assets import fetch
+    from inheritune.assets.catalog import fetch
 
     gguf = fetch(["gemma3-gguf"], verbose=True)["gemma3-gguf"]
     gemma_data = root / "data-gemma3"

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from inheritune.evaluate import paired_delta  # noqa: E402
+from inheritune.analysis.scoring import paired_delta
 
 BOOTSTRAP = 2000
 
@@ -24,7 +24,7 @@ def _ci(d: dict) -> str:
 
 
 def _blocks(layers: list[int]) -> str:
-    from inheritune.selection import ranges
+    from inheritune.analysis.selection import ranges
 
     return ranges(sorted(layers)) if sorted(layers) == layers else ",".join(map(str, layers))
 

@@ -44,7 +44,7 @@ def inheritune(*args: str, log: Path) -> None:
 def corpus_path(given: str | None) -> str:
     if given:
         return given
-    from inheritune.assets import fetch
+    from inheritune.assets.catalog import fetch
 
     return str(fetch(["corpus"], verbose=False)["corpus"])
 

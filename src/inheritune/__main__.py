@@ -1,3 +1,3 @@
-from .cli import entry
+from inheritune.cli import entry
 
 entry()

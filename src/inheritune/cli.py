@@ -7,16 +7,18 @@ import argparse
 import os
 import sys
 
-from . import __version__, assets
-from .analyze import AnalyzeConfig, analyze
-from .config import add_config_arguments, load_config
-from .data import PrepareConfig, prepare
-from .errors import Interrupted, UserError
-from .evaluate import EvalConfig, evaluate
-from .gguf_convert import convert_gguf
-from .inherit import InheritConfig, inherit
-from .run import RunConfig, run
-from .train import TrainConfig, train
+from inheritune import __version__
+from inheritune.analysis.attention import AnalyzeConfig
+from inheritune.analyze import analyze
+from inheritune.assets import catalog as assets
+from inheritune.assets.gguf import convert_gguf
+from inheritune.data.dataset import PrepareConfig, prepare
+from inheritune.evaluate import EvalConfig, evaluate
+from inheritune.inherit import InheritConfig, inherit
+from inheritune.run import RunConfig, run
+from inheritune.train import TrainConfig, train
+from inheritune.utils.config import add_config_arguments, load_config
+from inheritune.utils.errors import Interrupted, UserError
 
 DESCRIPTION = """\
 inheritune makes small language models out of large ones (the Inheritune recipe): diagnose the lazy

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .architectures import Adapter, adapter_for
-from .cards import child_card, write_card
-from .config import option, to_dict
-from .errors import UserError, refuse_output_over_input, replace_dir
-from .models import parse_dtype
-from .selection import NEEDS_REPORT, parse_select, read_report_model, select_layers
-from .sources import resolve_model_path
-from .weights import open_reference
-
+from inheritune import __version__
+from inheritune.analysis.selection import NEEDS_REPORT, parse_select, read_report_model, select_layers
+from inheritune.assets.sources import resolve_model_path
+from inheritune.models.architectures import Adapter, adapter_for
+from inheritune.models.loading import parse_dtype
+from inheritune.models.weights import open_reference
+from inheritune.utils.cards import child_card, write_card
+from inheritune.utils.config import option, to_dict
+from inheritune.utils.errors import UserError, refuse_output_over_input, replace_dir
 
 # Which parts of each block, and which parts outside the blocks, each copy mode inherits.
 COPY_MODES = {

@@ -14,23 +14,24 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from .analyze import AnalyzeConfig, analyze, attention_summary
-from .checkpoint import checkpoints
-from .config import option, to_dict
-from .data import TokenData
-from .distributed import launch_torchrun, resolve_device
-from .errors import Interrupted, UserError, reading
-from .evaluate import check_tokenizer_matches, inference_cost, validation_loss
-from .inherit import InheritConfig, inherit
-from .models import load_config_of, load_model
-from .report import write_report
-from .runstate import State, open_run_dir
-from .sources import resolve_model_path
-from .recipe import TrainConfig, TrainRecipe
-from .train import train
-from .verdict import reference_attention, reference_check
-from .zeroshot import zero_shot
-
+from inheritune.analysis.attention import AnalyzeConfig, attention_summary
+from inheritune.analysis.report import write_report
+from inheritune.analysis.scoring import check_tokenizer_matches, validation_loss
+from inheritune.analysis.verdict import reference_check
+from inheritune.analysis.zeroshot import zero_shot
+from inheritune.analyze import analyze
+from inheritune.assets.sources import resolve_model_path
+from inheritune.data.dataset import TokenData
+from inheritune.evaluate import inference_cost
+from inheritune.inherit import InheritConfig, inherit
+from inheritune.models.loading import load_config_of, load_model, resolve_device
+from inheritune.train import train
+from inheritune.training.checkpoint import checkpoints
+from inheritune.training.distributed import launch_torchrun
+from inheritune.training.recipe import TrainConfig, TrainRecipe
+from inheritune.training.runstate import State, open_run_dir
+from inheritune.utils.config import option, to_dict
+from inheritune.utils.errors import Interrupted, UserError, reading
 
 BASELINES = ("random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd")
 
@@ -365,3 +366,21 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
     measured = _measure(config, name, trained["model_dir"], state, f"baseline/{name}/eval")
     return {**total, "eval": measured, "layers": measured["layers"],
             "uses_reference": name in ("kd", "hybrid-stacking", "half-width")}
+
+
+def reference_attention(reference: str, data: str, out: str, n: int, t: int, device: str, progress: bool) -> dict:
+    """The reference's attention state from an analysis of it alone, on at most ``n`` sequences of ``t`` tokens
+    of the val split (fewer when the split is short: the check is a safeguard, not the user's analysis);
+    ``{"skipped": why}`` when no analysis is possible, so that a finished run never fails on its check."""
+    available = len(TokenData(data).split("val")) // t
+    if available < 1:
+        return {"skipped": f"the val split is shorter than one sequence of {t} tokens"}
+    if n > available:
+        print(f"reference check: analysing {available} sequences of {t} tokens (the val split holds no more)",
+              flush=True)
+    try:
+        report = analyze(AnalyzeConfig(model=reference, data=data, out=out, n=min(n, available), t=t, device=device,
+                                       overwrite=True, progress=progress))
+    except UserError as exc:
+        return {"skipped": str(exc)}
+    return attention_summary(report["_results"][0]) | {"n": min(n, available)}

@@ -21,23 +21,30 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from . import distributed as D
-from . import chunked as chunked_head
-from . import rundir
-from .architectures import adapter_for
-from .checkpoint import RunLock, checkpoints, load_checkpoint, save_checkpoint
-from .config import to_dict
-from .data import RandomWindows, SequentialWindows, TokenData, fixed_windows
-from .errors import UserError
-from .evaluate import check_tokenizer_matches, window_losses
-from .models import load_config_of, load_model, parse_dtype
-from .optim import cross_entropy, default_peak_flops, distillation_loss, flops_per_token, lr_at, make_optimizer
-from .progress import progress_bar
-from .recipe import TrainConfig
-from .scratch import is_scratch, scratch_config
-from .sources import resolve_model_path
-from .tokenizer import load_tokenizer
-from .tracker import AttentionTracker, tracking_rows
+from inheritune.analysis.scoring import check_tokenizer_matches, window_losses
+from inheritune.analysis.tracker import AttentionTracker, tracking_rows
+from inheritune.assets.sources import resolve_model_path
+from inheritune.data.dataset import RandomWindows, SequentialWindows, TokenData, fixed_windows
+from inheritune.data.tokenizer import load_tokenizer
+from inheritune.models import chunked as chunked_head
+from inheritune.models.architectures import adapter_for
+from inheritune.models.loading import load_config_of, load_model, parse_dtype
+from inheritune.models.scratch import is_scratch, scratch_config
+from inheritune.training import distributed as D
+from inheritune.training import rundir
+from inheritune.training.checkpoint import RunLock, checkpoints, load_checkpoint, save_checkpoint
+from inheritune.training.optim import (
+    cross_entropy,
+    default_peak_flops,
+    distillation_loss,
+    flops_per_token,
+    lr_at,
+    make_optimizer,
+)
+from inheritune.training.recipe import TrainConfig
+from inheritune.utils.config import to_dict
+from inheritune.utils.errors import UserError
+from inheritune.utils.progress import progress_bar
 
 
 def load_training_model(config: TrainConfig, data: TokenData, dtype: torch.dtype = torch.float32):

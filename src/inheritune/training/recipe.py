@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import option
-from .errors import UserError
+from inheritune.utils.config import option
+from inheritune.utils.errors import UserError
 
 
 @dataclass

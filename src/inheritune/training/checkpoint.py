@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, process_alive
+from inheritune.utils.errors import UserError, process_alive
 
 
 def checkpoints(out: Path) -> list[Path]:

@@ -6,10 +6,10 @@ import json
 import math
 from pathlib import Path
 
-from .config import to_dict
-from .evaluate import paired_delta
-from .plots import draw_loss
-from .verdict import warning_text
+from inheritune.analysis.plots import draw_loss
+from inheritune.analysis.scoring import paired_delta
+from inheritune.analysis.verdict import warning_text
+from inheritune.utils.config import to_dict
 
 
 def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref: dict, bootstrap: int,

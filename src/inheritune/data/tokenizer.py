@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from .errors import UserError
-from .sources import check_hub_reachable, hub_error, resolve_model_path
+from inheritune.assets.sources import check_hub_reachable, hub_error, resolve_model_path
+from inheritune.utils.errors import UserError
 
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):

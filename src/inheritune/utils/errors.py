@@ -1,6 +1,7 @@
 """One error type for mistakes a user can fix (the CLI prints it as one line instead of a traceback), and the
 small guards that keep a user's files safe: never write over an input, swap a finished output in whole."""
 
+import json
 import os
 import shutil
 import struct
@@ -84,3 +85,17 @@ def reading(what: str):
         text = str(exc).strip()
         first = text.splitlines()[0][:300] if text else type(exc).__name__
         raise UserError(f"cannot read {what} (damaged, or not what it should be): {first}") from None
+
+
+def check_output_dir(out: Path, report: str, key: str, value, overwrite: bool) -> None:
+    """Refuse an --out that is a file, or that holds results about something else (unless --overwrite)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    previous = out / report
+    if previous.is_file() and not overwrite:
+        try:
+            old = json.loads(previous.read_text()).get("config", {}).get(key)
+        except (json.JSONDecodeError, AttributeError):
+            old = None
+        if old != value:
+            raise UserError(f"{out} holds results for {old!r}; pass --overwrite to replace them, or use another --out")

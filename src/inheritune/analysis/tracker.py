@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .analyze import AnalyzeConfig, measure, summarize
-from .data import fixed_windows, window_rows
-from .plots import draw_emergence
-from .rundir import read_log
+from inheritune.analysis.attention import AnalyzeConfig, measure, summarize
+from inheritune.analysis.plots import draw_emergence
+from inheritune.data.dataset import fixed_windows, window_rows
+from inheritune.utils.jsonl import read_log
 
 KEYS = ("max_rank", "entropy", "state", "first_token_mass", "max_first_token_mass", "first_token_sink_heads",
         "uniform_rank")

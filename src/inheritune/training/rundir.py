@@ -13,13 +13,14 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from .cards import trained_card, write_card
-from .checkpoint import checkpoints
-from .config import to_dict
-from .data import TokenData
-from .errors import UserError, refuse_output_over_input, replace_dir
-from .plots import draw_loss
-from .tokenizer import load_tokenizer, tokenizer_identity
+from inheritune.analysis.plots import draw_loss
+from inheritune.data.dataset import TokenData
+from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
+from inheritune.training.checkpoint import checkpoints
+from inheritune.utils.cards import trained_card, write_card
+from inheritune.utils.config import to_dict
+from inheritune.utils.errors import UserError, refuse_output_over_input, replace_dir
+from inheritune.utils.jsonl import read_log
 
 
 def check_out(config) -> Path:
@@ -200,20 +201,6 @@ def abandon_branch(out: Path, paths: list[Path], step: int) -> Path | None:
     print(f"resuming an earlier checkpoint: the later branch ({', '.join(p.name for p in paths)}) is kept in "
           f"{target}", flush=True)
     return target
-
-
-def read_log(path: Path) -> list[dict]:
-    """The records of a JSON-lines log, in order; a line cut short by a kill (or otherwise not a JSON object) is
-    skipped."""
-    records = []
-    for line in Path(path).read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def truncate_log(path: Path, step: int) -> None:

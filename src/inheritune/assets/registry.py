@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .hashing import sha256_file
+from inheritune.utils.errors import UserError
+from inheritune.utils.hashing import sha256_file
 
 MARKER = ".complete.json"
 OLD_PIP = "pip==23.2.1"  # the last pip we know downloads sdists with file:// dependencies

@@ -19,12 +19,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UserError
+from inheritune.models.loading import resolve_device
+from inheritune.utils.errors import UserError
 
 
 @dataclass
@@ -41,15 +47,6 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world > 1
-
-
-def resolve_device(device: str) -> str:
-    """'cuda' or 'cpu' for a --device of auto, cpu or cuda; cuda on a machine without it is refused."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, not {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu or auto)")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def setup(device: str) -> Dist:

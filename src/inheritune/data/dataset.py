@@ -17,16 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bpe import train_bpe
-from .config import option, to_dict
-from .errors import Interrupted, UserError, process_alive, replace_dir
-from .hashing import sha256_file
-from .progress import progress_bar
-from .tokenizer import load_tokenizer, tokenizer_identity
-
 import numpy as np
 import torch
 
+from inheritune.data.bpe import train_bpe
+from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
+from inheritune.utils.config import option, to_dict
+from inheritune.utils.errors import Interrupted, UserError, process_alive, replace_dir
+from inheritune.utils.hashing import sha256_file
+from inheritune.utils.progress import progress_bar
 
 FORMAT = "inheritune-tokens/1"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import UserError
+from inheritune.utils.errors import UserError
 
 C = TypeVar("C")
 

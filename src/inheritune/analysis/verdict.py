@@ -14,10 +14,6 @@ import math
 
 import numpy as np
 
-from .analyze import AnalyzeConfig, analyze, attention_summary
-from .data import TokenData
-from .errors import UserError
-
 # Two-sided 95% quantiles of Student's t by degrees of freedom (standard tables); larger df use the next
 # smaller entry listed (slightly wider, never narrower, intervals).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -46,24 +42,6 @@ def loss_slope(history: list[dict], max_steps: int, last: float = 0.5) -> dict |
     half = t975(df) * se
     return {"slope": slope, "ci95": [slope - half, slope + half], "points": len(points),
             "from_step": int(points[0][0]), "to_step": int(points[-1][0])}
-
-
-def reference_attention(reference: str, data: str, out: str, n: int, t: int, device: str, progress: bool) -> dict:
-    """The reference's attention state from an analysis of it alone, on at most ``n`` sequences of ``t`` tokens
-    of the val split (fewer when the split is short: the check is a safeguard, not the user's analysis);
-    ``{"skipped": why}`` when no analysis is possible, so that a finished run never fails on its check."""
-    available = len(TokenData(data).split("val")) // t
-    if available < 1:
-        return {"skipped": f"the val split is shorter than one sequence of {t} tokens"}
-    if n > available:
-        print(f"reference check: analysing {available} sequences of {t} tokens (the val split holds no more)",
-              flush=True)
-    try:
-        report = analyze(AnalyzeConfig(model=reference, data=data, out=out, n=min(n, available), t=t, device=device,
-                                       overwrite=True, progress=progress))
-    except UserError as exc:
-        return {"skipped": str(exc)}
-    return attention_summary(report["_results"][0]) | {"n": min(n, available)}
 
 
 def reference_check(attention: dict | None, training: dict | None, tolerance: float) -> dict:

@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 
 from huggingface_hub import constants
 
-from .assets import asset_path
-from .errors import UserError
+from inheritune.assets.catalog import asset_path
+from inheritune.utils.errors import UserError
 
 # Built-in names resolve to fetched assets: what the demo and tests use on machines with no model hub.
 BUILTIN_MODELS = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "smollm2-gguf": "smollm2-gguf"}

@@ -1,19 +1,15 @@
-"""Byte-level BPE tokenizers built here: GPT-2's, rebuilt from its ranks, and new ones trained on a dataset.
+"""GPT-2's tokenizer rebuilt from its tiktoken ranks.
 
 ``gpt2.tiktoken`` lists each token's bytes (base64) with its rank. Byte-level BPE merges are recovered
 exactly by running BPE on each token's bytes with only lower-ranked merges allowed: it must end as two
-parts, and that pair is the token's merge (GPT-2 ranks merges in the order their results were added).
-"""
+parts, and that pair is the token's merge (GPT-2 ranks merges in the order their results were added)."""
 
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-from .errors import UserError
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
 
 GPT2_EOS = "<|endoftext|>"
 
@@ -74,21 +70,3 @@ def gpt2_tokenizer_from_tiktoken(data: bytes):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=GPT2_EOS, eos_token=GPT2_EOS,
                                         unk_token=GPT2_EOS, model_max_length=1024)
     return tokenizer
-
-
-def train_bpe(documents, vocab_size: int, out: Path):
-    """A byte-level BPE (GPT-2's scheme: bytes as symbols, no unknown token) trained on ``documents`` with the
-    ``tokenizers`` library, saved as an HF tokenizer in ``out`` and returned as loaded from there. Given the
-    same documents in the same order, training is deterministic."""
-    if vocab_size < 257 + 1:
-        raise UserError(f"a byte-level BPE needs a vocabulary of more than 257 (256 bytes + EOS), got {vocab_size}")
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[GPT2_EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(documents, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=GPT2_EOS, eos_token=GPT2_EOS,
-                                        unk_token=GPT2_EOS, model_max_length=1 << 20)
-    tokenizer.save_pretrained(out)
-    return AutoTokenizer.from_pretrained(str(out))  # as every later user loads it

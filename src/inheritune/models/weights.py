@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .architectures import adapter_for
-from .errors import reading
-from .hashing import sha256_file
-from .models import load_config_of, load_model
-from .sources import resolve_model_path
-from .tokenizer import load_tokenizer
+from inheritune.assets.sources import resolve_model_path
+from inheritune.data.tokenizer import load_tokenizer
+from inheritune.models.architectures import adapter_for
+from inheritune.models.loading import load_config_of, load_model
+from inheritune.utils.errors import reading
+from inheritune.utils.hashing import sha256_file
 
 
 class ModelSource:

@@ -15,7 +15,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from .errors import UserError
+from inheritune.utils.errors import UserError
 
 _NILVALUE, _REF = 254, 255
 # Special singleton SEXPs written as bare flags; none carries data.

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .errors import UserError, reading
-from .gguf_convert import load_gguf
-from .sources import check_hub_reachable, resolve_model_path
-from .tokenizer import load_tokenizer
+from inheritune.assets.gguf import load_gguf
+from inheritune.assets.sources import check_hub_reachable, resolve_model_path
+from inheritune.data.tokenizer import load_tokenizer
+from inheritune.utils.errors import UserError, reading
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -57,3 +57,12 @@ def load_config_of(path: str | Path, gguf: str | None = None, trust_remote_code:
         if gguf:
             return AutoConfig.from_pretrained(str(path), gguf_file=gguf)
         return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
+def resolve_device(device: str) -> str:
+    """'cuda' or 'cpu' for a --device of auto, cpu or cuda; cuda on a machine without it is refused."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but this machine has no CUDA device (use --device cpu or auto)")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

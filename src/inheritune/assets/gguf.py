@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .cards import converted_card, write_card
-from .errors import UserError, reading, refuse_output_over_input, replace_dir
+from inheritune.utils.cards import converted_card, write_card
+from inheritune.utils.errors import UserError, reading, refuse_output_over_input, replace_dir
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs):

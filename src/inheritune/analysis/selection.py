@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from inheritune.utils.errors import UserError
 
 METHODS = ("first", "bi", "angular", "drop-lazy", "spread")
 NEEDS_REPORT = ("bi", "angular", "drop-lazy")
