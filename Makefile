@@ -11,7 +11,7 @@ DEMO := runs/demo
 # Extra pip arguments, e.g. an index that serves CPU builds of torch on machines without a local wheel.
 PIP_ARGS ?=
 
-.PHONY: setup assets data mini-data demo demo-smollm2 reproduce test clean
+.PHONY: setup assets data mini-data demo demo-mini demo-smollm2 reproduce test clean
 
 setup: $(STAMP)
 
@@ -33,17 +33,27 @@ mini-data: assets
 	$(BIN)/inheritune data prepare --input "$$($(BIN)/inheritune assets path corpus)" --train-tokenizer 8192 \
 	  --out $(MINI_DATA)
 
-# About 15 minutes on 2 CPU cores (see README): SmolLM2-135M's lazy layers (a real pretrained model), then the
-# recipe from scratch in miniature (experiments/reproduce_mini, one seed): a 12-layer reference trained on the
-# shipped corpus, Inheritune children grown from l = 6 until they match it, and a random-init model of the
-# child's size on the same budget, ending in the report's table and verdict.
-demo: data mini-data
+# About 15 minutes on 2 CPU cores (see README): SmolLM2-135M's lazy layers (a real pretrained model), then
+# "which blocks do I keep?" on it (experiments/pretrained_claims --short): 15-layer children of SmolLM2 that keep
+# its first 15 blocks (Inheritune), the 15 of highest Block Influence (ShortGPT), all but the 15 consecutive
+# blocks of smallest angular distance (Gromov et al.), and a random init of the same shape, each retrained on the
+# same tokens with the same recipe and scored on the same windows, ending in the table and verdict.
+demo: data
 	$(BIN)/inheritune analyze smollm2 --data $(DATA) --out $(DEMO)/smollm2-analysis --n 100 --t 100 --overwrite true
+	$(BIN)/python experiments/pretrained_claims/claims.py --short --data $(DATA) --out $(DEMO)/which-blocks \
+	  --docs $(DEMO)/which-blocks
+
+# The recipe from scratch in miniature (experiments/reproduce_mini, one seed, about 12 minutes): a 12-layer
+# reference trained on the shipped corpus, Inheritune children grown from l = 6 until they match it, and a
+# random-init model of the child's size on the same budget, ending in the report's table and verdict (its
+# reference never forms lazy layers: see docs/reproduction.md).
+demo-mini: mini-data
 	$(BIN)/inheritune run --config experiments/reproduce_mini/main.yaml --data $(MINI_DATA) --out $(DEMO)/mini \
 	  --baselines random --progress true
 
-# The growth recipe on the pretrained SmolLM2 itself (not matched in minutes of CPU: see docs/demo.md).
-SMOLLM2_ARGS ?= --steps 80 --seq-len 128 --micro-batch-size 4 --eval-windows 16 --eval-interval 20 \
+# The growth recipe on the pretrained SmolLM2 itself (not matched in minutes of CPU: see docs/demo.md). lr and
+# batch: the best of the recorded sweep in docs/pretrained.md (lr 1e-4 to 3e-3 x batch 4, 8 windows of 128).
+SMOLLM2_ARGS ?= --steps 80 --seq-len 128 --micro-batch-size 4 --lr 1e-3 --eval-windows 16 --eval-interval 20 \
 	--max-rounds 2 --baselines random --analyze-n 50
 demo-smollm2: data
 	$(BIN)/inheritune run --reference smollm2 --data $(DATA) --out $(DEMO)/smollm2 --start auto $(SMOLLM2_ARGS)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from families import family_configs, trained_like
 
 from inheritune.analysis import metrics
-from inheritune.analysis.attention import AnalyzeConfig, measure, sample_sequences
+from inheritune.analysis.attention import AnalyzeConfig, measure, sample_sequences, with_bos
 from inheritune.analyze import analyze
 from inheritune.inherit import InheritConfig, build_child, inherit
 from inheritune.utils.errors import UserError
@@ -261,3 +261,18 @@ def test_fast_energy_rank_equals_the_svd_definition():
         assert torch.equal(fast, metrics.energy_rank(batch, taus, fast=False))
     _, settled = metrics._bounded_ranks(random, torch.tensor(taus, dtype=torch.float64))
     assert 0 < int(settled.sum()) < len(random)  # both paths ran
+
+
+def test_bos_windows_put_the_tokenizers_bos_in_front_of_the_same_seeded_text(tmp_path, tiny_model_dir, text_dir):
+    tokens = np.arange(1000)
+    windows = with_bos(tokens, 5, 100, 0, bos=7)
+    assert windows.shape == (5, 100) and (windows[:, 0] == 7).all()
+    assert torch.equal(windows[:, 1:], sample_sequences(tokens, 5, 99, 0))
+    text = tmp_path / "book.txt"
+    text.write_text(" ".join(p.read_text() for p in sorted(text_dir.iterdir())))
+    plain = analyze(_config(model=str(tiny_model_dir), data=str(text), n=4, t=32), progress=False)
+    bos = analyze(_config(model=str(tiny_model_dir), data=str(text), n=4, t=32, bos_windows=True,
+                          out=str(tmp_path / "bos")), progress=False)
+    assert json.loads((tmp_path / "bos" / "report.json").read_text())["sequences"]["bos_windows"] is True
+    assert plain["sequences"]["bos_windows"] is False
+    assert bos["models"][0]["layers"] != plain["models"][0]["layers"]  # other sequences, other numbers

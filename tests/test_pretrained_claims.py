@@ -34,7 +34,13 @@ def test_the_experiment_runs_every_group_and_reruns_to_the_same_numbers(tmp_path
     # a rerun finds every child done; a fresh seeded run gives the same numbers
     subprocess.run(command, check=True, capture_output=True, text=True)
     assert (tmp_path / "docs" / "tables.md").read_text().split("Stage times")[0] == first.split("Stage times")[0]
-    fresh = [*command[:-4], "--out", str(tmp_path / "out2"), "--docs", str(tmp_path / "docs2")]
-    subprocess.run(fresh, check=True, capture_output=True, text=True)
+    # make demo's short version, fresh, at the lr and batch the sweep chose: the same children, the same numbers
+    chosen = results["chosen"]
+    short = [*command[:-4], "--out", str(tmp_path / "out2"), "--docs", str(tmp_path / "docs2"), "--short",
+             "--lr", str(chosen["lr"]), "--batch", str(chosen["batch"])]
+    subprocess.run(short, check=True, capture_output=True, text=True)
     again = json.loads((tmp_path / "docs2" / "results.json").read_text())
-    assert again["which"]["bi"]["after"]["loss"] == results["which"]["bi"]["after"]["loss"]
+    assert set(again["which"]) == {"first", "bi", "angular", "random"} and "transfer" not in again
+    for method in again["which"]:
+        assert again["which"][method]["after"]["loss"] == results["which"][method]["after"]["loss"], method
+    assert "**Verdict.**" in (tmp_path / "docs2" / "tables.md").read_text()

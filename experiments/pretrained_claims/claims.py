@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,9 +47,9 @@ from inheritune.train import train
 from inheritune.training.recipe import TrainConfig
 
 FULL = dict(k=15, tokens=40_960, sweep_tokens=20_480, seq_len=128, batch=8, eval_t=256, eval_windows=48,
-            analyze_n=50, analyze_t=128, lrs=(1e-4, 3e-4, 1e-3), batches=(4, 8), zero_shot_limit=100)
+            analyze_n=50, analyze_t=128, lrs=(1e-4, 3e-4, 1e-3, 3e-3), batches=(4, 8), zero_shot_limit=100)
 # make demo's short version: the lr and batch the full run's sweep chose (docs/pretrained.md), four methods
-SHORT = dict(lr=3e-4, batch=8, tokens=20_480, methods=("first", "bi", "angular"))
+SHORT = dict(lr=1e-3, batch=4, tokens=20_480, methods=("first", "bi", "angular"))
 SMOKE = dict(k=4, tokens=256, sweep_tokens=128, seq_len=32, batch=2, eval_t=32, eval_windows=4,
              analyze_n=4, analyze_t=32, lrs=(3e-4, 1e-3), batches=(2,), zero_shot_limit=0)
 
@@ -69,7 +70,13 @@ def child(name: str, root: Path, reference: str, data: Path, plan: dict, lr: flo
     """Cut, score, train for ``tokens`` and score again one child (resumable)."""
     folder = root / name
     if (result := _done(folder)) is not None:
-        return result
+        if (result["lr"], result["batch"], result["tokens"]) == (lr, batch, max(2, tokens // (batch * plan["seq_len"]))
+                                                                 * batch * plan["seq_len"]):
+            return result
+        # trained under another lr, batch or budget (the sweep chose differently, or --budget changed): redo it
+        print(f"{name}: the saved child trained at lr {result['lr']:g}, batch {result['batch']}, "
+              f"{result['tokens']:,} tokens; training it again", flush=True)
+        shutil.rmtree(folder)
     began = time.perf_counter()
     model_dir = folder / "inherited"
     if not (model_dir / "inheritune.json").is_file():
@@ -94,6 +101,8 @@ def child(name: str, root: Path, reference: str, data: Path, plan: dict, lr: flo
               "before": before, "after": after, "seconds": round(time.perf_counter() - began, 1),
               "curve": [[r["step"], r["loss"]] for r in history if "loss" in r and "step" in r]}
     (folder / "result.json").write_text(json.dumps(result))
+    print(f"[{name}] val loss {before['loss']:.3f} before, {after['loss']:.4f} after {summary['tokens']:,} tokens "
+          f"({result['seconds']:.0f} s)", flush=True)
     return result
 
 
@@ -121,11 +130,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="skip the sweep: train every child at this lr")
     parser.add_argument("--batch", type=int, default=None, help="with --lr: windows per step")
     args = parser.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per child instead of a bar per checkpoint load
     plan = {**(SMOKE if args.smoke else FULL), "seed": args.seed}
     if args.short:
         args.lr = args.lr or SHORT["lr"]
         args.batch = args.batch or SHORT["batch"]
-        plan["tokens"] = SHORT["tokens"]
+        if not args.smoke:
+            plan["tokens"] = SHORT["tokens"]
     methods = SHORT["methods"] if args.short else ("first", "bi", "angular", "drop-lazy", "spread")
     for key in ("tokens", "sweep_tokens"):
         plan[key] = int(plan[key] * args.budget)
@@ -235,11 +248,15 @@ def _gemma(root: Path, plan: dict) -> dict | None:
     gemma_data = root / "data-gemma3"
     prepare(PrepareConfig(input=[str(fetch(["corpus"], verbose=False)["corpus"])], out=str(gemma_data),
                           tokenizer=str(gguf)), progress=False)
-    report = root / "analysis-gemma3" / "report.json"
-    if not report.is_file():
-        analyze(AnalyzeConfig(model=str(gguf), data=str(gemma_data), n=plan["analyze_n"], t=plan["analyze_t"],
-                              out=str(report.parent), overwrite=True), progress=False)
-    return json.loads(report.read_text())
+    reports = {}
+    # Gemma was trained with <bos> at position 0 of every sequence: analysed without it and with it
+    for key, bos in (("plain", False), ("bos", True)):
+        report = root / ("analysis-gemma3" + ("-bos" if bos else "")) / "report.json"
+        if not report.is_file():
+            analyze(AnalyzeConfig(model=str(gguf), data=str(gemma_data), n=plan["analyze_n"], t=plan["analyze_t"],
+                                  out=str(report.parent), overwrite=True, bos_windows=bos), progress=False)
+        reports[key] = json.loads(report.read_text())
+    return reports
 
 
 if __name__ == "__main__":

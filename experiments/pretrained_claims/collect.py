@@ -54,6 +54,52 @@ def verdict(delta: dict | None, better: str, worse: str, tie: str) -> str:
     return better if high < 0 else worse if low > 0 else tie
 
 
+def which_verdict(r: dict, deltas: dict) -> list[str]:
+    """The which-blocks comparison in a few plain sentences: what each side spent, the ranking before and after
+    training, which methods first-K resolvably beats or loses to, and how far the best child is from the
+    reference (so that nobody reads a ranking of children as a match of the reference)."""
+    which, ref, plan = r["which"], r["ref_score"], r["plan"]
+    first = which["first"]
+    after = sorted(which, key=lambda m: which[m]["after"]["loss"])
+    before = sorted(which, key=lambda m: which[m]["before"]["loss"])
+    better = [m for m in which if m != "first" and deltas[m] and deltas[m]["ci95"][1] < 0]
+    worse = [m for m in which if m != "first" and deltas[m] and deltas[m]["ci95"][0] > 0]
+    tied = [m for m in which if m != "first" and m not in better + worse]
+    best = which[after[0]]
+    gap = _paired(best["after"], ref)
+    n_layers = r["report"]["models"][0]["num_layers"]
+    where = ("still above" if gap["ci95"][0] > 0 else "below" if gap["ci95"][1] < 0 else
+             "not resolvably different from")
+    return [
+        "**Verdict.** " + f"Every child has {plan['k']} of the reference's {n_layers} blocks (random: the same shape, "
+        f"random init) and trained {first['tokens']:,} tokens ({first['steps']} steps of {first['batch']} x "
+        f"{plan['seq_len']}) at lr {first['lr']:g} with the same seed, data order and recipe; all are scored on "
+        f"the same {len(ref['window_sums'])} windows of {plan['eval_t']} tokens.",
+        "Before training (cut, not retrained): " + ", ".join(f"{m} {which[m]['before']['loss']:.2f}" for m in before)
+        + ". After: " + ", ".join(f"{m} {which[m]['after']['loss']:.3f}" for m in after) + ".",
+        "First-K (Inheritune's choice) " + "; ".join(part for part in (
+            f"loses to {', '.join(better)}" if better else "",
+            f"beats {', '.join(worse)}" if worse else "",
+            f"cannot be told apart from {', '.join(tied)}" if tied else "") if part)
+        + " (paired 95% intervals over the windows).",
+        f"The best child ({after[0]}) is {where} the reference ({ref['loss']:.3f}; {_ci(gap)})" + (
+            ": at this budget the comparison says which blocks recover fastest in a short retraining, not that any "
+            "child matches the reference." if gap["ci95"][0] > 0 else "."),
+    ]
+
+
+def profile_line(name: str, model: dict) -> str:
+    """One line per analysed model: where its lazy layers are, its rank and first-token mass by depth, and the
+    loss of the whole model on the analysed sequences (the last layer's logit lens)."""
+    layers = model["layers"]
+    lazy = [l for l, x in enumerate(layers) if x["lazy"]]
+    low = min(range(len(layers)), key=lambda l: layers[l]["max_rank"])
+    heavy = max(range(len(layers)), key=lambda l: layers[l]["first_token_mass"])
+    return (f"- {name}: lazy layers {', '.join(map(str, lazy)) or 'none'} of {len(layers)}; lowest MaxRank "
+            f"{layers[low]['max_rank']:.2f} (layer {low}); most first-token mass {layers[heavy]['first_token_mass']:.3f} "
+            f"(layer {heavy}); loss of the whole model on these sequences {layers[-1]['logit_lens_loss']:.3f}")
+
+
 def draw_curves(groups: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
     for ax, (title, rows) in zip(axes[0], groups.items()):
@@ -118,8 +164,10 @@ def collect(docs: Path, r: dict) -> None:
         groups.update({"lazy-layer transfer (4 blocks)": r["transfer"], "sub-module ablation (blocks 0-3)": r["ablation"]})
     draw_curves(groups, docs / "curves.png")
     profiles = {f"{r['reference']} ({r['report']['models'][0]['num_layers']} layers)": r["report"]["models"][0]}
-    if r.get("gemma"):
-        profiles[f"Gemma-3-270M ({r['gemma']['models'][0]['num_layers']} layers)"] = r["gemma"]["models"][0]
+    for key, label in (("plain", ""), ("bos", ", <bos> first")):
+        if r.get("gemma") and key in r["gemma"]:
+            model = r["gemma"][key]["models"][0]
+            profiles[f"Gemma-3-270M ({model['num_layers']} layers{label})"] = model
     draw_depth_profile(profiles, docs / "maxrank_by_depth.png")
     zero_lines = []
     if r.get("zero_shot"):
@@ -130,22 +178,26 @@ def collect(docs: Path, r: dict) -> None:
                      for t in tasks]
             zero_lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['average']['acc']:.3f} |")
     selections = {m: x["selection"] for m, x in r["which"].items() if x.get("selection")}
+    verdict_lines = which_verdict(r, which_d)
     text = "\n".join([
         f"Reference `{r['reference']}`: val loss {ref['loss']:.4f} [{ref['loss_ci95'][0]:.3f}, {ref['loss_ci95'][1]:.3f}]"
         f" on {len(ref['window_sums'])} windows of {r['plan']['eval_t']} tokens ({ref['tokens']:,} scored tokens).",
         "", f"## Sweep (first-{r['plan']['k']} child; chosen: lr {r['chosen']['lr']:g}, batch {r['chosen']['batch']})",
         "", *(sweep_lines if r["sweep"] else ["(no sweep: the lr and batch were given)"]), "", f"## Which blocks ({r['plan']['k']} of {r['report']['models'][0]['num_layers']})", "",
-        which_table, "", *which_lines, "", "Selections:", "",
+        which_table, "", *which_lines, "", *verdict_lines, "", "Selections:", "",
         *[f"- {m}: {_blocks(s['layers'])} — {s['reason']}" for m, s in selections.items()], "",
         *([] if short else [f"## Lazy-layer transfer (4 blocks; spans {r['spans']})", "", transfer_table, "",
                             *transfer_lines, "", "## Sub-module ablation (blocks 0-3)", "", ablation_table, "",
                             *ablation_lines, ""]),
         *(["## Zero-shot (BIG-bench, accuracy ± 1.96 stderr)", "", *zero_lines, ""] if zero_lines else []),
-        f"Stage times (s): {r['timings']}"])
+        "## Lazy layers by family (analyze: "
+        f"{r['plan']['analyze_n']} sequences of {r['plan']['analyze_t']} tokens of the corpus's val split)", "",
+        *[profile_line(name, model) for name, model in profiles.items()], "",
+        f"Stage times of this invocation (s; a stage an earlier invocation finished takes about 0): {r['timings']}"])
     (docs / "tables.md").write_text(text + "\n")
     light = {k: v for k, v in r.items() if k not in ("report", "gemma")}
     light["sweep"] = {f"lr{lr:g}-b{b}": v for (lr, b), v in r["sweep"].items()}
-    light["gemma_layers"] = r["gemma"]["models"][0]["layers"] if r.get("gemma") else None
+    light["gemma_layers"] = {k: g["models"][0]["layers"] for k, g in r["gemma"].items()} if r.get("gemma") else None
     light["reference_layers"] = r["report"]["models"][0]["layers"]
     (docs / "results.json").write_text(json.dumps(_strip(light), indent=1))
     print(text, flush=True)

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from inheritune.analysis.attention import (
     AnalyzeConfig,
+    bos_of,
     load_tokens,
     measure,
     recommend,
     sample_sequences,
     summarize,
+    with_bos,
 )
 from inheritune.analysis.plots import draw_analysis
 from inheritune.data.dataset import TokenData, check_ids
@@ -79,7 +81,10 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
     if config.out:
         check_output_dir(Path(config.out), "report.json", "model", config.model, config.overwrite)
     tokens, source = load_tokens(config.data, tokenizer)
-    sequences = sample_sequences(tokens, config.n, config.t, config.seed)
+    if config.bos_windows:
+        sequences = with_bos(tokens, config.n, config.t, config.seed, bos_of(tokenizer))
+    else:
+        sequences = sample_sequences(tokens, config.n, config.t, config.seed)
     check_ids(sequences, model.get_input_embeddings().num_embeddings, source)
     main = _analyze_one(config.model or type(model).__name__, model, tokenizer, sequences, config, progress)
     main["recommendation"] = recommend(main["layers"], config)
@@ -100,7 +105,7 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
     report = {
         "config": to_dict(config),
         "data": source,
-        "sequences": {"n": config.n, "t": config.t, "seed": config.seed},
+        "sequences": {"n": config.n, "t": config.t, "seed": config.seed, "bos_windows": config.bos_windows},
         "recommendation": recommendation,
         "models": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
     }

@@ -35,6 +35,9 @@ class AnalyzeConfig:
     n: int = option(100, help="number of sequences (paper: 100)")
     t: int = option(100, help="tokens per sequence (paper: 100)")
     seed: int = option(0, low=0, high=2**32 - 1, help="seed of the sequence choice")
+    bos_windows: bool = option(False, help="start every sequence with the tokenizer's BOS (else its document "
+                                           "separator), then t - 1 tokens of text, as train --bos-windows does; "
+                                           "models trained that way (Gemma) expect it")
     batch_size: int = option(10, help="sequences per forward pass")
     dtype: str = option("float32", help="model dtype: float32 or bfloat16 (metrics are computed in float32+)")
     device: str = option("cpu", help="cpu, cuda or auto (cuda when there is one)")
@@ -87,6 +90,21 @@ def sample_sequences(tokens: np.ndarray, n: int, t: int, seed: int) -> torch.Ten
         raise UserError(f"asked for {n} sequences of {t} tokens, but the data holds only {available}")
     chosen = np.sort(np.random.default_rng(seed).choice(available, size=n, replace=False))
     return torch.from_numpy(np.stack([np.asarray(tokens[i * t:(i + 1) * t], dtype=np.int64) for i in chosen]))
+
+
+def with_bos(tokens: np.ndarray, n: int, t: int, seed: int, bos: int) -> torch.Tensor:
+    """The seeded windows of ``sample_sequences`` with T - 1 text tokens each, behind a BOS column."""
+    body = sample_sequences(tokens, n, t - 1, seed)
+    return torch.cat([torch.full((n, 1), bos, dtype=body.dtype), body], dim=1)
+
+
+def bos_of(tokenizer) -> int:
+    """The token that starts a sequence under --bos-windows: the tokenizer's BOS, else its EOS (document
+    separator), as ``TokenData.bos_id`` chooses."""
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return int(token)
+    raise UserError("the tokenizer names no BOS or EOS token for --bos-windows")
 
 
 def load_tokens(data: str, tokenizer) -> tuple[np.ndarray, str]:
