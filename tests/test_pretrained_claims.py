@@ -44,3 +44,9 @@ def test_the_experiment_runs_every_group_and_reruns_to_the_same_numbers(tmp_path
     for method in again["which"]:
         assert again["which"][method]["after"]["loss"] == results["which"][method]["after"]["loss"], method
     assert "**Verdict.**" in (tmp_path / "docs2" / "tables.md").read_text()
+    # the same folder at another lr: every child is made again, none is mixed with the old settings
+    other = [*short[:-4], "--lr", str(chosen["lr"] * 2), "--batch", str(chosen["batch"])]
+    rerun = subprocess.run(other, check=True, capture_output=True, text=True)
+    assert rerun.stdout.count("starting it again") == 4
+    changed = json.loads((tmp_path / "docs2" / "results.json").read_text())
+    assert all(row["lr"] == chosen["lr"] * 2 for row in changed["which"].values())

@@ -69,14 +69,25 @@ def child(name: str, root: Path, reference: str, data: Path, plan: dict, lr: flo
           **inherit_args) -> dict:
     """Cut, score, train for ``tokens`` and score again one child (resumable)."""
     folder = root / name
-    if (result := _done(folder)) is not None:
-        if (result["lr"], result["batch"], result["tokens"]) == (lr, batch, max(2, tokens // (batch * plan["seq_len"]))
-                                                                 * batch * plan["seq_len"]):
-            return result
-        # trained under another lr, batch or budget (the sweep chose differently, or --budget changed): redo it
-        print(f"{name}: the saved child trained at lr {result['lr']:g}, batch {result['batch']}, "
-              f"{result['tokens']:,} tokens; training it again", flush=True)
+    steps = max(2, tokens // (batch * plan["seq_len"]))
+    wanted = {"lr": lr, "batch": batch, "steps": steps, "seq_len": plan["seq_len"], "seed": plan["seed"],
+              **{k: str(v) for k, v in inherit_args.items()}}
+    settings = folder / "settings.json"
+    if settings.is_file():
+        previous = json.loads(settings.read_text())
+    elif (result := _done(folder)) is not None:  # a child saved before settings.json existed
+        previous = {"lr": result["lr"], "batch": result["batch"], "steps": result["steps"]}
+    else:  # nothing, or an interrupted child of unknown settings
+        previous = {"unknown": True} if folder.exists() else None
+    if previous is not None and previous != {k: wanted.get(k) for k in previous}:
+        # made under another lr, batch, budget or selection (the sweep chose differently, --budget changed, an
+        # interrupted run had other settings): start this child again rather than mix the two
+        print(f"{name}: the saved child was made with {previous}; starting it again with {wanted}", flush=True)
         shutil.rmtree(folder)
+    elif (result := _done(folder)) is not None:
+        return result
+    folder.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(wanted))
     began = time.perf_counter()
     model_dir = folder / "inherited"
     if not (model_dir / "inheritune.json").is_file():
@@ -84,7 +95,6 @@ def child(name: str, root: Path, reference: str, data: Path, plan: dict, lr: flo
                               **inherit_args))
     record = json.loads((model_dir / "inheritune.json").read_text())
     before = score(model_dir, data, plan)
-    steps = max(2, tokens // (batch * plan["seq_len"]))
     run = folder / "train"
     config = TrainConfig(model=str(model_dir), data=str(data), out=str(run), max_steps=steps, seq_len=plan["seq_len"],
                          micro_batch_size=batch, lr=lr, eval_interval=0, eval_windows=4, checkpoint_interval=max(1, steps // 2),

@@ -95,7 +95,7 @@ def profile_line(name: str, model: dict) -> str:
     lazy = [l for l, x in enumerate(layers) if x["lazy"]]
     low = min(range(len(layers)), key=lambda l: layers[l]["max_rank"])
     heavy = max(range(len(layers)), key=lambda l: layers[l]["first_token_mass"])
-    return (f"- {name}: lazy layers {', '.join(map(str, lazy)) or 'none'} of {len(layers)}; lowest MaxRank "
+    return (f"- {name}: lazy layers {', '.join(map(str, lazy)) or 'none'} (of {len(layers)}); lowest MaxRank "
             f"{layers[low]['max_rank']:.2f} (layer {low}); most first-token mass {layers[heavy]['first_token_mass']:.3f} "
             f"(layer {heavy}); loss of the whole model on these sequences {layers[-1]['logit_lens_loss']:.3f}")
 
@@ -182,8 +182,10 @@ def collect(docs: Path, r: dict) -> None:
     text = "\n".join([
         f"Reference `{r['reference']}`: val loss {ref['loss']:.4f} [{ref['loss_ci95'][0]:.3f}, {ref['loss_ci95'][1]:.3f}]"
         f" on {len(ref['window_sums'])} windows of {r['plan']['eval_t']} tokens ({ref['tokens']:,} scored tokens).",
-        "", f"## Sweep (first-{r['plan']['k']} child; chosen: lr {r['chosen']['lr']:g}, batch {r['chosen']['batch']})",
-        "", *(sweep_lines if r["sweep"] else ["(no sweep: the lr and batch were given)"]), "", f"## Which blocks ({r['plan']['k']} of {r['report']['models'][0]['num_layers']})", "",
+        "", *([f"## Sweep (first-{r['plan']['k']} child; chosen: lr {r['chosen']['lr']:g}, batch {r['chosen']['batch']})",
+               "", *sweep_lines] if r["sweep"] else
+              [f"Learning rate {r['chosen']['lr']:g} and batch {r['chosen']['batch']} given (no sweep in this run; the "
+               "full run's sweep chose them: docs/pretrained.md)."]), "", f"## Which blocks ({r['plan']['k']} of {r['report']['models'][0]['num_layers']})", "",
         which_table, "", *which_lines, "", *verdict_lines, "", "Selections:", "",
         *[f"- {m}: {_blocks(s['layers'])} — {s['reason']}" for m, s in selections.items()], "",
         *([] if short else [f"## Lazy-layer transfer (4 blocks; spans {r['spans']})", "", transfer_table, "",
