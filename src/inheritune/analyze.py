@@ -82,7 +82,9 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
         check_output_dir(Path(config.out), "report.json", "model", config.model, config.overwrite)
     tokens, source = load_tokens(config.data, tokenizer)
     if config.bos_windows:
-        sequences = with_bos(tokens, config.n, config.t, config.seed, bos_of(tokenizer))
+        # a prepared dataset names its own BOS, the one train and evaluate --bos-windows put first
+        bos = TokenData(config.data).bos_id() if Path(config.data).is_dir() else bos_of(tokenizer)
+        sequences = with_bos(tokens, config.n, config.t, config.seed, bos)
     else:
         sequences = sample_sequences(tokens, config.n, config.t, config.seed)
     check_ids(sequences, model.get_input_embeddings().num_embeddings, source)
