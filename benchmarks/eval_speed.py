@@ -20,7 +20,8 @@ import torch  # noqa: E402
 
 from inheritune.analysis.scoring import validation_loss
 from inheritune.assets.catalog import asset_path
-from inheritune.data.dataset import PrepareConfig, TokenData, fixed_windows, prepare
+from inheritune.data.dataset import PrepareConfig, TokenData, prepare
+from inheritune.data.windows import fixed_windows
 from inheritune.models.loading import load_model
 
 

@@ -27,7 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from inheritune.assets.catalog import asset_path
-from inheritune.data.dataset import PrepareConfig, RandomWindows, TokenData, prepare
+from inheritune.data.dataset import PrepareConfig, TokenData, prepare
+from inheritune.data.windows import RandomWindows
 from inheritune.inherit import InheritConfig, inherit
 from inheritune.train import TrainConfig, train
 from inheritune.training.optim import _MEASURED, flops_per_token, measure_matmul_flops

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from conftest import tiny_llama
 
 from inheritune.analysis.scoring import check_tokenizer_matches, summarize, validation_loss
-from inheritune.data.dataset import PrepareConfig, TokenData, fixed_windows, prepare
+from inheritune.data.dataset import PrepareConfig, TokenData, prepare
+from inheritune.data.windows import fixed_windows
 from inheritune.evaluate import EvalConfig, evaluate
 from inheritune.utils.errors import UserError
 

@@ -22,23 +22,38 @@ def dotted(path: Path) -> str:
 MODULES = {dotted(p): p for p in sorted(PACKAGE.rglob("*.py")) if p.stem != "__main__"}
 
 
-def imported_modules(node: ast.AST) -> set[str]:
-    """The package modules (or packages) an import statement names."""
+def absolute_module(node: ast.ImportFrom, importer: str | None) -> str:
+    """The dotted module a from-import names, relative ones (``from ..train import x``) resolved against the
+    importing module's package."""
+    if not node.level:
+        return node.module or ""
+    if importer is None:
+        raise ValueError("a relative import needs the importing module's name")
+    package = importer.split(".") if MODULES.get(importer, Path()).name == "__init__.py" else importer.split(".")[:-1]
+    base = package[:len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imported_modules(node: ast.AST, importer: str | None = None) -> set[str]:
+    """The package modules (or packages) an import statement of module ``importer`` names."""
     if isinstance(node, ast.Import):
         return {a.name for a in node.names if a.name.split(".")[0] == "inheritune"}
-    if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith("inheritune"):
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    module = absolute_module(node, importer)
+    if not module.startswith("inheritune"):
         return set()
     found = set()
     for alias in node.names:
-        child = f"{node.module}.{alias.name}"
-        found.add(child if child in MODULES else node.module)
+        child = f"{module}.{alias.name}"
+        found.add(child if child in MODULES else module)
     return found
 
 
 def module_imports(name: str) -> set[str]:
     """Package modules imported at module level (top-level statements only) by ``name``."""
     tree = ast.parse(MODULES[name].read_text())
-    return set().union(*(imported_modules(node) for node in tree.body)) - {"inheritune", name}
+    return set().union(*(imported_modules(node, name) for node in tree.body)) - {"inheritune", name}
 
 
 def layer_of(name: str) -> str:
@@ -94,6 +109,17 @@ def test_the_layer_check_sees_a_violation(tmp_path):
     assert layer_of("inheritune.train") not in LAYERS
 
 
+def test_the_layer_check_sees_relative_imports():
+    """``from ..train import train`` in a training module is the verb ``train``; ``from . import metrics`` in an
+    analysis module is that module; both count like the absolute spellings."""
+    tree = ast.parse("from ..train import train\nfrom . import metrics\nfrom .report import x\n")
+    found = set().union(*(imported_modules(node, "inheritune.analysis.selection") for node in tree.body))
+    assert found == {"inheritune.train", "inheritune.analysis.metrics", "inheritune.analysis.report"}
+    assert layer_of("inheritune.train") not in LAYERS
+    init = ast.parse("from . import errors\n").body[0]
+    assert imported_modules(init, "inheritune.utils") == {"inheritune.utils.errors"}
+
+
 def test_no_module_level_import_cycle():
     graph = {name: module_imports(name) for name in MODULES}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
@@ -121,7 +147,7 @@ def test_no_package_import_hides_in_a_function():
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text())
         top = set(map(id, tree.body))
-        late = [node.lineno for node in ast.walk(tree) if imported_modules(node) and id(node) not in top]
+        late = [node.lineno for node in ast.walk(tree) if imported_modules(node, name) and id(node) not in top]
         assert not late, f"{name} imports package modules inside functions at lines {late}"
 
 

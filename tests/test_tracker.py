@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from inheritune.analysis.attention import AnalyzeConfig, measure, summarize
 from inheritune.analysis.metrics import first_query_of
 from inheritune.analysis.tracker import measure_attention, read_track, tracking_rows
-from inheritune.data.dataset import RandomWindows, TokenData, window_rows
+from inheritune.data.dataset import TokenData
+from inheritune.data.windows import RandomWindows, window_rows
 from inheritune.train import train
 from inheritune.training.optim import lr_at
 from inheritune.training.recipe import TrainConfig

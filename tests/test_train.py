@@ -190,7 +190,8 @@ def test_distillation_loss_by_hand():
 def test_kd_first_step_loss_is_ce_plus_kl_against_another_teacher(dataset, tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from inheritune.data.dataset import RandomWindows, TokenData
+    from inheritune.data.dataset import TokenData
+    from inheritune.data.windows import RandomWindows
 
     teacher_dir = tmp_path / "teacher"  # a teacher that is not the student: the KL term is far from 0
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -21,7 +21,8 @@ from inheritune.analysis.attention import (
     with_bos,
 )
 from inheritune.analysis.plots import draw_analysis
-from inheritune.data.dataset import TokenData, check_ids
+from inheritune.data.dataset import TokenData
+from inheritune.data.windows import check_ids
 from inheritune.data.tokenizer import tokenizer_identity
 from inheritune.models.architectures import adapter_for
 from inheritune.models.loading import load_model

@@ -24,7 +24,8 @@ from transformers import AutoModelForCausalLM
 from inheritune.analysis.scoring import check_tokenizer_matches, window_losses
 from inheritune.analysis.tracker import AttentionTracker, tracking_rows
 from inheritune.assets.sources import resolve_model_path
-from inheritune.data.dataset import RandomWindows, SequentialWindows, TokenData, fixed_windows
+from inheritune.data.dataset import TokenData
+from inheritune.data.windows import RandomWindows, SequentialWindows, fixed_windows
 from inheritune.data.tokenizer import load_tokenizer
 from inheritune.models import chunked as chunked_head
 from inheritune.models.architectures import adapter_for
@@ -198,7 +199,8 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
         if d.main:  # everything is validated: only now is the old run replaced or an abandoned branch moved aside
             if out_plan.clear:
                 rundir.clear_previous_run(out)
-            rundir.abandon_branch(out, out_plan.abandon, step)
+            rundir.abandon_branch(out, out_plan.abandon, step if out_plan.fork is None else out_plan.fork,
+                                  out_plan.logs_from)
             if out_plan.resume is not None:
                 rundir.truncate_log(out / "metrics.jsonl", step)
                 rundir.truncate_log(out / "attention.jsonl", step)

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inheritune.data.dataset import TokenData, fixed_windows, window_rows
+from inheritune.data.dataset import TokenData
+from inheritune.data.windows import fixed_windows, window_rows
 from inheritune.data.tokenizer import tokenizer_identity
 from inheritune.models.architectures import adapter_for
 from inheritune.models.chunked import final_hidden

@@ -18,7 +18,7 @@ import torch
 
 from inheritune.analysis.attention import AnalyzeConfig, measure, summarize
 from inheritune.analysis.plots import draw_emergence
-from inheritune.data.dataset import fixed_windows, window_rows
+from inheritune.data.windows import fixed_windows, window_rows
 from inheritune.utils.jsonl import read_log
 
 KEYS = ("max_rank", "entropy", "state", "first_token_mass", "max_first_token_mass", "first_token_sink_heads",

@@ -40,6 +40,13 @@ RESUME_KEYS = ("model", "data", "seq_len", "data_order", "seed", "data_offset", 
 # What a training run writes into its directory; anything else there is the user's and is never deleted.
 RUN_FILES = ("run.json", "summary.json", "metrics.jsonl", "loss.png", "final", "tensorboard", "abandoned", ".lock",
              "attention.jsonl", "emergence.png")
+# The temporary names a run writes on the way (and leaves behind when killed): only these, never any ``*.tmp``.
+RUN_TEMPORARIES = re.compile(r"final\.tmp|metrics\.tmp|attention\.tmp|ckpt-\d+\.pt\.tmp|\.final\.old-\d+")
+
+
+def written_by_a_run(name: str) -> bool:
+    """Whether an entry of a run directory is one that a training run writes (and --overwrite may delete)."""
+    return name in RUN_FILES or checkpoint_step(Path(name)) is not None or RUN_TEMPORARIES.fullmatch(name) is not None
 
 
 @dataclass
@@ -52,6 +59,8 @@ class OutPlan:
     resume: Path | None = None
     clear: bool = False
     abandon: list[Path] = field(default_factory=list)
+    fork: int | None = None  # resuming a kept branch: the step where it left the main line
+    logs_from: Path | None = None  # ... and the folder holding that branch's own logs
 
 
 def settings(config, plan: dict) -> dict:
@@ -134,23 +143,38 @@ def prepare_out(out: Path, config, plan: dict) -> OutPlan:
 
 
 def _resume_from(out: Path, path: Path, config, current: dict) -> OutPlan:
-    """--resume-from: a checkpoint of the run in --out continues that run (an abandoned later branch is moved
-    aside); a checkpoint of another run starts a new one in --out, which must be free (or --overwrite)."""
+    """--resume-from: a checkpoint of the run in --out (its main line, or a branch kept under ``abandoned/``)
+    continues that run, and the line being left is moved aside; a checkpoint of another run starts a new one in
+    --out, which must be free (or --overwrite)."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     step = checkpoint_step(path)
-    if path.resolve().parent == out.resolve() and step is not None:
+    branch = kept_branch(out, path)
+    if step is not None and (path.resolve().parent == out.resolve() or branch is not None):
         if (out / "run.json").is_file():
             refuse_changes(read_json(out / "run.json", "the run's settings"), current, str(out), "--resume-from")
-        later = [p for p in checkpoints(out) if (checkpoint_step(p) or 0) > step]
-        results = [out / name for name in ("final", "summary.json") if (out / name).exists()] \
-            if later or step < current.get("max_steps", step) else []
-        return OutPlan(resume=path, abandon=later + results)
+        fork = step if branch is None else min(step, branch[1])
+        later = [p for p in checkpoints(out) if (checkpoint_step(p) or 0) > fork]
+        leaving = later or step < current.get("max_steps", step) or branch is not None
+        results = [out / name for name in ("final", "summary.json") if (out / name).exists()] if leaving else []
+        if branch is None:
+            return OutPlan(resume=path, abandon=later + results)
+        return OutPlan(resume=path, abandon=later + results, fork=fork, logs_from=branch[0])
     source_run = path.parent / "run.json"
     if source_run.is_file():
         refuse_changes(read_json(source_run, "the checkpoint's run settings"), current, str(path.parent),
                        "--resume-from")
     return OutPlan(resume=path, clear=_may_replace(out, config))
+
+
+def kept_branch(out: Path, path: Path) -> tuple[Path, int] | None:
+    """(folder, step where it left the main line) when ``path`` is a checkpoint of a branch of this run kept
+    under ``out/abandoned/after-step-N[-k]/``; else None."""
+    folder = path.resolve().parent
+    match = re.fullmatch(r"after-step-(\d+)(?:-\d+)?", folder.name)
+    if match is None or folder.parent != (out / "abandoned").resolve():
+        return None
+    return folder, int(match.group(1))
 
 
 def _may_replace(out: Path, config) -> bool:
@@ -163,8 +187,7 @@ def _may_replace(out: Path, config) -> bool:
         return False
     if not config.overwrite:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    foreign = [p.name for p in entries if p.name not in RUN_FILES and checkpoint_step(p) is None
-               and not p.name.endswith(".tmp")]
+    foreign = [p.name for p in entries if not written_by_a_run(p.name)]
     if foreign or not is_training_run(out):
         what = ", ".join(sorted(foreign)[:3]) or "no run.json or checkpoint"
         raise UserError(f"{out} holds files that are not a training run of inheritune ({what}); --overwrite "
@@ -175,16 +198,20 @@ def _may_replace(out: Path, config) -> bool:
 def clear_previous_run(out: Path) -> None:
     """Delete what a training run wrote into ``out`` (only that: see ``RUN_FILES``)."""
     for child in out.iterdir():
-        if child.name == ".lock" or (child.name not in RUN_FILES and checkpoint_step(child) is None
-                                     and not child.name.endswith(".tmp")):
+        if child.name == ".lock" or not written_by_a_run(child.name):
             continue
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def abandon_branch(out: Path, paths: list[Path], step: int) -> Path | None:
-    """Move the later checkpoints and results of a branch that --resume-from leaves behind into
-    ``out/abandoned/after-step-N[-k]/`` (kept, never mixed with the new branch), with a copy of its metrics."""
-    if not paths:
+def abandon_branch(out: Path, paths: list[Path], step: int, logs_from: Path | None = None) -> Path | None:
+    """Move the later checkpoints and results of a line that --resume-from leaves behind into
+    ``out/abandoned/after-step-N[-k]/`` (kept, never mixed with the new line), with a copy of its metrics. When
+    the line resumed is itself a kept branch (``logs_from``), its logs become the run's again, and the main
+    line's are kept aside even when it has no checkpoint past the fork."""
+    logs = [out / log for log in ("metrics.jsonl", "attention.jsonl") if (out / log).is_file()]
+    if not paths and not (logs_from and logs):
+        if logs_from:
+            _restore_logs(out, logs_from)
         return None
     root = out / "abandoned"
     target = root / f"after-step-{step}"
@@ -193,14 +220,24 @@ def abandon_branch(out: Path, paths: list[Path], step: int) -> Path | None:
         k += 1
         target = root / f"after-step-{step}-{k}"
     target.mkdir(parents=True)
-    for log in ("metrics.jsonl", "attention.jsonl"):
-        if (out / log).is_file():
-            shutil.copy2(out / log, target / log)
+    for log in logs:
+        shutil.copy2(log, target / log.name)
     for path in paths:
         os.replace(path, target / path.name)
-    print(f"resuming an earlier checkpoint: the later branch ({', '.join(p.name for p in paths)}) is kept in "
-          f"{target}", flush=True)
+    if logs_from:
+        _restore_logs(out, logs_from)
+    print(f"resuming an earlier checkpoint: the line left ({', '.join(p.name for p in paths) or 'its logs'}) is "
+          f"kept in {target}", flush=True)
     return target
+
+
+def _restore_logs(out: Path, branch: Path) -> None:
+    """The resumed branch's own logs in place of the main line's (the caller truncates them to the step)."""
+    for log in ("metrics.jsonl", "attention.jsonl"):
+        if (branch / log).is_file():
+            shutil.copy2(branch / log, out / log)
+        elif (out / log).is_file():
+            (out / log).unlink()
 
 
 def truncate_log(path: Path, step: int) -> None:

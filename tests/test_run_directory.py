@@ -1,0 +1,79 @@
+"""What a training run may delete and how it goes back to a kept branch (issue 26's review): --overwrite deletes
+only the names a run writes, and a checkpoint under the run's own ``abandoned/`` continues that run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from inheritune.train import train
+from inheritune.training.recipe import TrainConfig
+from inheritune.training.rundir import written_by_a_run
+from inheritune.utils.errors import UserError
+
+TINY = "scratch:llama:layers=2,hidden=32,heads=4,kv_heads=2,ffn=64"
+
+
+def _config(dataset, out, **kw):
+    base = dict(model=TINY, data=str(dataset), out=str(out), max_steps=6, seq_len=32, micro_batch_size=4, lr=3e-3,
+                eval_interval=3, eval_windows=4, checkpoint_interval=2, keep_checkpoints=5, progress=False,
+                device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def _steps(folder: Path) -> list[int]:
+    return [int(p.stem.split("-")[1]) for p in sorted(folder.glob("ckpt-*.pt"))]
+
+
+def test_only_the_temporaries_a_run_writes_count_as_the_runs():
+    for name in ("final.tmp", "metrics.tmp", "attention.tmp", "ckpt-0000004.pt.tmp", ".final.old-1234",
+                 "ckpt-0000004.pt", "final", "metrics.jsonl"):
+        assert written_by_a_run(name), name
+    for name in ("my-notes.tmp", "thesis.tmp", "final.tmp.bak", "ckpt-x.pt.tmp", "notes.txt", ".final.old-x"):
+        assert not written_by_a_run(name), name
+
+
+def test_overwrite_never_deletes_a_users_tmp_entries(dataset, tmp_path):
+    out = tmp_path / "run"
+    train(_config(dataset, out, max_steps=2, warmup_steps=0))
+    (out / "my-notes.tmp").write_text("my notes")
+    (out / "thesis.tmp").mkdir()
+    (out / "thesis.tmp" / "chapter1.tex").write_text("chapter one")
+    with pytest.raises(UserError, match="my-notes.tmp|thesis.tmp"):
+        train(_config(dataset, out, max_steps=2, warmup_steps=0, seed=3, overwrite=True))
+    assert (out / "my-notes.tmp").read_text() == "my notes"
+    assert (out / "thesis.tmp" / "chapter1.tex").read_text() == "chapter one"
+    # what a killed run leaves behind is still the run's own, and goes with --overwrite
+    (out / "my-notes.tmp").unlink()
+    (out / "thesis.tmp" / "chapter1.tex").unlink()
+    (out / "thesis.tmp").rmdir()
+    (out / "final.tmp").mkdir()
+    (out / "ckpt-0000002.pt.tmp").write_bytes(b"partial")
+    assert train(_config(dataset, out, max_steps=2, warmup_steps=0, seed=3, overwrite=True))["status"] == "finished"
+    assert not (out / "final.tmp").exists() and not (out / "ckpt-0000002.pt.tmp").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_going_back_to_a_kept_branch_continues_the_run_and_keeps_the_line_left(dataset, tmp_path, overwrite):
+    out = tmp_path / "run"
+    whole = train(_config(dataset, out))
+    first_final = (out / "final" / "model.safetensors").read_bytes()
+    train(_config(dataset, out, resume_from=str(out / "ckpt-0000002.pt")))  # step 2 again: 4, 6, final aside
+    kept = out / "abandoned" / "after-step-2"
+    assert _steps(kept) == [4, 6]
+    second_final = (out / "final" / "model.safetensors").read_bytes()
+
+    # back to the first line's step-4 checkpoint: it continues this run (not "another run"), with or without
+    # --overwrite, and the line it leaves (the second one's 4, 6 and final) is kept aside, the branch resumed too
+    again = train(_config(dataset, out, overwrite=overwrite, resume_from=str(kept / "ckpt-0000004.pt")))
+    assert again["status"] == "finished" and again["steps"] == 6
+    assert again["final_val_loss"] == pytest.approx(whole["final_val_loss"], abs=1e-6)  # the same trajectory
+    assert _steps(kept) == [4, 6] and (kept / "final" / "model.safetensors").read_bytes() == first_final
+    left = out / "abandoned" / "after-step-2-2"
+    assert _steps(left) == [4, 6] and (left / "final" / "model.safetensors").read_bytes() == second_final
+    assert _steps(out) == [2, 6]
+    state = torch.load(out / "ckpt-0000006.pt", weights_only=True)
+    assert [h["step"] for h in state["history"]] == list(range(1, 7))
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 7))
