@@ -191,7 +191,7 @@ def test_grow_continue_keeps_the_trained_child_and_appends_reference_layers(setu
 
 
 def test_zero_shot_column_when_tasks_are_asked(setup, tmp_path):
-    from inheritune.assets.bigbench import write_task
+    from inheritune.utils.taskfiles import write_task
 
     data, ref = setup
     items = [{"query": "Q: Is fire hot?\nA: ", "choices": ["yes", "no"], "gold": 0}] * 3

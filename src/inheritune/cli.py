@@ -42,7 +42,9 @@ def _add_assets(sub) -> None:
     fetch = verbs.add_parser("fetch", help="fetch assets (all by default)",
                              description="Fetch and verify assets; a second call only checks them.")
     fetch.add_argument("names", nargs="*", help="assets to fetch (default: all but bigbench); 'bigbench' extracts "
-                                                "BIG-bench tasks (--tasks) from the 358 MB official sdist")
+                                                "BIG-bench tasks (--tasks) from the 358 MB official 1.0.0 sdist, "
+                                                "optional: PyPI no longer serves it (the offline tasks cloze and "
+                                                "word-order need no download)")
     fetch.add_argument("--tasks", nargs="+", default=None, help="BIG-bench tasks to extract (default: "
                                                                "general_knowledge social_iqa winowhy physical_intuition)")
     fetch.add_argument("--cache-dir", help="asset cache (default: $INHERITUNE_CACHE or ~/.cache/inheritune)")
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "optional zero-shot tasks through lm-eval and inference speed/memory; several models give one table\n"
         "with deltas against the first.\n\nexamples:\n"
         "  inheritune evaluate smollm2 runs/demo/rounds/round-1-l25/train/final --data data/english --out runs/ev\n"
-        "  inheritune evaluate smollm2 --data data/english --tasks general_knowledge winowhy",
+        "  inheritune evaluate smollm2 --data data/english --tasks cloze word-order",
         "models", "HF dirs, .gguf files or built-in names (smollm2); the first is the reference of the deltas", "+")
     _config_command(
         sub, "inherit", InheritConfig, inherit, "cut a child model out of a reference (first k layers, chosen layers, warm starts)",

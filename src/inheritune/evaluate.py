@@ -41,9 +41,14 @@ class EvalConfig:
     device: str = option("cpu", help="cpu, cuda or auto (cuda when there is one)")
     bootstrap: int = option(1000, low=100, high=100_000, help="bootstrap resamples for the 95%% interval")
     seed: int = option(0, low=0, high=2**32 - 1, help="seed of the bootstrap")
-    tasks: list[str] = option([], help="zero-shot tasks through lm-eval: BIG-bench names (general_knowledge, "
-                                       "social_iqa, winowhy, physical_intuition, bigbench:NAME), local task "
-                                       ".yaml files, or lm-eval task names (need a network)")
+    tasks: list[str] = option([], help="zero-shot tasks through lm-eval. Offline, built from --data's validation "
+                                       "split (not standard benchmarks: they test use of context and word order on "
+                                       "held-out text of the same kind): cloze (LAMBADA-style last word of a "
+                                       "passage among 4 drawn from it, chance 25%%) and word-order (BLiMP-style: a "
+                                       "sentence against itself with two adjacent words swapped, chance 50%%). "
+                                       "Also local task .yaml files, BIG-bench names (general_knowledge, ..., "
+                                       "bigbench:NAME) where its withdrawn 1.0.0 sdist is cached, or lm-eval task "
+                                       "names (need a network)")
     limit: int = option(0, low=0, help="at most this many items per task; 0 = all")
     inference: bool = option(True, help="also measure parameters, memory, prefill and decode tokens/s")
     inference_batch: int = option(1, low=1, high=4096, help="batch size of the inference measurement")
@@ -96,7 +101,7 @@ def evaluate(config: EvalConfig, progress: bool | None = None) -> list[dict]:
         result.update(model=str(name), parameters=sum(p.numel() for p in model.parameters()))
         if config.tasks:
             result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.batch_size, config.limit or None,
-                                            config.device)
+                                            config.device, data=data)
         if config.inference:
             path = name if Path(str(name)).is_dir() else None
             result["inference"] = inference_cost(model, config.seq_len, config.inference_batch, device=config.device,
@@ -130,6 +135,10 @@ def _columns(result: dict, reference: dict) -> dict:
         row[f"{task}_acc"] = scores["acc"]
         if task != "average":
             row[f"{task}_acc_stderr"] = scores.get("acc_stderr")
+            if scores.get("acc_ci"):
+                row[f"{task}_acc_ci_low"], row[f"{task}_acc_ci_high"] = scores["acc_ci"]
+            if scores.get("chance") is not None:
+                row[f"{task}_acc_chance"] = scores["chance"]
     inference = result.get("inference") or {}
     for key in ("weights_mb", "disk_mb", "peak_extra_mb", "prefill_tokens_per_s", "decode_tokens_per_s"):
         if key in inference:
@@ -141,7 +150,9 @@ def side_by_side(results: list[dict]) -> str:
     """A markdown table of all models, deltas against the first (the reference)."""
     rows = [_columns(r, results[0]) for r in results]
     tasks = [k for k in rows[0] if k.endswith("_acc")]
-    head = ["model", "params", "val loss [95% CI]", "ppl", "Δ loss [paired 95% CI]"] + [t[:-4] for t in tasks]
+    head = ["model", "params", "val loss [95% CI]", "ppl", "Δ loss [paired 95% CI]"] + [
+        t[:-4] + (f" % [95% CI] (chance {100 * rows[0][t + '_chance']:.0f})" if t + "_chance" in rows[0] else
+                  " %" + (" [95% CI]" if t + "_ci_low" in rows[0] else "")) for t in tasks]
     if "prefill_tokens_per_s" in rows[0]:
         head += ["prefill tok/s", "decode tok/s", "weights MB", "peak extra MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
@@ -151,8 +162,9 @@ def side_by_side(results: list[dict]) -> str:
                  f"{row['delta_loss']:+.4f}" + (f" [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}]"
                                                  if "delta_ci_low" in row else "")]
         for task in tasks:
-            stderr = row.get(task + "_stderr")
-            cells.append(f"{100 * row[task]:.1f}" + (f" ± {100 * stderr:.1f}" if stderr is not None else ""))
+            interval = (f" [{100 * row[task + '_ci_low']:.1f}, {100 * row[task + '_ci_high']:.1f}]"
+                        if task + "_ci_low" in row else "")
+            cells.append(f"{100 * row[task]:.1f}{interval}")
         if "prefill_tokens_per_s" in row:
             extra = row.get("peak_extra_mb")
             decode = row.get("decode_tokens_per_s")

@@ -150,7 +150,7 @@ def _measure(config: RunConfig, name: str, path: str, state: State, key: str) ->
         done.pop("zero_shot", None)
         if config.tasks:
             done["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
-                                          config.task_limit or None, _device(config))
+                                          config.task_limit or None, _device(config), data=TokenData(config.data))
         done["zero_shot_tasks"] = list(config.tasks)
         state.put(key, done)
         return done
@@ -165,7 +165,7 @@ def _measure(config: RunConfig, name: str, path: str, state: State, key: str) ->
     result["inference"] = inference_cost(model, seq_len=config.train.seq_len, new_tokens=16, device=device, path=path)
     if config.tasks:
         result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
-                                        config.task_limit or None, device)
+                                        config.task_limit or None, device, data=data)
     result["zero_shot_tasks"] = list(config.tasks)
     result["layers"] = model.config.num_hidden_layers
     result["seconds"] = round(time.perf_counter() - started, 2)  # load, validation loss, inference cost, tasks

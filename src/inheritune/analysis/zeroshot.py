@@ -1,7 +1,9 @@
 """Zero-shot multiple-choice evaluation through lm-evaluation-harness, offline, on local task files.
 
-BIG-bench multiple-choice tasks come from ``assets.bigbench`` (local JSONL + an lm-eval task YAML). Any other lm-eval task name
-is passed through for users with a network.
+The offline tasks (``cloze``, ``word-order``) are built from the evaluated dataset's validation split
+(``data.tasks``); BIG-bench multiple-choice tasks come from ``assets.bigbench`` where its withdrawn sdist is still
+at hand; a task ``.yaml`` of the user's is read as is. Any other lm-eval task name is passed through for users with
+a network.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from inheritune.assets.bigbench import (
     TASK_PREFIX,
     fetch_bigbench,
 )
+from inheritune.data.dataset import TokenData
+from inheritune.data.tasks import OFFLINE_TASKS, lm_eval_name, offline_task_dir
 from inheritune.utils.errors import UserError
 
 
-def resolve_tasks(tasks: list[str], cache: str | Path | None = None) -> tuple[list[str], list[str]]:
-    """(lm-eval task names, include paths): local YAML files, BIG-bench names, or lm-eval names."""
-    names, include, bigbench = [], [], []
+def resolve_tasks(tasks: list[str], cache: str | Path | None = None,
+                  data: TokenData | None = None) -> tuple[list[str], list[str]]:
+    """(lm-eval task names, include paths): offline task names, local YAML files, BIG-bench names, or lm-eval
+    names."""
+    names, include, bigbench, offline = [], [], [], []
     for task in tasks:
         path = Path(task)
         if task.endswith((".yaml", ".yml")):
@@ -35,10 +41,17 @@ def resolve_tasks(tasks: list[str], cache: str | Path | None = None) -> tuple[li
                 raise UserError(f"task file {path} has no 'task' name")
             names.append(config["task"])
             include.append(str(path.parent))
+        elif task in OFFLINE_TASKS:
+            offline.append(task)
         elif task in BIGBENCH_DEFAULT or task.startswith("bigbench:"):
             bigbench.append(task.removeprefix("bigbench:"))
         else:
             names.append(task)
+    if offline:
+        if data is None:
+            raise UserError(f"the offline task '{offline[0]}' is built from a dataset's validation split: give --data")
+        include.append(str(offline_task_dir(data, offline, cache)))
+        names += [lm_eval_name(t) for t in offline]
     if bigbench:
         include.append(str(fetch_bigbench(bigbench, cache)))
         names += [f"{TASK_PREFIX}{t}" for t in bigbench]
@@ -46,9 +59,10 @@ def resolve_tasks(tasks: list[str], cache: str | Path | None = None) -> tuple[li
 
 
 def zero_shot(model, tokenizer, tasks: list[str], batch_size: int = 8, limit: int | None = None,
-              device: str = "cpu", cache: str | Path | None = None) -> dict:
-    """Accuracy (and acc_norm) with stderr per task, and the average accuracy, through lm-eval."""
-    names, include = resolve_tasks(tasks, cache)
+              device: str = "cpu", cache: str | Path | None = None, data: TokenData | None = None) -> dict:
+    """Accuracy (and acc_norm) with stderr and a 95% interval per task, its chance level where known, and the
+    average accuracy, through lm-eval. ``data``: the dataset whose validation split the offline tasks come from."""
+    names, include = resolve_tasks(tasks, cache, data)
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
@@ -59,21 +73,27 @@ def zero_shot(model, tokenizer, tasks: list[str], batch_size: int = 8, limit: in
     manager = TaskManager(include_path=include or None)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
-        raise UserError(f"unknown task '{unknown[0]}': not a local task file or BIG-bench task, and lm-eval's own "
-                        "tasks download their data, which needs a network")
+        raise UserError(f"unknown task '{unknown[0]}': not an offline task (cloze, word-order), a local task file "
+                        "or a BIG-bench task, and lm-eval's own tasks download their data, which needs a network")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     try:
         output = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, log_samples=False,
                                  verbosity="ERROR")
     except (ConnectionError, OSError) as exc:
-        raise UserError(f"lm-eval could not load a task's data ({str(exc).splitlines()[0]}); offline, only local "
-                        "task files and BIG-bench tasks work") from None
+        raise UserError(f"lm-eval could not load a task's data ({str(exc).splitlines()[0]}); offline, only the "
+                        "offline tasks, local task files and cached BIG-bench tasks work") from None
     results = {}
+    short_names = {lm_eval_name(t): t for t in OFFLINE_TASKS}
     for name in names:
         metrics = output["results"][name]
-        short = name.removeprefix(TASK_PREFIX)
+        short = short_names.get(name, name.removeprefix(TASK_PREFIX))
         results[short] = {key.split(",")[0]: value for key, value in metrics.items()
                           if key.split(",")[0] in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")}
         results[short]["n"] = output.get("n-samples", {}).get(name, {}).get("effective")
+        stderr = results[short].get("acc_stderr")
+        if isinstance(stderr, (int, float)):
+            results[short]["acc_ci"] = [results[short]["acc"] - 1.96 * stderr, results[short]["acc"] + 1.96 * stderr]
+        if short in OFFLINE_TASKS:
+            results[short]["chance"] = OFFLINE_TASKS[short]
     results["average"] = {"acc": sum(r["acc"] for r in results.values()) / len(names)}
     return results

@@ -1,5 +1,7 @@
-"""BIG-bench multiple-choice tasks from the official BIG-bench sdist on PyPI (fetched once; only the needed
-``task.json`` files are extracted), converted to JSONL + an lm-eval task YAML."""
+"""BIG-bench multiple-choice tasks from the official BIG-bench 1.0.0 sdist (only the needed ``task.json`` files are
+extracted), converted to JSONL + an lm-eval task YAML. Optional: PyPI stopped serving that sdist in 2026 (only
+``bigbench 0.0.1`` is left), so it is used where the cache holds it or it can still be fetched, and otherwise the
+error names the manual step. Nothing the project installs or tests depends on it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from inheritune.assets.registry import cache_dir, download
 from inheritune.utils.errors import UserError
+from inheritune.utils.taskfiles import write_task
 
 BIGBENCH_SPEC = "bigbench==1.0.0"
 
@@ -43,43 +46,20 @@ def convert_bigbench(task: dict, name: str) -> list[dict]:
     return items
 
 
-def task_yaml(name: str, data_file: Path) -> str:
-    """An lm-eval 0.4 task config for a local JSONL file of {query, choices, gold}."""
-    return "\n".join([
-        f"task: {name}",
-        "dataset_path: json",
-        f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data_file))}",
-        "test_split: test",
-        "output_type: multiple_choice",
-        "doc_to_text: \"{{query}}\"",
-        "doc_to_choice: \"{{choices}}\"",
-        "doc_to_target: \"{{gold}}\"",
-        "target_delimiter: \"\"",
-        "metric_list:",
-        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true",
-        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true",
-        "metadata:\n  version: 1.0",
-        "",
-    ])
-
-
-def write_task(name: str, items: list[dict], folder: Path) -> Path:
-    """JSONL + YAML for lm-eval in ``folder``; returns the YAML path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data_file = folder / f"{name}.jsonl"
-    data_file.write_text("".join(json.dumps(item) + "\n" for item in items))
-    config = folder / f"{name}.yaml"
-    config.write_text(task_yaml(name, data_file))
-    return config
-
-
 def fetch_bigbench(tasks: list[str], cache: str | Path | None = None) -> Path:
     """Extract (once) the named BIG-bench tasks from the official sdist and write lm-eval task files; returns
     the folder holding them."""
     root = cache_dir(cache) / "bigbench"
     missing = [t for t in tasks if not (root / f"{TASK_PREFIX}{t}.yaml").is_file()]
     if missing:
-        sdist = download(BIGBENCH_SPEC, cache_dir(cache) / "downloads", "sdist")
+        downloads = cache_dir(cache) / "downloads"
+        try:
+            sdist = download(BIGBENCH_SPEC, downloads, "sdist")
+        except UserError as exc:
+            reason = str(exc).split(" failed (", 1)[-1].split("). Manual step", 1)[0]
+            raise UserError(f"BIG-bench 1.0.0 is not in the cache and could not be fetched ({reason}); PyPI no "
+                            f"longer serves it: put bigbench-1.0.0.tar.gz (358 MB) in {downloads} by hand, or use the "
+                            "offline tasks (--tasks cloze word-order)") from None
         wanted = {f"bigbench/benchmark_tasks/{t}/task.json": t for t in missing}
         found = {}
         with tarfile.open(sdist) as archive:
