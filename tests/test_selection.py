@@ -105,3 +105,49 @@ def test_select_errors_are_one_line_from_the_cli(tmp_path, tiny_model_dir, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "per-layer table" in err[0]
     assert not (tmp_path / "c").exists()
+
+
+def test_the_angular_distances_of_every_span_are_zero_exactly_over_the_identity_blocks(analysed):
+    """An off-by-one in the spans (a block too many or too few) moves where the zeros are: checked span by span,
+    not only through the one choice where the identity blocks tie."""
+    _, report = analysed
+    spans = json.loads(report.read_text())["models"][0]["angular_distance_by_span"]
+    for n in (1, 2, 3, 4):
+        zero = [start for start, d in enumerate(spans[str(n)]) if d < 1e-4]
+        expected = [start for start in range(8 - n + 1) if all(l in IDENTITY for l in range(start, start + n))]
+        assert zero == expected, (n, spans[str(n)])
+        assert len(spans[str(n)]) == 8 - n + 1
+    assert select_layers("angular", 6, 8, {"layers": [{}] * 8, "angular_distance_by_span": spans})["layers"] == \
+        [0, 1, 4, 5, 6, 7]
+
+
+def test_a_report_of_another_layer_count_is_refused_through_select(analysed, tmp_path, gpt2_tokenizer):
+    reference, report = analysed
+    smaller = GPT2LMHeadModel(GPT2Config(n_layer=6, n_embd=32, n_head=4, vocab_size=50257, n_positions=64))
+    smaller.save_pretrained(reference)  # the same folder now holds a 6-layer model; the report analysed 8
+    with pytest.raises(UserError, match="the report analyses 8 layers, the reference has 6"):
+        inherit(InheritConfig(reference=str(reference), from_report=str(report), select="bi:4",
+                              out=str(tmp_path / "child")))
+    assert not (tmp_path / "child").exists()
+
+
+def test_ties_in_block_influence_break_alike_in_bi_and_drop_lazy():
+    layers = [{"block_influence": bi, "lazy": False} for bi in (0.5, 0.1, 0.1, 0.5, 0.1, 0.9, 0.5)]
+    report = {"layers": layers}
+    for k in range(1, 8):
+        assert select_layers("bi", k, 7, report)["layers"] == select_layers("drop-lazy", k, 7, report)["layers"], k
+    assert select_layers("bi", 5, 7, report)["layers"] == [0, 1, 3, 5, 6]  # of the tied 0.1s the earliest stays
+
+
+@pytest.mark.parametrize("init", ["distil", "hybrid-stacking", "half-width", "random"])
+def test_select_with_an_init_that_ignores_it_is_refused(analysed, tmp_path, init):
+    reference, report = analysed
+    with pytest.raises(UserError, match=f"--init {init} does not copy the blocks --select chooses"):
+        inherit(InheritConfig(reference=str(reference), from_report=str(report), select="bi:4", init=init,
+                              out=str(tmp_path / "child")))
+    assert not (tmp_path / "child").exists()
+    stacked = inherit(InheritConfig(reference=str(reference), from_report=str(report), select="bi:2",
+                                    init="stacking", out=str(tmp_path / "stacked")))
+    record = json.loads((stacked / "inheritune.json").read_text())
+    chosen = record["selection"]["layers"]
+    assert len(chosen) == 2 and record["layers"] == chosen + chosen  # stacking applies the choice: recorded

@@ -73,8 +73,16 @@ class InheritConfig:
             if method in NEEDS_REPORT and not self.from_report:
                 raise UserError(f"--select {self.select} chooses from a measurement: pass the reference's analysis "
                                 "report with --from-report (made by 'inheritune analyze')")
+            if self.init in INITS_WITHOUT_SELECTION:
+                raise UserError(f"--init {self.init} does not copy the blocks --select chooses ("
+                                f"{INITS_WITHOUT_SELECTION[self.init]}): use --select with --init inherit or stacking")
         if self.depth < 0 or (self.depth and self.init != "stacking"):
             raise UserError("--depth is a positive number, and only for --init stacking")
+
+
+# Inits whose blocks do not come from the chosen ones: --select with them would record a choice never applied.
+INITS_WITHOUT_SELECTION = {"random": "every block is fresh", "half-width": "it keeps every block, narrowed",
+                           "hybrid-stacking": "it repeats the first blocks", "distil": "it takes every other block"}
 
 
 def parse_layers(spec: str | int | list[int], n_layers: int, allow_repeats: bool = False) -> list[int]:

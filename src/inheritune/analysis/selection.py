@@ -85,6 +85,7 @@ def _influence(report: dict) -> list[float]:
 
 
 def _by_block_influence(report: dict, k: int) -> tuple[list[int], str]:
+    # Ties in influence drop the later block (keep the earlier), in bi and drop-lazy alike.
     bi = _influence(report)
     keep = sorted(sorted(range(len(bi)), key=lambda l: (-bi[l], l))[:k])
     dropped = [l for l in range(len(bi)) if l not in keep]
@@ -115,10 +116,10 @@ def _drop_lazy(report: dict, k: int, n_layers: int) -> tuple[list[int], str]:
     lazy = [l for l, layer in enumerate(report["layers"]) if layer.get("lazy")]
     to_drop = n_layers - k
     if len(lazy) >= to_drop:
-        dropped = sorted(sorted(lazy, key=lambda l: (bi[l], l))[:to_drop])
+        dropped = sorted(sorted(lazy, key=lambda l: (bi[l], -l))[:to_drop])
         why = f"drops {to_drop} of the {len(lazy)} lazy blocks ({ranges(lazy)}), those of lowest Block Influence"
     else:
-        rest = sorted((l for l in range(n_layers) if l not in lazy), key=lambda l: (bi[l], l))
+        rest = sorted((l for l in range(n_layers) if l not in lazy), key=lambda l: (bi[l], -l))
         extra = rest[:to_drop - len(lazy)]
         dropped = sorted(lazy + extra)
         why = (f"drops the lazy blocks ({ranges(lazy) or 'none measured'}), then {ranges(sorted(extra)) or 'none'}, "
