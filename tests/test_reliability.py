@@ -54,9 +54,9 @@ def test_resume_from_refuses_changed_settings_and_keeps_the_abandoned_branch_apa
     assert (aside / "final" / "model.safetensors").read_bytes() == final_before
     assert again["final_val_loss"] == pytest.approx(whole["final_val_loss"], abs=1e-6)  # the same trajectory
     state = torch.load(out / "ckpt-0000006.pt", weights_only=True)
-    assert [h["step"] for h in state["history"]] == list(range(1, 7))
+    assert [h["step"] for h in state["history"]] == list(range(0, 7))  # step 0: the loss before training
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert logged == list(range(1, 7))
+    assert logged == list(range(0, 7))
 
 
 def test_resume_from_another_runs_checkpoint_needs_a_free_out(dataset, tmp_path):
@@ -90,7 +90,7 @@ def test_a_cut_metrics_line_does_not_stop_a_resume(dataset, tmp_path):
     summary = train(_config(dataset, out, max_steps=4, resume=True))
     assert summary["status"] == "finished"
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert logged == [1, 2, 3, 4]
+    assert logged == [0, 1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------------------------------- train refusals

@@ -97,7 +97,7 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
     with pytest.raises(UserError, match="lr 0.001 -> 0.002"):
         run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, lr=2e-3, baselines=[]))
     resumed = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=[]))
-    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 61))
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(0, 61))
     assert abs(resumed["rows"][1]["val_loss"] - whole["rows"][1]["val_loss"]) <= 1e-6
     # The report's train time is the whole training's, both sessions, not only the part after the resume.
     stage = json.loads((tmp_path / "run" / "state.json").read_text())["round-0-l2/train"]
@@ -282,5 +282,5 @@ def test_ctrl_c_under_torchrun_is_an_interruption_that_resumes(setup, tmp_path):
     again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-    assert logged == list(range(1, 41))
+    assert logged == list(range(0, 41))
     assert json.loads((out / "report.json").read_text())["rows"]

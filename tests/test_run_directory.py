@@ -74,6 +74,52 @@ def test_going_back_to_a_kept_branch_continues_the_run_and_keeps_the_line_left(d
     assert _steps(left) == [4, 6] and (left / "final" / "model.safetensors").read_bytes() == second_final
     assert _steps(out) == [2, 6]
     state = torch.load(out / "ckpt-0000006.pt", weights_only=True)
-    assert [h["step"] for h in state["history"]] == list(range(1, 7))
+    assert [h["step"] for h in state["history"]] == list(range(0, 7))  # step 0: the loss before training
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert logged == list(range(1, 7))
+    assert logged == list(range(0, 7))
+
+
+def test_the_curve_starts_at_step_0_with_the_loss_before_training(dataset, tmp_path):
+    from inheritune.analysis.scoring import validation_loss
+    from inheritune.data.dataset import TokenData
+
+    out = tmp_path / "run"
+    summary = train(_config(dataset, out, checkpoint_interval=0))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and records[0]["tokens"] == 0 and "loss" not in records[0]
+    assert summary["history"][0] == {"step": 0, "val_loss": records[0]["val_loss"]}
+    # the same number as scoring the untrained model on the same windows (same seed: same init)
+    from inheritune.train import load_training_model
+
+    model, _ = load_training_model(_config(dataset, tmp_path / "x"), TokenData(dataset))
+    before = validation_loss(model.eval(), TokenData(dataset), seq_len=32, max_windows=4, batch_size=4)
+    assert records[0]["val_loss"] == pytest.approx(before["loss"], abs=1e-5)
+    assert records[0]["val_loss"] > summary["final_val_loss"]
+
+
+def test_a_model_trained_from_a_runs_final_names_what_that_run_started_from(dataset, tmp_path, tiny_model_dir):
+    from inheritune.inherit import InheritConfig, inherit
+
+    def base_model(folder: Path) -> str | None:
+        header = (folder / "README.md").read_text().split("---")[1]
+        line = next((l for l in header.splitlines() if l.startswith("base_model:")), None)
+        return line.split(":", 1)[1].strip() if line else None
+
+    child = inherit(InheritConfig(reference=str(tiny_model_dir), layers="1", out=str(tmp_path / "child")))
+    first = tmp_path / "first"
+    train(_config(dataset, first, model=str(child), max_steps=2, warmup_steps=0, checkpoint_interval=0))
+    assert base_model(first / "final") == "tiny-llama"  # the reference the child came from
+    second = tmp_path / "second"
+    train(_config(dataset, second, model=str(first / "final"), max_steps=2, warmup_steps=0, checkpoint_interval=0))
+    assert base_model(second / "final") == "tiny-llama"  # not "final"
+    plain = tmp_path / "plain"
+    train(_config(dataset, plain, model=str(tiny_model_dir), max_steps=2, warmup_steps=0, checkpoint_interval=0))
+    again = tmp_path / "again"
+    train(_config(dataset, again, model=str(plain / "final"), max_steps=2, warmup_steps=0, checkpoint_interval=0))
+    assert base_model(plain / "final") == base_model(again / "final") == "tiny-llama"
+    scratch = tmp_path / "scratch"
+    train(_config(dataset, scratch, max_steps=2, warmup_steps=0, checkpoint_interval=0))
+    onward = tmp_path / "onward"
+    train(_config(dataset, onward, model=str(scratch / "final"), max_steps=2, warmup_steps=0, checkpoint_interval=0))
+    assert base_model(scratch / "final") is None and base_model(onward / "final") is None
+    assert json.loads((onward / "final" / "inheritune.json").read_text())["base_model"] is None

@@ -45,7 +45,7 @@ def _weights(run):
 
 def test_loss_falls_and_outputs_are_written(dataset, tmp_path):
     summary = train(_config(dataset, tmp_path / "run", max_steps=40, eval_interval=10))
-    history = summary["history"]
+    history = [h for h in summary["history"] if "loss" in h]  # (step 0 has the loss before training only)
     first = sum(h["loss"] for h in history[:5]) / 5
     last = sum(h["loss"] for h in history[-5:]) / 5
     assert last < first - 1.0
@@ -56,7 +56,8 @@ def test_loss_falls_and_outputs_are_written(dataset, tmp_path):
                  "final/README.md", "final/inheritune.json"):
         assert (run / name).is_file(), name
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(lines[0])
+    assert set(lines[0]) == {"step", "time", "tokens", "val_loss"} and lines[0]["step"] == 0
+    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(lines[1])
     assert len(list(run.glob("ckpt-*.pt"))) == 2 and not (run / ".lock").exists()
     card = (run / "final" / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: transformers" in card and "validation loss" in card
@@ -95,7 +96,7 @@ def test_resume_after_sigkill_is_exact(dataset, tmp_path, order):
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "broken")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     logged = [json.loads(line)["step"] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
-    assert logged == list(range(1, config.max_steps + 1))  # steps redone after the kill are not logged twice
+    assert logged == list(range(0, config.max_steps + 1))  # steps redone after the kill are not logged twice
     final = [json.loads((tmp_path / r / "summary.json").read_text())["final_val_loss"] for r in ("whole", "broken")]
     assert abs(final[0] - final[1]) <= 1e-6
 
@@ -130,6 +131,8 @@ def _torchrun_losses(config: TrainConfig, nproc: int):
     result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 0 and "loss" not in lines[0]  # the loss before training, then the steps
+    lines = lines[1:]
     summary = json.loads((Path(config.out) / "summary.json").read_text())
     for line in lines:  # MFU divides by the peak of every device that ran the step
         expected = summary["flops_per_token"] * line["tokens_per_s"] / (config.peak_flops * nproc)
@@ -141,7 +144,7 @@ def _torchrun_losses(config: TrainConfig, nproc: int):
 def test_two_processes_match_one_with_the_same_global_batch(dataset, tmp_path, strategy):
     common = dict(max_steps=10, eval_interval=10, checkpoint_interval=10, global_batch_tokens=32 * 8, peak_flops=1e12)
     single = train(_config(dataset, tmp_path / "one", micro_batch_size=4, **common))  # 2 accumulation steps
-    single_losses = [h["loss"] for h in single["history"]]
+    single_losses = [h["loss"] for h in single["history"] if "loss" in h]
     losses, summary = _torchrun_losses(_config(dataset, tmp_path / strategy, distributed=strategy,
                                                micro_batch_size=4, **common), 2)
     assert summary["world_size"] == 2 and summary["grad_accum"] == 1 and single["grad_accum"] == 2
@@ -210,7 +213,7 @@ def test_kd_first_step_loss_is_ce_plus_kl_against_another_teacher(dataset, tmp_p
     p_t = torch.softmax(t / 2.0, -1)
     kl = (p_t * (torch.log_softmax(t / 2.0, -1) - torch.log_softmax(s / 2.0, -1))).sum(-1).mean() * 4.0
     assert kl.item() > 0.1
-    assert summary["history"][0]["loss"] == pytest.approx(0.6 * ce.item() + 0.4 * kl.item(), rel=1e-5)
+    assert summary["history"][1]["loss"] == pytest.approx(0.6 * ce.item() + 0.4 * kl.item(), rel=1e-5)
     assert summary["teacher_flops"] > 0 and summary["training_flops"] > summary["teacher_flops"]
 
 
@@ -218,10 +221,10 @@ def test_kd_with_alpha_one_equals_plain_training(dataset, tmp_path, tiny_model_d
     plain = train(_config(dataset, tmp_path / "plain", model=str(tiny_model_dir), max_steps=4))
     kd = train(_config(dataset, tmp_path / "kd", model=str(tiny_model_dir), max_steps=4,
                        teacher=str(tiny_model_dir), kd_alpha=1.0))
-    assert [h["loss"] for h in plain["history"]] == [h["loss"] for h in kd["history"]]
+    assert [h.get("loss") for h in plain["history"]] == [h.get("loss") for h in kd["history"]]
     soft = train(_config(dataset, tmp_path / "soft", model=str(tiny_model_dir), max_steps=4,
                          teacher=str(tiny_model_dir), kd_alpha=0.5))
-    assert soft["history"][0]["loss"] != plain["history"][0]["loss"]
+    assert soft["history"][1]["loss"] != plain["history"][1]["loss"]
 
 
 def test_bad_input_is_refused_and_nothing_is_lost(dataset, tmp_path, tiny_model_dir):
@@ -287,7 +290,8 @@ def test_chunked_loss_trains_like_the_plain_path_and_short_runs_stay_eager(datas
     plain = train(_config(dataset, tmp_path / "plain", model=str(tiny_model_dir), max_steps=6, chunked_loss=False))
     assert chunked["chunked_loss"] and not plain["chunked_loss"]
     assert not chunked["compiled"]  # --compile auto: a 6-step run is far too short to repay compiling
-    for a, b in zip(chunked["history"], plain["history"]):
+    assert chunked["history"][0]["val_loss"] == pytest.approx(plain["history"][0]["val_loss"], abs=1e-5)
+    for a, b in zip(chunked["history"][1:], plain["history"][1:]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     assert chunked["final_val_loss"] == pytest.approx(plain["final_val_loss"], abs=1e-5)
     a, b = _weights(tmp_path / "chunked"), _weights(tmp_path / "plain")
@@ -299,7 +303,7 @@ def test_chunked_loss_trains_like_the_plain_path_and_short_runs_stay_eager(datas
     kd_chunked = train(_config(dataset, tmp_path / "kd1", **teacher))
     kd_plain = train(_config(dataset, tmp_path / "kd2", chunked_loss=False, **teacher))
     ce_only = train(_config(dataset, tmp_path / "ce", model=str(tiny_model_dir), max_steps=3))
-    for a, b, c in zip(kd_chunked["history"], kd_plain["history"], ce_only["history"]):
+    for a, b, c in zip(kd_chunked["history"][1:], kd_plain["history"][1:], ce_only["history"][1:]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert abs(a["loss"] - c["loss"]) > 1e-3  # the teacher's term is there to be got right
 

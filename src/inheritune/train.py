@@ -357,6 +357,10 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
     """The training loop; returns (status, signal that stopped it or 0, last step)."""
     bar = progress_bar(total=plan.max_steps, initial=step, unit="step", desc="train",
                        disable=not (d.main and config.progress))
+    if step == 0:  # the model before any training: the "before" of every comparison, on the same windows
+        before = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d, run.amp_dtype, run.bos)
+        history.append({"step": 0, "val_loss": before})
+        log.write({"step": 0, "time": round(time.time(), 4), "tokens": 0, "val_loss": before})
     run.model.train()
     try:  # the bar ends its line on any exit, so that an error message starts on its own
         with _StopRequest() as stop:
@@ -421,7 +425,7 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
     summary = {"status": status, "steps": step, "max_steps": plan.max_steps, "tokens": step * plan.tokens_per_step,
                "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
                "best_val_loss": rundir.best(history),
-               "final_train_loss": history[-1]["loss"] if history else None,
+               "final_train_loss": history[-1].get("loss") if history else None,
                "parameters": sum(p.numel() for p in run.raw.parameters()), "flops_per_token": flops,
                "training_flops": flops * step * plan.tokens_per_step,
                "teacher_flops": run.teacher_flops * step * plan.tokens_per_step, "data_offset": config.data_offset,

@@ -116,8 +116,9 @@ def draw_loss(runs: dict[str, list[dict]], path: Path, title: str = "Training an
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, history in runs.items():
-        steps = [h["step"] for h in history]
-        (line,) = ax.plot(steps, [h["loss"] for h in history], lw=0.8, alpha=0.6, label=f"{name} train")
+        trained = [h for h in history if "loss" in h]  # step 0 has a validation loss only
+        (line,) = ax.plot([h["step"] for h in trained], [h["loss"] for h in trained], lw=0.8, alpha=0.6,
+                          label=f"{name} train")
         evals = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
         if evals:
             ax.plot(*zip(*evals), marker="o", ms=4, color=line.get_color(), label=f"{name} val")

@@ -93,6 +93,12 @@ def unsharded(model):
     """FSDP2: gather the root's own sharded parameters (embeddings, final norm, head) for a call that bypasses
     the root's forward, such as the evaluate module's chunked head; for anything else there is nothing to do."""
     if isinstance(model, FSDPModule):
+        if not getattr(model, "_inheritune_root_ran", False):
+            # FSDP2 initialises lazily on the root's first forward; a call that bypasses the root before any
+            # step (the loss before training) would initialise the blocks first, which FSDP then refuses
+            with torch.no_grad():
+                model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device))
+            model._inheritune_root_ran = True
         model.unshard()
         try:
             yield model

@@ -17,7 +17,7 @@ from inheritune.analysis.plots import draw_loss
 from inheritune.data.dataset import TokenData
 from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
 from inheritune.training.checkpoint import checkpoints
-from inheritune.utils.cards import trained_card, write_card
+from inheritune.utils.cards import base_model_of, trained_card, write_card
 from inheritune.utils.config import to_dict
 from inheritune.utils.errors import UserError, refuse_output_over_input, replace_dir
 from inheritune.utils.jsonl import read_log
@@ -322,6 +322,8 @@ def save_final(model, state: dict, tokenizer, data: TokenData, path: Path, facts
     if source.is_file():
         inherited = json.loads(source.read_text())
         inherited = inherited.get("inherited", inherited)
-    (tmp / "inheritune.json").write_text(json.dumps({"trained": facts, "inherited": inherited}, indent=2))
-    write_card(tmp, trained_card(facts, inherited if inherited and "layers" in inherited else None))
+    base = base_model_of(str(facts["model"]))
+    (tmp / "inheritune.json").write_text(json.dumps({"trained": facts, "inherited": inherited, "base_model": base},
+                                                    indent=2))
+    write_card(tmp, trained_card(facts, inherited if inherited and "layers" in inherited else None, base))
     replace_dir(tmp, path)  # the old final/ goes only once the new one is in place

@@ -4,6 +4,7 @@ header with ``base_model``, ``library_name`` and tags, then a body), written fro
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -24,6 +25,27 @@ def _base_name(reference: str | None) -> str | None:
     if text.count("/") == 1 and not Path(text).exists():
         return text
     return Path(text).name
+
+
+def base_model_of(model: str | None, depth: int = 0) -> str | None:
+    """What a model trained from ``model`` is based on: the reference of an inherited child, what a trained model
+    was itself based on (followed through its inheritune.json, never a folder's basename such as ``final``), the
+    name of any other model, and nothing for a model trained from scratch."""
+    if not model or str(model).startswith("scratch:") or depth > 16:
+        return None
+    try:
+        record = json.loads((Path(str(model)) / "inheritune.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if isinstance(record, dict):
+        if "base_model" in record:
+            return record["base_model"]
+        inherited = record.get("inherited") if "trained" in record else record
+        if isinstance(inherited, dict) and inherited.get("reference"):
+            return _base_name(inherited["reference"])
+        if isinstance(record.get("trained"), dict):
+            return base_model_of(record["trained"].get("model"), depth + 1)
+    return _base_name(model)
 
 
 def child_card(record: dict) -> str:
@@ -47,11 +69,9 @@ def child_card(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def trained_card(facts: dict, inherited: dict | None) -> str:
-    """The card of a trained model: what it started from, the budget and data, and its validation loss."""
-    base = _base_name(inherited["reference"]) if inherited else _base_name(facts["model"])
-    if str(facts["model"]).startswith("scratch:"):
-        base = None
+def trained_card(facts: dict, inherited: dict | None, base: str | None) -> str:
+    """The card of a trained model: what it started from (``base``: ``base_model_of`` the model it was given), the
+    budget and data, and its validation loss."""
     lines = [_header(base, ["trained", *(["distillation"] if facts.get("teacher") else [])]),
              f"# Trained from `{facts['model']}`", "",
              f"- started from: `{facts['model']}`" + (f" (inherited {len(inherited['layers'])} of "
