@@ -16,7 +16,8 @@ def test_the_experiment_runs_every_group_and_reruns_to_the_same_numbers(tmp_path
     gpt2_tokenizer.save_pretrained(reference)
     command = [sys.executable, str(SCRIPT), "--smoke", "--reference", str(reference), "--data", str(dataset),
                "--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs")]
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    made = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert made.stdout.count("] val loss") >= 12  # every child trained once and said so
     results = json.loads((tmp_path / "docs" / "results.json").read_text())
     assert set(results["which"]) == {"first", "bi", "angular", "drop-lazy", "spread", "random"}
     assert results["which"]["first"]["layers"] == [0, 1, 2, 3]
@@ -31,14 +32,17 @@ def test_the_experiment_runs_every_group_and_reruns_to_the_same_numbers(tmp_path
     for name in ("tables.md", "curves.png", "maxrank_by_depth.png"):
         assert (tmp_path / "docs" / name).stat().st_size > 0
     first = (tmp_path / "docs" / "tables.md").read_text()
-    # a rerun finds every child done; a fresh seeded run gives the same numbers
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    # a rerun finds every child done: it trains nothing and writes the same tables
+    rerun = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "] val loss" not in rerun.stdout and "starting it again" not in rerun.stdout
     assert (tmp_path / "docs" / "tables.md").read_text().split("Stage times")[0] == first.split("Stage times")[0]
-    # make demo's short version, fresh, at the lr and batch the sweep chose: the same children, the same numbers
+    # a fresh seeded run (make demo's short version in new folders, at the lr and batch the sweep chose) retrains
+    # those children from nothing and gets the same numbers
     chosen = results["chosen"]
     short = [*command[:-4], "--out", str(tmp_path / "out2"), "--docs", str(tmp_path / "docs2"), "--short",
              "--lr", str(chosen["lr"]), "--batch", str(chosen["batch"])]
-    subprocess.run(short, check=True, capture_output=True, text=True)
+    fresh = subprocess.run(short, check=True, capture_output=True, text=True)
+    assert fresh.stdout.count("] val loss") == 4  # first, bi, angular, random: each trained again here
     again = json.loads((tmp_path / "docs2" / "results.json").read_text())
     assert set(again["which"]) == {"first", "bi", "angular", "random"} and "transfer" not in again
     for method in again["which"]:

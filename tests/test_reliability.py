@@ -199,8 +199,17 @@ def test_a_finished_run_writes_its_report_when_the_val_split_is_short_for_its_an
     assert (tmp_path / "r" / "report.md").is_file()
     state = json.loads((tmp_path / "r" / "state.json").read_text())
     assert state["compare_done"]["n"] < 10 ** 6  # capped at what the val split holds, and said
-    assert "matched" in report and "Matched" in (tmp_path / "r" / "report.md").read_text() or \
-        "Not matched" in (tmp_path / "r" / "report.md").read_text()
+    text = (tmp_path / "r" / "report.md").read_text()
+    reference_loss, child_loss = report["reference_loss"], report["rows"][1]["val_loss"]
+    # the verdict the report states is the one its numbers give, with those numbers
+    expected = child_loss <= reference_loss + report["config"]["tolerance"]
+    assert report["matched"] is expected
+    if expected:
+        assert "**Matched**" in text and "**Not matched**" not in text
+        assert f"reaches val loss {child_loss:.4f} <= reference {reference_loss:.4f}" in text
+    else:
+        assert "**Not matched**" in text and "**Matched**" not in text
+        assert f"{child_loss:.4f}, {child_loss - reference_loss:+.4f} nats from the reference's" in text
     from families import trained_like
     from transformers import LlamaConfig
 

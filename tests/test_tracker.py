@@ -109,3 +109,69 @@ def test_wsd_is_constant_then_decays_linearly_over_its_last_fraction():
     steps = np.diff(decay)
     assert np.allclose(steps, steps[0])  # linear
     assert lr_at(50, 100, 1e-3, 1e-5, 10) < 1e-3  # cosine (the default) is already decaying there
+
+
+def test_the_trackers_first_token_mass_matches_a_hand_computed_attention():
+    """Only position 0 carries a signal (token embeddings and every other position are zero), so each head's
+    score is z on key 0 and 0 elsewhere: query i puts e^z / (e^z + i) on position 0, computed here by hand."""
+    model = _gpt2()
+    scale = 0.7
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+        model.transformer.wpe.weight.zero_()
+        model.transformer.wpe.weight[0, 0] = 30.0
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.zero_()
+            block.attn.c_attn.bias.zero_()
+            for head in range(4):
+                block.attn.c_attn.bias[head * 8] = 1.0                 # query: 1 on the head's first dimension
+                block.attn.c_attn.weight[0, 32 + head * 8] = scale     # key: scale x the normed dimension 0
+            block.attn.c_proj.weight.zero_()
+            block.attn.c_proj.bias.zero_()
+            block.mlp.c_proj.weight.zero_()
+            block.mlp.c_proj.bias.zero_()
+    x0 = np.zeros(32)
+    x0[0] = 30.0
+    normed = (x0[0] - x0.mean()) / np.sqrt(x0.var() + 1e-5)  # GPT-2's LayerNorm (weight 1, bias 0, eps 1e-5)
+    z = scale * normed / np.sqrt(8)
+    mass = np.mean([np.exp(z) / (np.exp(z) + i) for i in range(first_query_of(T), T)])
+    assert 0.05 < mass < 0.95  # neither uniform nor a full sink: the formula is what is tested
+    for layer in measure_attention(model, torch.randint(0, 128, (3, T))):
+        assert layer["first_token_mass"] == pytest.approx(mass, abs=1e-6)
+        assert layer["max_first_token_mass"] == pytest.approx(mass, abs=1e-6)
+        assert layer["first_token_sink_heads"] == (1.0 if mass > 0.3 else 0.0)
+
+
+def _tiny_run(dataset, out, **kw):
+    base = dict(model="scratch:gpt2:layers=2,hidden=32,heads=4", data=str(dataset), out=str(out), max_steps=6,
+                seq_len=32, micro_batch_size=4, lr=3e-3, eval_windows=4, eval_interval=2, progress=False,
+                checkpoint_interval=0)
+    return train(TrainConfig(**{**base, **kw}))
+
+
+def test_tracking_does_not_change_the_training(dataset, tmp_path):
+    tracked = _tiny_run(dataset, tmp_path / "tracked", track_attention=2, track_windows=4)
+    plain = _tiny_run(dataset, tmp_path / "plain")
+    assert tracked["track_seconds"] > 0 and plain["track_seconds"] == 0
+    assert tracked["history"] == plain["history"]  # every train and validation loss, exactly
+    assert tracked["final_val_loss"] == plain["final_val_loss"]
+
+
+def test_bos_windows_are_what_validation_scores(dataset, tmp_path):
+    from inheritune.analysis.scoring import validation_loss
+    from inheritune.train import load_training_model
+
+    with_bos = _tiny_run(dataset, tmp_path / "bos", bos_windows=True, max_steps=2, warmup_steps=0)
+    without = _tiny_run(dataset, tmp_path / "plain", max_steps=2, warmup_steps=0)
+    data = TokenData(dataset)
+    config = TrainConfig(model="scratch:gpt2:layers=2,hidden=32,heads=4", data=str(dataset), out=str(tmp_path / "x"),
+                         max_steps=2, seq_len=32)
+    model = load_training_model(config, data)[0].eval()  # the same seeded init both runs started from
+    scored = {bos: validation_loss(model, data, seq_len=32, max_windows=4, batch_size=4, bos_windows=bos)["loss"]
+              for bos in (True, False)}
+    assert with_bos["history"][0]["val_loss"] == pytest.approx(scored[True], abs=1e-5)
+    assert without["history"][0]["val_loss"] == pytest.approx(scored[False], abs=1e-5)
+    assert abs(scored[True] - scored[False]) > 1e-4  # the two kinds of window really differ
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "bos" / "final").eval()
+    after = validation_loss(final, data, seq_len=32, max_windows=4, batch_size=4, bos_windows=True)["loss"]
+    assert with_bos["final_val_loss"] == pytest.approx(after, abs=1e-5)
