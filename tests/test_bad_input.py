@@ -261,3 +261,18 @@ def test_a_staging_folder_left_by_a_killed_prepare_is_removed(setup, gpt2_tokeni
             str(gpt2_tokenizer_dir), "--out", str(tmp_path / "fresh"), "--val-fraction", "0.2", "--progress", "false"]
     assert subprocess.run(argv, capture_output=True).returncode == 0
     assert not stale.exists() and (tmp_path / "fresh" / "meta.json").is_file()
+
+
+def test_a_config_field_of_the_wrong_type_is_one_line_naming_it(setup, capsys):
+    tmp_path, data, model = setup
+    broken = tmp_path / "string-layers"
+    shutil.copytree(model, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["num_hidden_layers"] = str(config["num_hidden_layers"])  # "2": transformers 5 checks field types
+    (broken / "config.json").write_text(json.dumps(config))
+    for argv in (["inherit", str(broken), "--layers", "1", "--out", str(tmp_path / "child")],
+                 ["evaluate", str(broken), "--data", str(data), "--inference", "false", "--progress", "false"],
+                 ["train", "--model", str(broken), "--data", str(data), "--out", str(tmp_path / "t"), "--max-steps",
+                  "1", "--progress", "false"]):
+        _one_line_error(capsys, argv, "config.json gives 'num_hidden_layers' a value of the wrong type")
+    assert not (tmp_path / "child").exists() and not (tmp_path / "t").exists()

