@@ -17,7 +17,8 @@ child's interrupted training from its checkpoint):
    group and its neighbours, the last four, and random init;
 5. sub-module ablation (PAPER.md section 2) on the first four blocks: full block (the transfer child), attention
    only, MLP only, attention + MLP without norms;
-6. zero-shot: the reference and the best children on the offline BIG-bench tasks;
+6. zero-shot: the reference, first-K and the best other child on the offline tasks (cloze, word-order: built
+   from the corpus's held-out split, no download; ``--zero-shot-only`` reruns just this stage into the docs);
 7. a second family: ``analyze`` on Gemma-3-270M (fetched here only; --no-gemma skips it).
 Every child is scored before and after training on the same fixed validation windows; deltas against first-K
 (or the first-four child) are paired bootstrap intervals over those windows.
@@ -35,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from collect import collect  # noqa: E402
+from collect import collect, merge_zero_shot  # noqa: E402
 
 from inheritune.analysis.attention import AnalyzeConfig
 from inheritune.analysis.scoring import validation_loss
@@ -47,7 +48,7 @@ from inheritune.train import train
 from inheritune.training.recipe import TrainConfig
 
 FULL = dict(k=15, tokens=40_960, sweep_tokens=20_480, seq_len=128, batch=8, eval_t=256, eval_windows=48,
-            analyze_n=50, analyze_t=128, lrs=(1e-4, 3e-4, 1e-3, 3e-3), batches=(4, 8), zero_shot_limit=100)
+            analyze_n=50, analyze_t=128, lrs=(1e-4, 3e-4, 1e-3, 3e-3), batches=(4, 8), zero_shot_limit=200)
 # make demo's short version: the lr and batch the full run's sweep chose (docs/pretrained.md), four methods
 SHORT = dict(lr=1e-3, batch=4, tokens=20_480, methods=("first", "bi", "angular"))
 SMOKE = dict(k=4, tokens=256, sweep_tokens=128, seq_len=32, batch=2, eval_t=32, eval_windows=4,
@@ -139,6 +140,9 @@ def main() -> None:
                         "angular, random) at the recorded lr and batch, no sweep, transfer, ablation, zero-shot, Gemma")
     parser.add_argument("--lr", type=float, default=None, help="skip the sweep: train every child at this lr")
     parser.add_argument("--batch", type=int, default=None, help="with --lr: windows per step")
+    parser.add_argument("--zero-shot-only", action="store_true", help="only the zero-shot stage, merged into the full "
+                        "run's docs: trains first-K and bi (the full run's best) at the full run's lr and batch "
+                        "(or --lr/--batch) and scores them and the reference on the offline tasks")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -180,6 +184,17 @@ def main() -> None:
     lap("reference")
 
     run = dict(root=root, reference=args.reference, data=data, plan=plan)
+    if args.zero_shot_only:
+        chosen = json.loads((docs / "results.json").read_text())["chosen"] if (docs / "results.json").is_file() \
+            else {"lr": SHORT["lr"], "batch": SHORT["batch"]}
+        lr, batch = args.lr or chosen["lr"], args.batch or chosen["batch"]
+        which = {m: child(f"which/{m}", lr=lr, batch=batch, tokens=plan["tokens"], select=f"{m}:{k}",
+                          from_report=str(report_path), **run) for m in ("first", "bi")}
+        lap("which")
+        zero_shot = _zero_shot(root, args.reference, which, plan, data)
+        lap("zero-shot")
+        print(merge_zero_shot(docs, zero_shot, which), f"\nstage times (s): {timings}", flush=True)
+        return
     sweep = {}
     if args.lr is None:
         for lr in plan["lrs"]:
@@ -212,7 +227,7 @@ def main() -> None:
         ablation[mode] = child(f"ablation/{mode}", lr=lr, batch=batch, tokens=plan["tokens"], layers="0-3",
                                copy=mode, **run)
     lap("ablation")
-    zero_shot = {} if args.smoke else _zero_shot(root, args.reference, which, plan)
+    zero_shot = {} if args.smoke else _zero_shot(root, args.reference, which, plan, data)
     lap("zero-shot")
     gemma = None if (args.smoke or args.no_gemma) else _gemma(root, plan)
     lap("gemma")
@@ -231,22 +246,22 @@ def _reference_score(reference: str, data: Path, plan: dict, folder: Path) -> di
     return result
 
 
-def _zero_shot(root: Path, reference: str, which: dict, plan: dict) -> dict:
-    """The reference, the first-K child and the best other child on the offline BIG-bench tasks."""
+def _zero_shot(root: Path, reference: str, which: dict, plan: dict, data: Path) -> dict:
+    """The reference, the first-K child and the best other child on the offline tasks (built from ``data``'s
+    held-out split: no download can withdraw them)."""
     from inheritune.analysis.zeroshot import zero_shot
-    from inheritune.assets.bigbench import BIGBENCH_DEFAULT
 
     best = min((m for m in which if m != "first"), key=lambda m: which[m]["after"]["loss"])
     models = {"reference": reference, "first": str(root / "which" / "first" / "train" / "final"),
               best: str(root / "which" / best / "train" / "final")}
     results = {}
     for name, path in models.items():
-        target = root / "zero-shot" / f"{name}.json"
+        target = root / "zero-shot-offline" / f"{name}.json"
         if not target.is_file():
             model, tokenizer = load_model(path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(zero_shot(model, tokenizer, list(BIGBENCH_DEFAULT), batch_size=8,
-                                                   limit=plan["zero_shot_limit"])))
+            target.write_text(json.dumps(zero_shot(model, tokenizer, ["cloze", "word-order"], batch_size=8,
+                                                   limit=plan["zero_shot_limit"], data=TokenData(data))))
         results[name] = json.loads(target.read_text())
     return results
 

@@ -169,14 +169,7 @@ def collect(docs: Path, r: dict) -> None:
             model = r["gemma"][key]["models"][0]
             profiles[f"Gemma-3-270M ({model['num_layers']} layers{label})"] = model
     draw_depth_profile(profiles, docs / "maxrank_by_depth.png")
-    zero_lines = []
-    if r.get("zero_shot"):
-        tasks = [t for t in next(iter(r["zero_shot"].values())) if t != "average"]
-        zero_lines = ["| model | " + " | ".join(tasks) + " | average |", "|" + "---|" * (len(tasks) + 2)]
-        for name, res in r["zero_shot"].items():
-            cells = [f"{res[t]['acc']:.3f} ± {1.96 * (res[t].get('acc_stderr') or 0):.3f} (n={res[t].get('n')})"
-                     for t in tasks]
-            zero_lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['average']['acc']:.3f} |")
+    zero_lines = zero_shot_lines(r["zero_shot"]) if r.get("zero_shot") else []
     selections = {m: x["selection"] for m, x in r["which"].items() if x.get("selection")}
     verdict_lines = which_verdict(r, which_d)
     text = "\n".join([
@@ -191,7 +184,7 @@ def collect(docs: Path, r: dict) -> None:
         *([] if short else [f"## Lazy-layer transfer (4 blocks; spans {r['spans']})", "", transfer_table, "",
                             *transfer_lines, "", "## Sub-module ablation (blocks 0-3)", "", ablation_table, "",
                             *ablation_lines, ""]),
-        *(["## Zero-shot (BIG-bench, accuracy ± 1.96 stderr)", "", *zero_lines, ""] if zero_lines else []),
+        *([ZERO_SHOT_HEADING, "", *zero_lines, ""] if zero_lines else []),
         "## Lazy layers by family (analyze: "
         f"{r['plan']['analyze_n']} sequences of {r['plan']['analyze_t']} tokens of the corpus's val split)", "",
         *[profile_line(name, model) for name, model in profiles.items()], "",
@@ -203,6 +196,46 @@ def collect(docs: Path, r: dict) -> None:
     light["reference_layers"] = r["report"]["models"][0]["layers"]
     (docs / "results.json").write_text(json.dumps(_strip(light), indent=1))
     print(text, flush=True)
+
+
+ZERO_SHOT_HEADING = ("## Zero-shot (the offline tasks cloze and word-order, built from the corpus's held-out split: "
+                     "not standard benchmarks; accuracy [95% CI])")
+
+
+def zero_shot_lines(zero_shot: dict) -> list[str]:
+    """The zero-shot table: one row per model, accuracy with its interval per task (and chance where known)."""
+    tasks = [t for t in next(iter(zero_shot.values())) if t != "average"]
+    first = next(iter(zero_shot.values()))
+    head = [t + (f" (chance {first[t]['chance']:.2f})" if first[t].get("chance") is not None else "") for t in tasks]
+    lines = ["| model | " + " | ".join(head) + " | average |", "|" + "---|" * (len(tasks) + 2)]
+    for name, res in zero_shot.items():
+        cells = []
+        for t in tasks:
+            low, high = res[t].get("acc_ci") or [res[t]["acc"] - 1.96 * (res[t].get("acc_stderr") or 0),
+                                                 res[t]["acc"] + 1.96 * (res[t].get("acc_stderr") or 0)]
+            cells.append(f"{res[t]['acc']:.3f} [{low:.3f}, {high:.3f}] (n={res[t].get('n')})")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['average']['acc']:.3f} |")
+    return lines
+
+
+def merge_zero_shot(docs: Path, zero_shot: dict, children: dict) -> str:
+    """Put a zero-shot rerun into a full run's docs: the zero-shot section of tables.md and the ``zero_shot`` key
+    of results.json are replaced; everything else stays as the full run wrote it. Returns the section."""
+    section = "\n".join([ZERO_SHOT_HEADING, "", *zero_shot_lines(zero_shot), "",
+                          "Children scored (retrained here with the full run's settings; val loss after training, "
+                          "to compare with the which-blocks table): "
+                          + ", ".join(f"{m} {c['after']['loss']:.4f}" for m, c in children.items()), ""])
+    tables = docs / "tables.md"
+    text = tables.read_text()
+    start = text.find("## Zero-shot")
+    end = text.find("## Lazy layers by family")
+    if start < 0 or end < start:
+        raise SystemExit(f"{tables} has no zero-shot section before 'Lazy layers by family' to replace")
+    tables.write_text(text[:start] + section + "\n" + text[end:])
+    results = json.loads((docs / "results.json").read_text())
+    results["zero_shot"] = _strip(zero_shot)
+    (docs / "results.json").write_text(json.dumps(results, indent=1))
+    return section
 
 
 def _strip(value):
