@@ -7,23 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_reliability import _config, _steps
+
 from inheritune.train import train
-from inheritune.training.recipe import TrainConfig
 from inheritune.training.rundir import written_by_a_run
 from inheritune.utils.errors import UserError
-
-TINY = "scratch:llama:layers=2,hidden=32,heads=4,kv_heads=2,ffn=64"
-
-
-def _config(dataset, out, **kw):
-    base = dict(model=TINY, data=str(dataset), out=str(out), max_steps=6, seq_len=32, micro_batch_size=4, lr=3e-3,
-                eval_interval=3, eval_windows=4, checkpoint_interval=2, keep_checkpoints=5, progress=False,
-                device="cpu")
-    return TrainConfig(**{**base, **kw})
-
-
-def _steps(folder: Path) -> list[int]:
-    return [int(p.stem.split("-")[1]) for p in sorted(folder.glob("ckpt-*.pt"))]
 
 
 def test_only_the_temporaries_a_run_writes_count_as_the_runs():
