@@ -51,8 +51,11 @@ def test_a_signal_before_anything_is_replaced_leaves_the_old_run_as_it_was(datas
         return plan
 
     monkeypatch.setattr(rundir, "prepare_out", interrupted_while_validating)
-    with pytest.raises(Interrupted, match="before training began; nothing was changed") as caught:
-        train(TrainConfig(**config, seed=5, overwrite=True))
+    try:
+        with pytest.raises(Interrupted, match="before training began; nothing was changed") as caught:
+            train(TrainConfig(**config, seed=5, overwrite=True))
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C during set-up escaped as a KeyboardInterrupt instead of stopping the run cleanly")
     assert caught.value.signal == signal.SIGINT
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # the old run, untouched
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
