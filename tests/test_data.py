@@ -4,16 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from inheritune.data.dataset import (
-    PrepareConfig,
-    RandomWindows,
-    SequentialWindows,
-    TokenData,
-    fixed_windows,
-    input_files,
-    prepare,
-    read_documents,
-)
+from inheritune.data.dataset import PrepareConfig, TokenData, input_files, prepare, read_documents
+from inheritune.data.windows import RandomWindows, SequentialWindows, fixed_windows
 from inheritune.utils.errors import UserError
 
 

@@ -265,7 +265,7 @@ def test_re_entering_a_run_keeps_its_batch_and_finishes_what_is_missing(setup, t
 
     scored = []
 
-    def fake_zero_shot(model, tokenizer, tasks, *args):
+    def fake_zero_shot(model, tokenizer, tasks, *args, **kwargs):
         scored.append(model.config.num_hidden_layers)
         return {"task": {"acc": 0.25}, "average": {"acc": 0.25}}
 

@@ -151,3 +151,33 @@ def test_select_with_an_init_that_ignores_it_is_refused(analysed, tmp_path, init
     record = json.loads((stacked / "inheritune.json").read_text())
     chosen = record["selection"]["layers"]
     assert len(chosen) == 2 and record["layers"] == chosen + chosen  # stacking applies the choice: recorded
+
+
+def test_run_select_grows_children_of_the_blocks_inherit_select_keeps(analysed, tmp_path, dataset):
+    """Every round of `run --select bi` keeps exactly the blocks `inherit --from-report <the run's analysis>
+    --select bi:l` keeps for its l; the report says which and why; another --select in the same folder is refused."""
+    from inheritune.run import RunConfig, run
+    from inheritune.utils.config import from_dict
+
+    reference, _ = analysed
+    settings = dict(reference=str(reference), data=str(dataset), out=str(tmp_path / "run"), select="bi", start="4",
+                    step=2, max_rounds=2, steps=2, tolerance=-100.0, seq_len=16, micro_batch_size=4, eval_windows=4,
+                    eval_interval=0, analyze_n=6, analyze_t=48, compare_analysis=False, baselines=[],
+                    progress=False, device="cpu")
+    report = run(from_dict(RunConfig, settings))
+    analysis = tmp_path / "run" / "analysis" / "report.json"
+    assert [r["layers"] for r in report["rounds"]] == [4, 6]
+    for r in report["rounds"]:
+        alone = inherit(InheritConfig(reference=str(reference), from_report=str(analysis), select=f"bi:{r['layers']}",
+                                      out=str(tmp_path / f"alone-{r['layers']}")))
+        expected = json.loads((alone / "inheritune.json").read_text())["layers"]
+        child = tmp_path / "run" / "rounds" / r["name"] / "child"
+        assert json.loads((child / "inheritune.json").read_text())["layers"] == r["blocks"] == expected
+        assert r["selection"]["method"] == "bi" and r["selection"]["reason"] in (child / "README.md").read_text()
+    assert report["rounds"][0]["blocks"] == [0, 1, LAZY, 7]  # the constructed influence decides, not the order
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "Blocks kept (bi): round-0-l4: 0-1, 6-7 (the 4 blocks of highest Block Influence" in text
+    with pytest.raises(UserError, match="select 'bi' -> 'first'"):
+        run(from_dict(RunConfig, {**settings, "select": "first"}))
+    with pytest.raises(UserError, match="METHOD:K with METHOD one of"):
+        from_dict(RunConfig, {**settings, "select": "best"})

@@ -6,6 +6,7 @@ finished stages are not redone and an interrupted training resumes from its chec
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from inheritune.analysis.attention import AnalyzeConfig, attention_summary
 from inheritune.analysis.report import write_report
 from inheritune.analysis.scoring import check_tokenizer_matches, validation_loss
+from inheritune.analysis.selection import NEEDS_REPORT, parse_select
 from inheritune.analysis.verdict import reference_check
 from inheritune.analysis.zeroshot import zero_shot
 from inheritune.analyze import analyze
@@ -47,6 +49,10 @@ class RunConfig:
     out: str = option("", help="run directory")
     start: str = option("half", help="first child depth: 'half' (L/2, the paper), a number, or 'auto' (analyze)")
     step: int = option(2, help="layers added per round")
+    select: str = option("first", help="which l blocks each round's child keeps: first (blocks 0..l-1, the paper), "
+                                       "bi (highest Block Influence, ShortGPT), angular (drop the span closest in "
+                                       "angle, Gromov et al.), drop-lazy, spread; chosen anew for each l from one "
+                                       "analysis of the reference (see 'inheritune inherit --select')")
     max_rounds: int = option(3, help="cap on growth rounds")
     tolerance: float = option(0.0, low=-100, high=100, help="stop when child val loss <= reference val loss + tolerance")
     grow: str = option("reinherit", help="reinherit (paper: fresh child of l + step layers, trained from step 0) or "
@@ -81,6 +87,10 @@ class RunConfig:
             raise UserError("max_rounds must be >= 1")
         if self.nproc_per_node < 1:
             raise UserError("nproc_per_node must be >= 1")
+        parse_select(f"{self.select}:1")  # an unknown method is refused with the list of methods
+        if self.select != "first" and self.grow == "continue":
+            raise UserError(f"--select {self.select} chooses the blocks anew for each depth; --grow continue appends "
+                            "the next blocks in order: use it with --select first")
         if self.grow not in ("reinherit", "continue"):
             raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
         if isinstance(self.baselines, str):
@@ -185,8 +195,9 @@ def run(config: RunConfig) -> dict:
     steps = round(config.steps * config.budget)
     reference, n_layers, ref, ref_training = _reference_stage(config, state, out, steps)
     start, analysis = _choose_start(config, state, out, reference, n_layers)
+    report = _selection_report(config, state, out, reference) if config.select in NEEDS_REPORT else None
     rounds, matched = _grow(config, state, out, reference, n_layers, start, ref["loss"], steps,
-                            ref_training["training_flops"] if ref_training else 0.0)
+                            ref_training["training_flops"] if ref_training else 0.0, report)
     baselines = {}
     for baseline in config.baselines:
         try:
@@ -218,7 +229,8 @@ def _compare(config: RunConfig, state: State, out: Path, reference: str, child: 
             try:
                 report = analyze(AnalyzeConfig(model=reference, compare=child, data=config.data,
                                                out=str(out / "compare"), n=n, t=config.analyze_t,
-                                               device=_device(config), overwrite=True, progress=config.train.progress))
+                                               device=_device(config), overwrite=True, progress=config.train.progress,
+                                               bos_windows=config.train.bos_windows))
                 state.put("reference_attention", attention_summary(report["_results"][0]) | {"n": n})
                 done = {"seconds": round(time.perf_counter() - began, 2), "n": n}
             except UserError as exc:
@@ -236,7 +248,7 @@ def _reference_attention(config: RunConfig, state: State, out: Path, reference: 
     if state.get("reference_attention") is None:
         began = time.perf_counter()
         found = reference_attention(reference, config.data, str(out / "analysis"), config.analyze_n, config.analyze_t,
-                                    _device(config), config.train.progress)
+                                    _device(config), config.train.progress, config.train.bos_windows)
         state.put("reference_attention", found | {"seconds": round(time.perf_counter() - began, 2)})
     return state.get("reference_attention")
 
@@ -267,9 +279,7 @@ def _choose_start(config: RunConfig, state: State, out: Path, reference: str, n_
         analysis = state.get("analysis")
         if analysis is None:
             began = time.perf_counter()
-            report = analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"),
-                                           n=config.analyze_n, t=config.analyze_t, device=_device(config),
-                                           overwrite=True, progress=config.train.progress))
+            report = _analyze_reference(config, reference, out)
             analysis = report["recommendation"] | {"seconds": round(time.perf_counter() - began, 2)}
             state.put("reference_attention", attention_summary(report["_results"][0]))
             state.put("analysis", analysis)
@@ -281,10 +291,29 @@ def _choose_start(config: RunConfig, state: State, out: Path, reference: str, n_
     return start, analysis
 
 
+def _analyze_reference(config: RunConfig, reference: str, out: Path) -> dict:
+    """The run's one analysis of the reference (out/analysis), in the windows its training uses."""
+    return analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"), n=config.analyze_n,
+                                 t=config.analyze_t, device=_device(config), overwrite=True,
+                                 progress=config.train.progress, bos_windows=config.train.bos_windows))
+
+
+def _selection_report(config: RunConfig, state: State, out: Path, reference: str) -> str:
+    """The analysis report every round's --select chooses from: the start's analysis when there was one, else one
+    made here (once: a re-entered run chooses from the same measurements)."""
+    if state.get("analysis") is None and state.get("selection_analysis") is None:
+        began = time.perf_counter()
+        report = _analyze_reference(config, reference, out)
+        state.put("reference_attention", attention_summary(report["_results"][0]))
+        state.put("selection_analysis", {"seconds": round(time.perf_counter() - began, 2)})
+    return str(out / "analysis" / "report.json")
+
+
 def _grow(config: RunConfig, state: State, out: Path, reference: str, n_layers: int, start: int, ref_loss: float,
-          steps: int, spent: float) -> tuple[list[dict], bool]:
+          steps: int, spent: float, report: str | None = None) -> tuple[list[dict], bool]:
     """The growth rounds: l, l + step, ... re-inherited (or grown) and trained until the reference is matched or
-    the FLOPs cap (counting ``spent`` already, the reference's training) is reached."""
+    the FLOPs cap (counting ``spent`` already, the reference's training) is reached. Each round keeps the l blocks
+    that --select chooses for that l (from ``report``, the run's analysis, when the method needs one)."""
     rounds, layers, matched = [], start, False
     for index in range(config.max_rounds):
         if layers >= n_layers:
@@ -295,12 +324,15 @@ def _grow(config: RunConfig, state: State, out: Path, reference: str, n_layers: 
         if config.grow == "continue" and rounds:
             _grown_child(reference, rounds[-1]["model_dir"], layers, child)
         else:
-            _inherit_stage(reference, child, layers=str(layers), seed=config.train.seed)
+            _inherit_stage(reference, child, select=f"{config.select}:{layers}", from_report=report or "",
+                           seed=config.train.seed)
         trained = _train_stage(config, state, f"{name}/train", str(child), out / "rounds" / name / "train", steps)
         measured = _measure(config, name, trained["model_dir"], state, f"{name}/eval")
         spent += trained["training_flops"]
         matched = measured["loss"] <= ref_loss + config.tolerance
-        rounds.append({"name": name, "layers": layers, "child_dir": str(child), **trained, "eval": measured})
+        record = json.loads((child / "inheritune.json").read_text())
+        rounds.append({"name": name, "layers": layers, "child_dir": str(child), **trained, "eval": measured,
+                       "blocks": record["layers"], "selection": record.get("selection")})
         print(f"{name}: val loss {measured['loss']:.4f} vs reference {ref_loss:.4f} "
               f"({'matched' if matched else 'not matched'})", flush=True)
         if matched or (config.max_total_flops and spent >= config.max_total_flops):
@@ -368,7 +400,8 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
             "uses_reference": name in ("kd", "hybrid-stacking", "half-width")}
 
 
-def reference_attention(reference: str, data: str, out: str, n: int, t: int, device: str, progress: bool) -> dict:
+def reference_attention(reference: str, data: str, out: str, n: int, t: int, device: str, progress: bool,
+                        bos_windows: bool = False) -> dict:
     """The reference's attention state from an analysis of it alone, on at most ``n`` sequences of ``t`` tokens
     of the val split (fewer when the split is short: the check is a safeguard, not the user's analysis);
     ``{"skipped": why}`` when no analysis is possible, so that a finished run never fails on its check."""
@@ -380,7 +413,7 @@ def reference_attention(reference: str, data: str, out: str, n: int, t: int, dev
               flush=True)
     try:
         report = analyze(AnalyzeConfig(model=reference, data=data, out=out, n=min(n, available), t=t, device=device,
-                                       overwrite=True, progress=progress))
+                                       overwrite=True, progress=progress, bos_windows=bos_windows))
     except UserError as exc:
         return {"skipped": str(exc)}
     return attention_summary(report["_results"][0]) | {"n": min(n, available)}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from inheritune.analysis.plots import draw_loss
 from inheritune.analysis.scoring import paired_delta
+from inheritune.analysis.selection import ranges
 from inheritune.analysis.verdict import warning_text
 from inheritune.utils.config import to_dict
 
@@ -96,6 +97,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _blocks_of(round_: dict) -> str:
+    """A round's kept blocks and the reason its --select gave for them."""
+    selection = round_.get("selection")
+    blocks = ranges(round_["blocks"]) if round_.get("blocks") else f"0-{round_['layers'] - 1}"
+    return f"{blocks} ({selection['reason']})" if selection else blocks
+
+
 def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, ref_training: dict | None,
                  analysis: dict | None, start: int, rounds: list[dict], baselines: dict, matched: bool,
                  comparison: str | None, seconds: float, check: dict | None = None) -> dict:
@@ -120,6 +128,8 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
                   f"L/2 = {analysis['paper_default']}.", ""]
     else:
         lines += [f"Start: l = {start} ({config.start}).", ""]
+    lines += [f"Blocks kept ({getattr(config, 'select', 'first')}): "
+              + "; ".join(f"{r['name']}: {_blocks_of(r)}" for r in rounds), ""]
     final = rounds[-1]
     if matched:
         pair = paired_delta(final["eval"], ref, bootstrap)
@@ -187,6 +197,8 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
     if histories:
         draw_loss(histories, out / "val_loss.png", title="Validation (markers) and training loss of every run")
     report = {"config": to_dict(config), "matched": matched, "start": start, "reference_loss": ref_loss,
+              "rounds": [{"name": r["name"], "layers": r["layers"], "blocks": r.get("blocks"),
+                          "selection": r.get("selection")} for r in rounds],
               "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows], "analysis": analysis,
               "wall_seconds": seconds, "reference_check": check,
               "meaningful": check["meaningful"] if check is not None else None}

@@ -56,7 +56,8 @@ class State:
 FIXED_KEYS = ("reference", "reference_from_scratch", "data", "seq_len", "seed", "start", "step", "grow", "steps",
               "budget", "micro_batch_size", "global_batch_tokens", "lr", "min_lr", "warmup_steps", "weight_decay",
               "beta1", "beta2", "grad_clip", "data_order", "dtype", "tf32", "eval_windows", "kd_alpha",
-              "kd_temperature", "analyze_n", "analyze_t", "bootstrap", "schedule", "decay_fraction", "bos_windows")
+              "kd_temperature", "analyze_n", "analyze_t", "bootstrap", "schedule", "decay_fraction", "bos_windows",
+              "select")
 
 
 def check_rerun(out: Path, config) -> None:
@@ -68,6 +69,7 @@ def check_rerun(out: Path, config) -> None:
                             "another --out")
         # Compared key by key, the train section's keys by their own names (unique within a run's config).
         old = {k.removeprefix("train."): v for k, v in flatten(recorded).items()}
+        old.setdefault("select", "first")  # runs made before --select kept the first blocks
         new = {k.removeprefix("train."): v for k, v in flatten(to_dict(config)).items()}
         keys = FIXED_KEYS + (("nproc_per_node",) if not config.train.global_batch_tokens else ())
         fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in keys if k in old and old[k] != new[k]]
