@@ -176,8 +176,8 @@ def test_run_select_grows_children_of_the_blocks_inherit_select_keeps(analysed, 
         assert r["selection"]["method"] == "bi" and r["selection"]["reason"] in (child / "README.md").read_text()
     assert report["rounds"][0]["blocks"] == [0, 1, LAZY, 7]  # the constructed influence decides, not the order
     text = (tmp_path / "run" / "report.md").read_text()
-    assert "Blocks kept (bi): round-0-l4: 0-1, 6-7 (the 4 blocks of highest Block Influence" in text
-    with pytest.raises(UserError, match="select 'bi' -> 'first'"):
+    assert "Blocks kept (bi; healed by ce): round-0-l4: 0-1, 6-7 (the 4 blocks of highest Block Influence" in text
+    with pytest.raises(UserError, match=r"select \[.bi.\] -> \[.first.\]"):
         run(from_dict(RunConfig, {**settings, "select": "first"}))
     with pytest.raises(UserError, match="METHOD:K with METHOD one of"):
         from_dict(RunConfig, {**settings, "select": "best"})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from inheritune.analysis.attention import AnalyzeConfig, attention_summary
 from inheritune.analysis.report import write_report
 from inheritune.analysis.scoring import check_tokenizer_matches, validation_loss
-from inheritune.analysis.selection import NEEDS_REPORT, parse_select
+from inheritune.analysis.selection import NEEDS_REPORT
 from inheritune.analysis.verdict import reference_check
 from inheritune.analysis.zeroshot import zero_shot
 from inheritune.analyze import analyze
@@ -30,94 +29,9 @@ from inheritune.models.loading import load_config_of, load_model, resolve_device
 from inheritune.train import train
 from inheritune.training.checkpoint import checkpoints
 from inheritune.training.distributed import launch_torchrun
-from inheritune.training.recipe import TrainConfig, TrainRecipe
+from inheritune.training.runconfig import BASELINES, RunConfig  # noqa: F401 (RunConfig: the verb's config)
 from inheritune.training.runstate import State, open_run_dir
-from inheritune.utils.config import option, to_dict
 from inheritune.utils.errors import Interrupted, UserError, reading
-
-BASELINES = ("random", "random-2x", "stacking", "hybrid-stacking", "half-width", "kd")
-
-
-@dataclass
-class RunConfig:
-    """The recipe end to end (PAPER.md §2-3). Training fields apply to every round and baseline alike."""
-
-    reference: str = option("smollm2", help="pretrained reference: HF dir, .gguf, built-in name")
-    reference_from_scratch: str = option("", help="instead, train the reference first from this scratch spec "
-                                                  "(e.g. scratch:gpt2-medium) with the round budget")
-    data: str = option("", help="prepared dataset directory")
-    out: str = option("", help="run directory")
-    start: str = option("half", help="first child depth: 'half' (L/2, the paper), a number, or 'auto' (analyze)")
-    step: int = option(2, help="layers added per round")
-    select: str = option("first", help="which l blocks each round's child keeps: first (blocks 0..l-1, the paper), "
-                                       "bi (highest Block Influence, ShortGPT), angular (drop the span closest in "
-                                       "angle, Gromov et al.), drop-lazy, spread; chosen anew for each l from one "
-                                       "analysis of the reference (see 'inheritune inherit --select')")
-    max_rounds: int = option(3, help="cap on growth rounds")
-    tolerance: float = option(0.0, low=-100, high=100, help="stop when child val loss <= reference val loss + tolerance")
-    grow: str = option("reinherit", help="reinherit (paper: fresh child of l + step layers, trained from step 0) or "
-                                         "continue (keep the trained child, append the next reference layers)")
-    steps: int = option(200, help="optimizer steps per round (and per baseline), before --budget scaling")
-    budget: float = option(1.0, low=1e-6, high=1e6, help="multiplies every training budget (use > 1 on real hardware)")
-    max_total_flops: float = option(0.0, low=0, help="stop growing once the training FLOPs spent exceed this; 0 = no cap")
-    baselines: list[str] = option(["random"], help=f"baselines on the same budget: {', '.join(BASELINES)}; "
-                                                            "none for no baseline")
-    nproc_per_node: int = option(1, help="> 1: each training runs under torchrun with this many processes")
-    kd_alpha: float = option(0.6, low=0, high=1, help="KD baseline: weight of CE")
-    kd_temperature: float = option(1.0, low=1e-3, high=1e3, help="KD baseline: temperature")
-    tasks: list[str] = option([], help="zero-shot tasks for every final model (see 'inheritune evaluate --tasks')")
-    task_limit: int = option(0, low=0, help="at most this many items per zero-shot task; 0 = all")
-    analyze_n: int = option(100, low=1, help="sequences for the analysis (start auto, and the final comparison)")
-    analyze_t: int = option(100, low=2, help="tokens per analysis sequence")
-    compare_analysis: bool = option(True, help="analyse reference vs final child side by side at the end")
-    track_reference: int = option(0, low=0, help="with --reference-from-scratch: track the reference's attention "
-                                                 "every this many steps while it trains (emergence.png in the "
-                                                 "report); 0 = off")
-    train: TrainRecipe = option(default_factory=TrainRecipe, help="the training recipe of every round and baseline "
-                                                                  "(its keys also work flat: --lr, --seq-len, ...)")
-    bootstrap: int = option(1000, low=100, high=100_000, help="bootstrap resamples of the validation windows for intervals (paired for deltas)")
-    convergence_tolerance: float = option(0.01, low=0, help="a reference trained by the run counts as converged unless its "
-                                                     "val loss surely falls faster than this many nats per 10%% of its "
-                                                     "budget over the last half (else the verdict is flagged)")
-
-    def __post_init__(self):
-        if self.step <= 0:
-            raise UserError(f"step must be > 0, got {self.step}")
-        if self.max_rounds < 1:
-            raise UserError("max_rounds must be >= 1")
-        if self.nproc_per_node < 1:
-            raise UserError("nproc_per_node must be >= 1")
-        parse_select(f"{self.select}:1")  # an unknown method is refused with the list of methods
-        if self.select != "first" and self.grow == "continue":
-            raise UserError(f"--select {self.select} chooses the blocks anew for each depth; --grow continue appends "
-                            "the next blocks in order: use it with --select first")
-        if self.grow not in ("reinherit", "continue"):
-            raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
-        if isinstance(self.baselines, str):
-            self.baselines = self.baselines.split(",")
-        self.baselines = [b for b in self.baselines if b and b != "none"]  # --baselines none: no baseline
-        unknown = [b for b in self.baselines if b not in BASELINES]
-        if unknown:
-            raise UserError(f"unknown baseline '{unknown[0]}'; choose from {', '.join(BASELINES)}")
-        if round(self.steps * self.budget) < 1:
-            raise UserError(f"a budget of {self.steps} x {self.budget} steps is too small to train and evaluate once")
-        if self.start not in ("half", "auto") and not str(self.start).isdigit():
-            raise UserError(f"start must be 'half', 'auto' or a number of layers, not {self.start!r}")
-        if not self.convergence_tolerance >= 0:
-            raise UserError(f"convergence_tolerance must be >= 0, got {self.convergence_tolerance}")
-        if self.bootstrap < 100:
-            raise UserError(f"bootstrap must be >= 100 resamples for a 95% interval, got {self.bootstrap}")
-        if self.train.eval_windows == 1:
-            raise UserError("eval_windows must be 0 (all windows of the val split) or >= 2 (intervals are over "
-                            "windows), got 1")
-        self.train_config("x", "x", round(self.steps * self.budget))  # every training knob is validated now, not after hours of work
-
-
-    def train_config(self, model: str, out: str, steps: int, **extra) -> TrainConfig:
-        """The TrainConfig of one stage: the run's whole recipe, this stage's model, budget and output."""
-        return TrainConfig(**(to_dict(self.train) | dict(model=model, data=self.data, out=out, max_steps=steps,
-                                                         checkpoint_interval=max(10, steps // 4)) | extra))
-
 
 def _train_stage(config: RunConfig, state: State, key: str, model: str, out: Path, steps: int, **extra) -> dict:
     """Train once: reuse a finished run, resume an interrupted one, else start fresh."""
@@ -195,9 +109,16 @@ def run(config: RunConfig) -> dict:
     steps = round(config.steps * config.budget)
     reference, n_layers, ref, ref_training = _reference_stage(config, state, out, steps)
     start, analysis = _choose_start(config, state, out, reference, n_layers)
-    report = _selection_report(config, state, out, reference) if config.select in NEEDS_REPORT else None
-    rounds, matched = _grow(config, state, out, reference, n_layers, start, ref["loss"], steps,
-                            ref_training["training_flops"] if ref_training else 0.0, report)
+    needs = any(method in NEEDS_REPORT for method in config.select)
+    report = _selection_report(config, state, out, reference) if needs else None
+    children = None
+    if config.side_by_side:
+        children = _side_by_side(config, state, out, reference, start, steps, report)
+        rounds = [min(children.values(), key=lambda c: c["eval"]["loss"])]  # the best, for the comparison analysis
+        matched = rounds[0]["eval"]["loss"] <= ref["loss"] + config.tolerance
+    else:
+        rounds, matched = _grow(config, state, out, reference, n_layers, start, ref["loss"], steps,
+                                ref_training["training_flops"] if ref_training else 0.0, report)
     baselines = {}
     for baseline in config.baselines:
         try:
@@ -209,7 +130,7 @@ def run(config: RunConfig) -> dict:
     check = reference_check(_reference_attention(config, state, out, reference), ref_training,
                             config.convergence_tolerance)
     return write_report(config, out, reference, n_layers, ref, ref_training, analysis, start, rounds, baselines,
-                        matched, comparison, time.perf_counter() - started, check)
+                        matched, comparison, time.perf_counter() - started, check, children)
 
 
 def _compare(config: RunConfig, state: State, out: Path, reference: str, child: str) -> str | None:
@@ -324,21 +245,56 @@ def _grow(config: RunConfig, state: State, out: Path, reference: str, n_layers: 
         if config.grow == "continue" and rounds:
             _grown_child(reference, rounds[-1]["model_dir"], layers, child)
         else:
-            _inherit_stage(reference, child, select=f"{config.select}:{layers}", from_report=report or "",
+            _inherit_stage(reference, child, select=f"{config.select[0]}:{layers}", from_report=report or "",
                            seed=config.train.seed)
-        trained = _train_stage(config, state, f"{name}/train", str(child), out / "rounds" / name / "train", steps)
+        trained = _train_stage(config, state, f"{name}/train", str(child), out / "rounds" / name / "train", steps,
+                               **config.heal_args(config.heal[0], reference))
         measured = _measure(config, name, trained["model_dir"], state, f"{name}/eval")
         spent += trained["training_flops"]
         matched = measured["loss"] <= ref_loss + config.tolerance
         record = json.loads((child / "inheritune.json").read_text())
         rounds.append({"name": name, "layers": layers, "child_dir": str(child), **trained, "eval": measured,
-                       "blocks": record["layers"], "selection": record.get("selection")})
+                       "blocks": record["layers"], "selection": record.get("selection"), "heal": config.heal[0]})
         print(f"{name}: val loss {measured['loss']:.4f} vs reference {ref_loss:.4f} "
               f"({'matched' if matched else 'not matched'})", flush=True)
         if matched or (config.max_total_flops and spent >= config.max_total_flops):
             break
         layers += config.step
     return rounds, matched
+
+
+def _side_by_side(config: RunConfig, state: State, out: Path, reference: str, layers: int, steps: int,
+                  report: str | None) -> dict[str, dict]:
+    """One child per (selection, healing) at depth ``layers``: cut, scored before training, trained on the same
+    budget, seed and data order, scored after on the same windows (each resumable like a round)."""
+    children = {}
+    for method, heal in config.children():
+        name = method if len(config.heal) == 1 else f"{method}+{heal}" if len(config.select) > 1 else heal
+        root = out / "children" / f"{method}-{heal}"
+        child = _inherit_stage(reference, root / "child", select=f"{method}:{layers}", from_report=report or "",
+                               seed=config.train.seed)
+        before = _measure_before(config, child, state, f"child/{method}-{heal}/before")
+        trained = _train_stage(config, state, f"child/{method}-{heal}/train", str(child), root / "train", steps,
+                               **config.heal_args(heal, reference))
+        measured = _measure(config, name, trained["model_dir"], state, f"child/{method}-{heal}/eval")
+        record = json.loads((child / "inheritune.json").read_text())
+        children[name] = {"name": name, "method": method, "heal": heal, "layers": layers, "child_dir": str(child),
+                          **trained, "before": before, "eval": measured, "blocks": record["layers"],
+                          "selection": record.get("selection")}
+        print(f"{name}: val loss {before['loss']:.4f} before, {measured['loss']:.4f} after {trained['tokens']:,} "
+              "tokens", flush=True)
+    return children
+
+
+def _measure_before(config: RunConfig, child: Path, state: State, key: str) -> dict:
+    """An untrained child's val loss on the run's windows (the 'before' of its comparison)."""
+    if state.get(key) is None:
+        model, _ = load_model(str(child), device=_device(config))
+        found = validation_loss(model, TokenData(config.data), config.train.seq_len, 0, config.train.eval_windows,
+                                config.train.micro_batch_size, _device(config), bootstrap=config.bootstrap,
+                                keep_windows=False, bos_windows=config.train.bos_windows)
+        state.put(key, {k: found[k] for k in ("loss", "loss_ci95")})
+    return state.get(key)
 
 
 def _grown_child(reference: str, trained_dir: str, layers: int, out: Path) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from inheritune.analysis.plots import draw_loss
 from inheritune.analysis.scoring import paired_delta
+from inheritune.analysis import sidebyside
 from inheritune.analysis.selection import ranges
 from inheritune.analysis.verdict import warning_text
 from inheritune.utils.config import to_dict
@@ -106,7 +107,10 @@ def _blocks_of(round_: dict) -> str:
 
 def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, ref_training: dict | None,
                  analysis: dict | None, start: int, rounds: list[dict], baselines: dict, matched: bool,
-                 comparison: str | None, seconds: float, check: dict | None = None) -> dict:
+                 comparison: str | None, seconds: float, check: dict | None = None,
+                 children: dict | None = None) -> dict:
+    """report.md, report.json and val_loss.png of a run: its growth rounds, or (``children``) the children it
+    trained side by side."""
     ref_loss = ref["loss"]
     bootstrap = config.bootstrap
     ref_flops = ref_training["training_flops"] if ref_training else 0.0
@@ -114,7 +118,10 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
     rows = [_row(ref_name, n_layers, "scratch" if ref_training else "pretrained",
                  ref_training, ref, ref, bootstrap, ref_flops if ref_training else None)]
     spent = ref_flops
-    for r in rounds:  # Inheritune's cost: the reference's training (when this run trained it) and every round so far
+    for name, c in (children or {}).items():  # side by side: each child's own cost (+ the reference's training)
+        rows.append(_row(f"child {name}", c["layers"], f"inherit+{c['heal']}", c, c["eval"], ref, bootstrap,
+                         c["training_flops"] + ref_flops))
+    for r in ([] if children else rounds):  # Inheritune's cost: the reference's training (when this run trained it) and every round so far
         spent += r["training_flops"]
         rows.append(_row(f"Inheritune {r['name']}", r["layers"], "inherit", r, r["eval"], ref, bootstrap, spent))
     for name, b in baselines.items():
@@ -128,10 +135,16 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
                   f"L/2 = {analysis['paper_default']}.", ""]
     else:
         lines += [f"Start: l = {start} ({config.start}).", ""]
-    lines += [f"Blocks kept ({getattr(config, 'select', 'first')}): "
-              + "; ".join(f"{r['name']}: {_blocks_of(r)}" for r in rounds), ""]
+    shown = list(children.values()) if children else rounds
+    lines += [f"Blocks kept ({', '.join(config.select)}; healed by {', '.join(config.heal)}): "
+              + "; ".join(f"{r['name']}: {_blocks_of(r)}" for r in shown), ""]
     final = rounds[-1]
-    if matched:
+    found = sidebyside.compare(children, baselines, ref, bootstrap) if children else None
+    if children:
+        lines += [f"Side by side: {len(children)} children of {final['layers']} layers" +
+                  (" and the baselines" if baselines else "") + ", each trained from its cut on the same budget.", "",
+                  sidebyside.table(found), "", *sidebyside.verdict(found), ""]
+    elif matched:
         pair = paired_delta(final["eval"], ref, bootstrap)
         lines += [f"**Matched**: the {final['layers']}-layer child reaches val loss {final['eval']['loss']:.4f} "
                   f"<= reference {ref_loss:.4f}{f' + {config.tolerance}' if config.tolerance else ''} after "
@@ -151,7 +164,7 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
                       "hardware.", ""]
     if check is not None:
         lines += [warning_text(check) or _passed(check), ""]
-    for name, b in baselines.items():
+    for name, b in ({} if children else baselines).items():
         if "skipped" in b:
             lines += [f"- baseline {name}: skipped ({b['skipped']})"]
             continue
@@ -164,7 +177,7 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
     spent_line = (f"- Inheritune spent {rows[len(rounds)]['cumulative_flops']:.3g} training FLOPs in all: "
                   + (f"the reference's training ({ref_flops:.3g}) + " if ref_training else "")
                   + " + ".join(f"{r['name']} ({r['training_flops']:.3g})" for r in rounds) + ".")
-    lines += [spent_line]
+    lines += [] if children else [spent_line]
     lines += ["", table(rows), "",
               f"Validation: {ref['windows']} fixed windows of {config.train.seq_len} tokens ({ref['tokens']:,} tokens) of "
               f"the val split of `{config.data}`, identical for every model; loss intervals are bootstrap 95% over windows "
@@ -186,7 +199,7 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
         lines += [f"Reference vs final child, attention rank by layer (from `{comparison}`):", "",
                   "![rank by layer](compare/maxrank.png)", ""]
     final_dir = rounds[-1]["model_dir"]
-    lines += ["## The final child", "",
+    lines += ["## The final child" if not children else "## The final child (the best of the side-by-side)", "",
               f"`{final_dir}` is a Hugging Face directory:", "", "```python",
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
               f"model = AutoModelForCausalLM.from_pretrained({final_dir!r})",
@@ -200,8 +213,12 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               "rounds": [{"name": r["name"], "layers": r["layers"], "blocks": r.get("blocks"),
                           "selection": r.get("selection")} for r in rounds],
               "rows": [{k: v for k, v in r.items() if k != "history"} for r in rows], "analysis": analysis,
+              "side_by_side": None if not found else {
+                  "best": found["best"], "first": found["first"], "deltas": found["deltas"],
+                  "before": {n: c["before"]["loss"] for n, c in children.items()}},
               "wall_seconds": seconds, "reference_check": check,
               "meaningful": check["meaningful"] if check is not None else None}
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print("\n" + "\n".join(lines[:lines.index("## The final child")]), flush=True)
+    print("\n" + "\n".join(lines[:next(i for i, x in enumerate(lines) if x.startswith("## The final child"))]),
+          flush=True)
     return report

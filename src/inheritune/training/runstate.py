@@ -57,7 +57,7 @@ FIXED_KEYS = ("reference", "reference_from_scratch", "data", "seq_len", "seed", 
               "budget", "micro_batch_size", "global_batch_tokens", "lr", "min_lr", "warmup_steps", "weight_decay",
               "beta1", "beta2", "grad_clip", "data_order", "dtype", "tf32", "eval_windows", "kd_alpha",
               "kd_temperature", "analyze_n", "analyze_t", "bootstrap", "schedule", "decay_fraction", "bos_windows",
-              "select")
+              "select", "heal")
 
 
 def check_rerun(out: Path, config) -> None:
@@ -69,7 +69,9 @@ def check_rerun(out: Path, config) -> None:
                             "another --out")
         # Compared key by key, the train section's keys by their own names (unique within a run's config).
         old = {k.removeprefix("train."): v for k, v in flatten(recorded).items()}
-        old.setdefault("select", "first")  # runs made before --select kept the first blocks
+        # runs made before --select and --heal kept the first blocks and healed by cross-entropy
+        old["select"] = [old["select"]] if isinstance(old.get("select"), str) else old.get("select", ["first"])
+        old.setdefault("heal", ["ce"])
         new = {k.removeprefix("train."): v for k, v in flatten(to_dict(config)).items()}
         keys = FIXED_KEYS + (("nproc_per_node",) if not config.train.global_batch_tokens else ())
         fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in keys if k in old and old[k] != new[k]]
