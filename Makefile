@@ -33,15 +33,17 @@ mini-data: assets
 	$(BIN)/inheritune data prepare --input "$$($(BIN)/inheritune assets path corpus)" --train-tokenizer 8192 \
 	  --out $(MINI_DATA)
 
-# About 15 minutes on 2 CPU cores (see README): SmolLM2-135M's lazy layers (a real pretrained model), then
-# "which blocks do I keep?" on it (experiments/pretrained_claims --short): 15-layer children of SmolLM2 that keep
-# its first 15 blocks (Inheritune), the 15 of highest Block Influence (ShortGPT), all but the 15 consecutive
-# blocks of smallest angular distance (Gromov et al.), and a random init of the same shape, each retrained on the
-# same tokens with the same recipe and scored on the same windows, ending in the table and verdict.
+# About 15 minutes on 2 CPU cores (see README and docs/demo.md), through the product's verbs only: SmolLM2-135M's
+# lazy layers (a real pretrained model), then "which blocks do I keep?" on it: 15-layer children of SmolLM2 (L/2)
+# that keep its first 15 blocks (Inheritune), the 15 of highest Block Influence (ShortGPT), all but the 15
+# consecutive blocks of smallest angular distance (Gromov et al.), and a random init of the same shape, each
+# retrained on the same 20,480 tokens with the same recipe (lr and batch: the sweep of docs/pretrained.md) and
+# scored before and after on the same windows, ending in the run's table and verdict.
+DEMO_RUN_ARGS ?= --select first bi angular --baselines random --steps 40 --seq-len 128 --micro-batch-size 4 \
+	--lr 1e-3 --eval-windows 48 --eval-interval 0 --analyze-n 50 --analyze-t 128 --compare-analysis false
 demo: data
 	$(BIN)/inheritune analyze smollm2 --data $(DATA) --out $(DEMO)/smollm2-analysis --n 100 --t 100 --overwrite true
-	$(BIN)/python experiments/pretrained_claims/claims.py --short --data $(DATA) --out $(DEMO)/which-blocks \
-	  --docs $(DEMO)/which-blocks
+	$(BIN)/inheritune run --reference smollm2 --data $(DATA) --out $(DEMO)/which-blocks $(DEMO_RUN_ARGS)
 
 # The recipe from scratch in miniature (experiments/reproduce_mini, one seed, about 12 minutes): a 12-layer
 # reference trained on the shipped corpus, Inheritune children grown from l = 6 until they match it, and a

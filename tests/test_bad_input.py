@@ -231,7 +231,7 @@ def test_token_ids_beyond_the_vocabulary_are_refused_by_every_reader(setup, caps
                              "2", "--seq-len", "16"], "does not fit the vocabulary")
     _one_line_error(capsys, ["analyze", str(model), *common, "--n", "2", "--t", "8"], "does not fit the vocabulary")
     _one_line_error(capsys, ["evaluate", str(model), *common, "--seq-len", "16", "--inference", "false"],
-                    "does not fit the model's vocabulary")
+                    "in the validation split does not fit the vocabulary of 50257")
 
 
 def test_text_that_is_not_utf8_and_a_damaged_dataset_to_replace(setup, gpt2_tokenizer_dir, capsys):

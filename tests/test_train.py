@@ -311,14 +311,14 @@ def test_chunked_loss_trains_like_the_plain_path_and_short_runs_stay_eager(datas
 def test_compile_auto_rule():
     from types import SimpleNamespace
 
-    from inheritune.train import BatchPlan, _compile_decision
+    from inheritune.training.budget import BatchPlan, compile_decision
 
     d = SimpleNamespace(device=torch.device("cpu"), main=False)
     config = TrainConfig(model="m", data="d", out="o", max_steps=100)
     plan = BatchPlan.of(config, 1)
     # 100 steps of 1e12 FLOPs at 50% of 1e12 FLOP/s = 200 s < 10 x 60 s: eager; 10x the FLOPs: compiled
-    assert not _compile_decision(config, plan, 1e12, 1e12, d)
-    assert _compile_decision(config, plan, 1e13, 1e12, d)
-    assert _compile_decision(TrainConfig(model="m", data="d", out="o", max_steps=1, compile="true"), plan, 1.0, 1e12, d)
+    assert not compile_decision(config, plan, 1e12, 1e12, d)
+    assert compile_decision(config, plan, 1e13, 1e12, d)
+    assert compile_decision(TrainConfig(model="m", data="d", out="o", max_steps=1, compile="true"), plan, 1.0, 1e12, d)
     with pytest.raises(UserError, match="compile must be"):
         TrainConfig(model="m", data="d", out="o", compile="sometimes")

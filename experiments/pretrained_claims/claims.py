@@ -5,6 +5,11 @@ of its peers, at one retraining budget. One command regenerates every number of 
     python experiments/pretrained_claims/claims.py --budget 0.5      # every training budget halved
     python experiments/pretrained_claims/claims.py --smoke --reference DIR --data DIR   # tiny, for tests
 
+Work folders: ``--out/<reference>-<data fingerprint>-<plan>-seed<seed>/``, one per configuration, and in it one
+folder per child named by its lr, batch and tokens: a rerun with other settings, another reference or other
+data never reuses and never deletes another configuration's results. (``make demo``'s short version of stage
+3 is now the product itself: ``inheritune run --select first bi angular``.)
+
 Stages (each child is its own folder with a ``result.json``: rerunning skips what is done and continues a
 child's interrupted training from its checkpoint):
 1. analyze the reference (the selections choose from this report: Block Influence, angular distances, lazy
@@ -28,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,8 +53,8 @@ from inheritune.training.recipe import TrainConfig
 
 FULL = dict(k=15, tokens=40_960, sweep_tokens=20_480, seq_len=128, batch=8, eval_t=256, eval_windows=48,
             analyze_n=50, analyze_t=128, lrs=(1e-4, 3e-4, 1e-3, 3e-3), batches=(4, 8), zero_shot_limit=200)
-# make demo's short version: the lr and batch the full run's sweep chose (docs/pretrained.md), four methods
-SHORT = dict(lr=1e-3, batch=4, tokens=20_480, methods=("first", "bi", "angular"))
+# the lr and batch the full run's sweep chose (docs/pretrained.md), for --zero-shot-only without a full run
+CHOSEN = dict(lr=1e-3, batch=4)
 SMOKE = dict(k=4, tokens=256, sweep_tokens=128, seq_len=32, batch=2, eval_t=32, eval_windows=4,
              analyze_n=4, analyze_t=32, lrs=(3e-4, 1e-3), batches=(2,), zero_shot_limit=0)
 
@@ -69,23 +73,16 @@ def score(model_dir: Path, data: Path, plan: dict) -> dict:
 def child(name: str, root: Path, reference: str, data: Path, plan: dict, lr: float, batch: int, tokens: int,
           **inherit_args) -> dict:
     """Cut, score, train for ``tokens`` and score again one child (resumable)."""
-    folder = root / name
+    folder = root / f"{name}-lr{lr:g}-b{batch}-t{tokens}"
     steps = max(2, tokens // (batch * plan["seq_len"]))
     wanted = {"lr": lr, "batch": batch, "steps": steps, "seq_len": plan["seq_len"], "seed": plan["seed"],
               **{k: str(v) for k, v in inherit_args.items()}}
     settings = folder / "settings.json"
-    if settings.is_file():
-        previous = json.loads(settings.read_text())
-    elif (result := _done(folder)) is not None:  # a child saved before settings.json existed
-        previous = {"lr": result["lr"], "batch": result["batch"], "steps": result["steps"]}
-    else:  # nothing, or an interrupted child of unknown settings
-        previous = {"unknown": True} if folder.exists() else None
-    if previous is not None and previous != {k: wanted.get(k) for k in previous}:
-        # made under another lr, batch, budget or selection (the sweep chose differently, --budget changed, an
-        # interrupted run had other settings): start this child again rather than mix the two
-        print(f"{name}: the saved child was made with {previous}; starting it again with {wanted}", flush=True)
-        shutil.rmtree(folder)
-    elif (result := _done(folder)) is not None:
+    if folder.exists() and (not settings.is_file() or json.loads(settings.read_text()) != wanted):
+        # never deleted: it is another configuration's work, or not this script's
+        sys.exit(f"{folder} holds a child made with other settings (or not by this script); wanted {wanted}. "
+                 "Use another --out, or move it away")
+    if (result := _done(folder)) is not None:
         return result
     folder.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(wanted))
@@ -105,7 +102,7 @@ def child(name: str, root: Path, reference: str, data: Path, plan: dict, lr: flo
         sys.exit(f"{name}: training interrupted; run the same command again to continue")
     after = score(run / "final", data, plan)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    result = {"name": name, "layers": record["layers"], "init": record["init"], "copy": record["copy"],
+    result = {"name": name, "folder": str(folder), "layers": record["layers"], "init": record["init"], "copy": record["copy"],
               "selection": record.get("selection"), "parameters": record["parameters"], "lr": lr, "batch": batch,
               "steps": summary["steps"], "tokens": summary["tokens"], "training_flops": summary["training_flops"],
               "train_seconds": summary["train_seconds"], "tokens_per_s": summary["tokens"] / summary["train_seconds"],
@@ -136,8 +133,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--no-gemma", action="store_true", help="skip the Gemma-3 analysis (a 250 MB fetch)")
     parser.add_argument("--smoke", action="store_true", help="tiny budgets, no zero-shot, no Gemma (for tests)")
-    parser.add_argument("--short", action="store_true", help="make demo's version: which blocks only (first, bi, "
-                        "angular, random) at the recorded lr and batch, no sweep, transfer, ablation, zero-shot, Gemma")
     parser.add_argument("--lr", type=float, default=None, help="skip the sweep: train every child at this lr")
     parser.add_argument("--batch", type=int, default=None, help="with --lr: windows per step")
     parser.add_argument("--zero-shot-only", action="store_true", help="only the zero-shot stage, merged into the full "
@@ -148,16 +143,10 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()  # one line per child instead of a bar per checkpoint load
     plan = {**(SMOKE if args.smoke else FULL), "seed": args.seed}
-    if args.short:
-        args.lr = args.lr or SHORT["lr"]
-        args.batch = args.batch or SHORT["batch"]
-        if not args.smoke:
-            plan["tokens"] = SHORT["tokens"]
-    methods = SHORT["methods"] if args.short else ("first", "bi", "angular", "drop-lazy", "spread")
+    methods = ("first", "bi", "angular", "drop-lazy", "spread")
     for key in ("tokens", "sweep_tokens"):
         plan[key] = int(plan[key] * args.budget)
-    root, docs = Path(args.out), Path(args.docs)
-    root.mkdir(parents=True, exist_ok=True)
+    docs = Path(args.docs)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -167,12 +156,15 @@ def main() -> None:
         clock = time.perf_counter()
         print(f"[{stage} done: {timings[stage]:.0f} s]", flush=True)
 
-    data = Path(args.data) if args.data else root / "data-smollm2"
+    data = Path(args.data) if args.data else Path(args.out) / "data-smollm2"
     if not args.data:
         from inheritune.assets.catalog import fetch
 
         corpus = fetch(["corpus"], verbose=False)["corpus"]
         prepare(PrepareConfig(input=[str(corpus)], out=str(data), tokenizer="smollm2"), progress=False)
+    root = Path(args.out) / configuration(args, TokenData(data), plan)
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {root}", flush=True)
     report_path = root / "analysis" / "report.json"
     if not report_path.is_file():
         analyze(AnalyzeConfig(model=args.reference, data=str(data), n=plan["analyze_n"], t=plan["analyze_t"],
@@ -186,7 +178,7 @@ def main() -> None:
     run = dict(root=root, reference=args.reference, data=data, plan=plan)
     if args.zero_shot_only:
         chosen = json.loads((docs / "results.json").read_text())["chosen"] if (docs / "results.json").is_file() \
-            else {"lr": SHORT["lr"], "batch": SHORT["batch"]}
+            else CHOSEN
         lr, batch = args.lr or chosen["lr"], args.batch or chosen["batch"]
         which = {m: child(f"which/{m}", lr=lr, batch=batch, tokens=plan["tokens"], select=f"{m}:{k}",
                           from_report=str(report_path), **run) for m in ("first", "bi")}
@@ -209,10 +201,6 @@ def main() -> None:
                       from_report=str(report_path), **run) for m in methods}
     which["random"] = child("which/random", lr=lr, batch=batch, tokens=plan["tokens"], init="random", layers=str(k), **run)
     lap("which")
-    if args.short:
-        collect(docs, dict(plan=plan, reference=args.reference, report=report, ref_score=ref_score, sweep=sweep,
-                           chosen={"lr": lr, "batch": batch}, which=which, timings=timings))
-        return
     lazy4 = lazy_neighbourhood(report["models"][0], n_layers)
     middle = (n_layers - 4) // 2
     spans = {"first": "0-3", "middle": f"{middle}-{middle + 3}", "lazy": f"{lazy4[0]}-{lazy4[-1]}",
@@ -236,6 +224,14 @@ def main() -> None:
                        zero_shot=zero_shot, gemma=gemma, timings=timings, spans=spans))
 
 
+def configuration(args, data: TokenData, plan: dict) -> str:
+    """The work folder's name: the reference, the dataset's fingerprint, the plan and the seed (with --budget)."""
+    fingerprint = str(data.meta.get("fingerprint", ""))[:12] or "unfingerprinted"
+    name = Path(str(args.reference).rstrip("/")).name.replace(".", "-")
+    budget = "" if args.budget == 1.0 else f"-budget{args.budget:g}"
+    return f"{name}-{fingerprint}-{'smoke' if args.smoke else 'full'}{budget}-seed{args.seed}"
+
+
 def _reference_score(reference: str, data: Path, plan: dict, folder: Path) -> dict:
     model, _ = load_model(reference)
     result = validation_loss(model, TokenData(data), plan["eval_t"], max_windows=plan["eval_windows"], batch_size=4)
@@ -252,8 +248,8 @@ def _zero_shot(root: Path, reference: str, which: dict, plan: dict, data: Path) 
     from inheritune.analysis.zeroshot import zero_shot
 
     best = min((m for m in which if m != "first"), key=lambda m: which[m]["after"]["loss"])
-    models = {"reference": reference, "first": str(root / "which" / "first" / "train" / "final"),
-              best: str(root / "which" / best / "train" / "final")}
+    models = {"reference": reference, "first": str(Path(which["first"]["folder"]) / "train" / "final"),
+              best: str(Path(which[best]["folder"]) / "train" / "final")}
     results = {}
     for name, path in models.items():
         target = root / "zero-shot-offline" / f"{name}.json"

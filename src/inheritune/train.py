@@ -289,12 +289,12 @@ def _chunked_loss(run, x, y, config: TrainConfig) -> torch.Tensor:
 def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step: int, history: list[dict],
           log: rundir.MetricsLog, stop: StopRequest) -> tuple[str, int, int]:
     """The training loop; returns (status, signal that stopped it or 0, last step)."""
-    bar = progress_bar(total=plan.max_steps, initial=step, unit="step", desc="train",
-                       disable=not (d.main and config.progress))
     if step == 0:  # the model before any training: the "before" of every comparison, on the same windows
         before = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d, run.amp_dtype, run.bos)
         history.append({"step": 0, "val_loss": before})
         log.write({"step": 0, "time": round(time.time(), 4), "tokens": 0, "val_loss": before})
+    bar = progress_bar(total=plan.max_steps, initial=step, unit="step", desc="train",
+                       disable=not (d.main and config.progress))
     run.model.train()
     try:  # the bar ends its line on any exit, so that an error message starts on its own
         while step < plan.max_steps:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from inheritune.data.dataset import TokenData
-from inheritune.data.windows import fixed_windows, window_rows
+from inheritune.data.windows import check_ids, fixed_windows, window_rows
 from inheritune.data.tokenizer import tokenizer_identity
 from inheritune.models.architectures import adapter_for
 from inheritune.models.chunked import final_hidden
@@ -54,8 +54,7 @@ def window_losses(model, tokens: np.ndarray, starts: np.ndarray, seq_len: int, s
     for first in progress_bar(range(0, len(starts), batch_size), desc="eval", unit="batch", disable=not progress):
         batch_starts = starts[first:first + batch_size]
         rows = window_rows(tokens, batch_starts, seq_len, bos).to(device)
-        if int(rows.max()) >= vocab:
-            raise UserError(f"token id {int(rows.max())} does not fit the model's vocabulary of {vocab}")
+        check_ids(rows, vocab, "the validation split")
         # Only the scored positions need logits; the very first window of a strided pass is scored whole.
         need = seq_len if (stride and batch_starts[0] == 0) else scored
         with autocast:
