@@ -43,6 +43,7 @@ def test_side_by_side_children_share_budget_windows_and_one_table(analysed, tmp_
     assert side["deltas"]["bi"]["vs_first"]["delta"] == pytest.approx(expected["delta"])
     assert side["deltas"]["bi"]["vs_first"]["ci95"] == pytest.approx(expected["ci95"])
     assert side["before"]["first"] == pytest.approx(state["child/first-ce/before"]["loss"])
+    assert state["baseline/random/before"]["loss"] > first["loss"]  # random init, before any training
     losses = {"first": first["loss"], "bi": bi["loss"], "baseline random": state["baseline/random/eval"]["loss"]}
     assert side["best"] == min(losses, key=losses.get)
     text = (out / "report.md").read_text()

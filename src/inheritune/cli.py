@@ -138,11 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         "  torchrun --nproc_per_node 8 -m inheritune train --config train.yaml --distributed fsdp")
     _config_command(
         sub, "run", RunConfig, run, "the whole recipe: reference loss, growth rounds, baselines and a report",
-        "Measure the reference's validation loss, inherit its first l blocks (l = L/2, a number, or 'auto' from\n"
-        "analyze), train, and grow by --step layers (re-inherited, retrained from step 0) until the child's val\n"
-        "loss matches the reference's; train the chosen baselines on the same budget and windows; write report.md,\n"
-        "report.json and plots. Resumable: run it again to continue.\n\nexamples:\n"
+        "Measure the reference's validation loss, inherit l of its blocks (l = L/2, a number, or 'auto' from\n"
+        "analyze; the first l, or those --select chooses), train (--heal ce, or kd from the reference), and grow by\n"
+        "--step layers (re-inherited, retrained from step 0) until the child's val loss matches the reference's;\n"
+        "train the chosen baselines on the same budget and windows; write report.md, report.json and plots.\n"
+        "Several --select methods or --heal modes: one child each at depth l, side by side, no growth; the report\n"
+        "compares them with paired intervals and names a winner only where the windows separate it.\n"
+        "Resumable: run it again to continue.\n\nexamples:\n"
         "  inheritune run --data data/english --out runs/demo --start auto --steps 60\n"
+        "  inheritune run --data data/english --out runs/which --select first bi angular --heal ce kd --steps 40\n"
         "  inheritune run --config docs/gpt2-medium-fineweb.yaml --budget 1")
     return parser
 

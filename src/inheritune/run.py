@@ -352,6 +352,8 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
     total["stages"] = [{key: stage[key] for key in ("steps", "tokens", "training_flops", "data_offset")
                         if key in stage} for stage in stages]
     measured = _measure(config, name, trained["model_dir"], state, f"baseline/{name}/eval")
+    if config.side_by_side:  # its loss as cut (for stacking: as stacked), like the children's
+        total["before"] = _measure_before(config, root / "child", state, f"baseline/{name}/before")
     return {**total, "eval": measured, "layers": measured["layers"],
             "uses_reference": name in ("kd", "hybrid-stacking", "half-width")}
 

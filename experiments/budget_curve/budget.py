@@ -1,0 +1,161 @@
+"""The budget question (issue 27, docs/pretrained.md "Budget"): does the paper's first-K child catch up with
+the best selection when the retraining budget grows, and does distilling from the reference (KD) beat plain
+cross-entropy at equal tokens?
+
+One ``inheritune run --select ... --heal ce kd --baselines random kd`` per budget (and per seed at the smallest
+budget), each in its own folder under --out: every run is resumable (run this script again after a stop: a
+finished run is read back, an interrupted one continues from its checkpoint), and the table and plot are
+rewritten from whatever has finished, with the budgets still missing named.
+
+    python experiments/budget_curve/budget.py                       # the full grid (hours: see the docs)
+    python experiments/budget_curve/budget.py --budgets 20480       # one budget
+    python experiments/budget_curve/budget.py --smoke --reference DIR --data DIR   # tiny, for tests
+
+Every child at a budget shares the seed, data order, recipe and the 48 validation windows; paired intervals
+come from the window sums each run recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from inheritune.analysis.scoring import paired_delta
+from inheritune.run import RunConfig, run
+from inheritune.utils.config import from_dict
+
+# The recipe of docs/pretrained.md's which-blocks group (lr and batch from its sweep at 20K tokens).
+FULL = dict(seq_len=128, micro_batch_size=4, lr=1e-3, eval_windows=48, analyze_n=50, analyze_t=128)
+SMOKE = dict(seq_len=16, micro_batch_size=4, lr=1e-3, eval_windows=4, analyze_n=4, analyze_t=32)
+
+
+def settings(args, tokens: int, seed: int, methods: list[str]) -> dict:
+    plan = SMOKE if args.smoke else FULL
+    steps = max(1, tokens // (plan["micro_batch_size"] * plan["seq_len"]))
+    return dict(reference=args.reference, data=args.data, out=str(Path(args.out) / f"t{tokens}-seed{seed}"),
+                start=str(args.k), select=methods, heal=args.heal, baselines=args.baselines, steps=steps,
+                eval_interval=0, compare_analysis=False, progress=not args.smoke, seed=seed,
+                **{k: v for k, v in plan.items()})
+
+
+def children(folder: Path) -> dict[str, dict]:
+    """Every model of a finished run: its after-training eval (with window sums), tokens, FLOPs and seconds."""
+    state = json.loads((folder / "state.json").read_text())
+    found = {}
+    for key, value in state.items():
+        parts = key.split("/")
+        if key.startswith("child/") and parts[-1] == "eval":
+            method, heal = parts[1].rsplit("-", 1)
+            trained = state[f"child/{parts[1]}/train"]
+        elif key.startswith("baseline/") and parts[-1] == "eval":
+            method, heal = "random init", "kd" if parts[1] == "kd" else "ce"
+            trained = state[f"baseline/{parts[1]}/train"]
+        else:
+            continue
+        found[f"{method} {heal}"] = {"method": method, "heal": heal, "eval": value, "tokens": trained["tokens"],
+                                     "flops": trained["training_flops"], "seconds": trained.get("train_seconds")}
+    return found
+
+
+def collect(out: Path, docs: Path, budgets: list[int], seeds: list[int]) -> str:
+    """The table (one row per model and budget, paired intervals against first-K with the same healing and
+    against the budget's best) and the plot of val loss against tokens."""
+    rows, curves, missing = [], {}, []
+    for tokens in budgets:
+        for seed in (seeds if tokens == budgets[0] else seeds[:1]):
+            folder = out / f"t{tokens}-seed{seed}"
+            if not (folder / "report.json").is_file():
+                missing.append(f"{tokens:,} tokens (seed {seed})")
+                continue
+            models = children(folder)
+            best = min(models, key=lambda n: models[n]["eval"]["loss"])
+            for name, m in sorted(models.items(), key=lambda x: x[1]["eval"]["loss"]):
+                first = models.get(f"first {m['heal']}")
+                vs_first = paired_delta(m["eval"], first["eval"], 2000) if first and first is not m else None
+                vs_best = paired_delta(m["eval"], models[best]["eval"], 2000) if name != best else None
+                rows.append((tokens, seed, name, m, vs_first, vs_best))
+                if seed == seeds[0]:
+                    curves.setdefault(name, []).append((m["tokens"], m["eval"]["loss"]))
+
+    def ci(d):
+        return "-" if d is None else f"{d['delta']:+.4f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
+    lines = ["| tokens | seed | model (selection, healing) | val loss [95% CI] | Δ vs first-K, same healing "
+             "[paired 95% CI] | Δ vs the budget's best [paired 95% CI] | train FLOPs | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for tokens, seed, name, m, vs_first, vs_best in rows:
+        low, high = m["eval"]["loss_ci95"]
+        lines.append(f"| {tokens:,} | {seed} | {name} | {m['eval']['loss']:.4f} [{low:.3f}, {high:.3f}] | "
+                     f"{ci(vs_first)} | {ci(vs_best)} | {m['flops']:.3g} | "
+                     f"{'-' if m['seconds'] is None else format(m['seconds'], '.0f')} |")
+    if missing:
+        lines += ["", "Not run yet (rerun the command to continue): " + "; ".join(missing) + "."]
+    docs.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines)
+    (docs / "budget.md").write_text(text + "\n")
+    (docs / "budget.json").write_text(json.dumps([{"tokens": t, "seed": s, "model": n, "loss": m["eval"]["loss"],
+                                                   "loss_ci95": m["eval"]["loss_ci95"], "flops": m["flops"],
+                                                   "seconds": m["seconds"],
+                                                   "vs_first": vf and {k: vf[k] for k in ("delta", "ci95")},
+                                                   "vs_best": vb and {k: vb[k] for k in ("delta", "ci95")}}
+                                                  for t, s, n, m, vf, vb in rows], indent=1))
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, points in sorted(curves.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                    linestyle="--" if name.endswith(" kd") else "-", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("retraining tokens (log)")
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.set_title("Children by selection and healing (solid: ce, dashed: kd)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(docs / "budget.png", dpi=120)
+        plt.close(fig)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", default="smollm2")
+    parser.add_argument("--data", default="data/english", help="prepared dataset (make data)")
+    parser.add_argument("--out", default="runs/budget_curve", help="one run folder per budget and seed (resumable)")
+    parser.add_argument("--docs", default="docs/pretrained/budget", help="budget.md, budget.json, budget.png")
+    parser.add_argument("--k", type=int, default=15, help="blocks every child keeps")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[20_480, 81_920, 327_680],
+                        help="retraining tokens per child, growing by 4x")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339],
+                        help="seeds at the smallest budget (larger budgets: the first seed)")
+    parser.add_argument("--methods", nargs="+", default=["first", "bi", "drop-lazy"])
+    parser.add_argument("--thin-above", type=int, default=81_920,
+                        help="budgets above this keep only --thin-methods (and no baselines), to fit the hours")
+    parser.add_argument("--thin-methods", nargs="+", default=["first", "bi"])
+    parser.add_argument("--heal", nargs="+", default=["ce", "kd"])
+    parser.add_argument("--baselines", nargs="+", default=["random", "kd"],
+                        help="random init healed by ce (random) and by kd (kd)")
+    parser.add_argument("--collect-only", action="store_true", help="rewrite the table and plot; train nothing")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings, for tests")
+    args = parser.parse_args()
+    budgets = sorted(args.budgets)
+    if not args.collect_only:
+        for tokens in budgets:
+            for seed in (args.seeds if tokens == budgets[0] else args.seeds[:1]):
+                thin = tokens > args.thin_above
+                config = settings(args, tokens, seed, args.thin_methods if thin else args.methods)
+                if thin:
+                    config["baselines"] = []
+                print(f"== {tokens:,} tokens, seed {seed}: {', '.join(config['select'])} x {', '.join(args.heal)}"
+                      f" + baselines {', '.join(config['baselines']) or 'none'} -> {config['out']}", flush=True)
+                run(from_dict(RunConfig, config))
+    print(collect(Path(args.out), Path(args.docs), budgets, args.seeds), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Smoke run of experiments/budget_curve at two tiny budgets on a tiny 8-layer Llama: one run per budget (and
+seed at the smallest), the thinned grid above --thin-above, and a table whose intervals are the runs' own."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_llama
+
+from inheritune.analysis.scoring import paired_delta
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "budget_curve" / "budget.py"
+
+
+def test_the_budget_grid_runs_resumes_and_reports_paired_intervals(tmp_path, dataset, gpt2_tokenizer):
+    reference = tmp_path / "ref"
+    tiny_llama(layers=8).save_pretrained(reference)
+    gpt2_tokenizer.save_pretrained(reference)
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    command = [sys.executable, str(SCRIPT), "--smoke", "--reference", str(reference), "--data", str(dataset),
+               "--out", str(out), "--docs", str(docs), "--k", "4", "--budgets", "128", "64", "--seeds", "1", "2",
+               "--methods", "first", "bi", "--thin-above", "64", "--thin-methods", "first", "--baselines", "random"]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    assert sorted(p.name for p in out.iterdir()) == ["t128-seed1", "t64-seed1", "t64-seed2"]
+    rows = json.loads((docs / "budget.json").read_text())
+    at = {(r["tokens"], r["seed"]): sorted(x["model"] for x in rows if (x["tokens"], x["seed"]) == (r["tokens"], r["seed"]))
+          for r in rows}
+    assert at[(64, 1)] == at[(64, 2)] == ["bi ce", "bi kd", "first ce", "first kd", "random init ce"]
+    assert at[(128, 1)] == ["first ce", "first kd"]  # thinned: first-K only, no baselines
+    state = json.loads((out / "t64-seed1" / "state.json").read_text())
+    expected = paired_delta(state["child/bi-kd/eval"], state["child/first-kd/eval"], 2000)
+    bi_kd = next(r for r in rows if (r["tokens"], r["seed"], r["model"]) == (64, 1, "bi kd"))
+    assert bi_kd["vs_first"]["delta"] == pytest.approx(expected["delta"])  # against first-K healed the same way
+    assert bi_kd["flops"] > next(r for r in rows if (r["tokens"], r["seed"], r["model"]) == (64, 1, "bi ce"))["flops"]
+    assert "| 64 | 1 | " in (docs / "budget.md").read_text() and (docs / "budget.png").stat().st_size > 0
+    # a rerun finds every run finished: nothing is trained again, the table is the same
+    finals = {f: f.stat().st_mtime_ns for f in out.glob("*/children/*/train/final/*")}
+    assert len(finals) >= 3 * 2
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    assert {f: f.stat().st_mtime_ns for f in out.glob("*/children/*/train/final/*")} == finals
+    assert json.loads((docs / "budget.json").read_text()) == rows
