@@ -2,10 +2,12 @@
 the best selection when the retraining budget grows, and does distilling from the reference (KD) beat plain
 cross-entropy at equal tokens?
 
-One ``inheritune run --select ... --heal ce kd --baselines random kd`` per budget (and per seed at the smallest
-budget), each in its own folder under --out: every run is resumable (run this script again after a stop: a
-finished run is read back, an interrupted one continues from its checkpoint), and the table and plot are
-rewritten from whatever has finished, with the budgets still missing named.
+One ``inheritune run --select ... --heal ce kd --baselines ...`` per budget (and per seed at the smallest
+budget), each in its own folder under --out. The full grid (--methods x --heal, random init healed both ways)
+runs at the smallest budget's first seed; every other run trains --thin-methods x --heal (first and bi: what
+the hours allow), with a random-init baseline up to --thin-above. Every run is resumable (run this script again
+after a stop: a finished run is read back, an interrupted one continues from its checkpoint), and the table and
+plot are rewritten from whatever has finished, with the runs still missing named.
 
     python experiments/budget_curve/budget.py                       # the full grid (hours: see the docs)
     python experiments/budget_curve/budget.py --budgets 20480       # one budget
@@ -134,9 +136,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339],
                         help="seeds at the smallest budget (larger budgets: the first seed)")
     parser.add_argument("--methods", nargs="+", default=["first", "bi", "drop-lazy"])
+    parser.add_argument("--thin-methods", nargs="+", default=["first", "bi"],
+                        help="every run but the smallest budget's first seed (the full grid) trains only these")
     parser.add_argument("--thin-above", type=int, default=81_920,
-                        help="budgets above this keep only --thin-methods (and no baselines), to fit the hours")
-    parser.add_argument("--thin-methods", nargs="+", default=["first", "bi"])
+                        help="thinned runs at budgets up to this also train --thin-baselines; above it, none")
+    parser.add_argument("--thin-baselines", nargs="+", default=["random"])
     parser.add_argument("--heal", nargs="+", default=["ce", "kd"])
     parser.add_argument("--baselines", nargs="+", default=["random", "kd"],
                         help="random init healed by ce (random) and by kd (kd)")
@@ -147,10 +151,10 @@ def main() -> None:
     if not args.collect_only:
         for tokens in budgets:
             for seed in (args.seeds if tokens == budgets[0] else args.seeds[:1]):
-                thin = tokens > args.thin_above
-                config = settings(args, tokens, seed, args.thin_methods if thin else args.methods)
-                if thin:
-                    config["baselines"] = []
+                full = tokens == budgets[0] and seed == args.seeds[0]
+                config = settings(args, tokens, seed, args.methods if full else args.thin_methods)
+                if not full:
+                    config["baselines"] = args.thin_baselines if tokens <= args.thin_above else []
                 print(f"== {tokens:,} tokens, seed {seed}: {', '.join(config['select'])} x {', '.join(args.heal)}"
                       f" + baselines {', '.join(config['baselines']) or 'none'} -> {config['out']}", flush=True)
                 run(from_dict(RunConfig, config))
