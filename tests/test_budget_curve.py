@@ -35,6 +35,8 @@ def test_the_budget_grid_runs_resumes_and_reports_paired_intervals(tmp_path, dat
     expected = paired_delta(state["child/bi-kd/eval"], state["child/first-kd/eval"], 2000)
     bi_kd = next(r for r in rows if (r["tokens"], r["seed"], r["model"]) == (64, 1, "bi kd"))
     assert bi_kd["vs_first"]["delta"] == pytest.approx(expected["delta"])  # against first-K healed the same way
+    gain = paired_delta(state["child/bi-kd/eval"], state["child/bi-ce/eval"], 2000)
+    assert bi_kd["kd_minus_ce"]["ci95"] == pytest.approx(gain["ci95"])  # KD against CE on the same blocks
     assert bi_kd["flops"] > next(r for r in rows if (r["tokens"], r["seed"], r["model"]) == (64, 1, "bi ce"))["flops"]
     assert "| 64 | 1 | " in (docs / "budget.md").read_text() and (docs / "budget.png").stat().st_size > 0
     # a rerun finds every run finished: nothing is trained again, the table is the same

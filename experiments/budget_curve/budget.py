@@ -81,7 +81,9 @@ def collect(out: Path, docs: Path, budgets: list[int], seeds: list[int]) -> str:
                 first = models.get(f"first {m['heal']}")
                 vs_first = paired_delta(m["eval"], first["eval"], 2000) if first and first is not m else None
                 vs_best = paired_delta(m["eval"], models[best]["eval"], 2000) if name != best else None
-                rows.append((tokens, seed, name, m, vs_first, vs_best))
+                ce = models.get(f"{m['method']} ce")
+                kd_gain = paired_delta(m["eval"], ce["eval"], 2000) if m["heal"] == "kd" and ce else None
+                rows.append((tokens, seed, name, m, vs_first, vs_best, kd_gain))
                 if seed == seeds[0]:
                     curves.setdefault(name, []).append((m["tokens"], m["eval"]["loss"]))
 
@@ -89,12 +91,12 @@ def collect(out: Path, docs: Path, budgets: list[int], seeds: list[int]) -> str:
         return "-" if d is None else f"{d['delta']:+.4f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
 
     lines = ["| tokens | seed | model (selection, healing) | val loss [95% CI] | Δ vs first-K, same healing "
-             "[paired 95% CI] | Δ vs the budget's best [paired 95% CI] | train FLOPs | train s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for tokens, seed, name, m, vs_first, vs_best in rows:
+             "[paired 95% CI] | Δ vs the budget's best [paired 95% CI] | Δ kd - ce, same selection [paired 95% CI] "
+             "| train FLOPs | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for tokens, seed, name, m, vs_first, vs_best, kd_gain in rows:
         low, high = m["eval"]["loss_ci95"]
         lines.append(f"| {tokens:,} | {seed} | {name} | {m['eval']['loss']:.4f} [{low:.3f}, {high:.3f}] | "
-                     f"{ci(vs_first)} | {ci(vs_best)} | {m['flops']:.3g} | "
+                     f"{ci(vs_first)} | {ci(vs_best)} | {ci(kd_gain)} | {m['flops']:.3g} | "
                      f"{'-' if m['seconds'] is None else format(m['seconds'], '.0f')} |")
     if missing:
         lines += ["", "Not run yet (rerun the command to continue): " + "; ".join(missing) + "."]
@@ -105,8 +107,9 @@ def collect(out: Path, docs: Path, budgets: list[int], seeds: list[int]) -> str:
                                                    "loss_ci95": m["eval"]["loss_ci95"], "flops": m["flops"],
                                                    "seconds": m["seconds"],
                                                    "vs_first": vf and {k: vf[k] for k in ("delta", "ci95")},
-                                                   "vs_best": vb and {k: vb[k] for k in ("delta", "ci95")}}
-                                                  for t, s, n, m, vf, vb in rows], indent=1))
+                                                   "vs_best": vb and {k: vb[k] for k in ("delta", "ci95")},
+                                                   "kd_minus_ce": kg and {k: kg[k] for k in ("delta", "ci95")}}
+                                                  for t, s, n, m, vf, vb, kg in rows], indent=1))
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, points in sorted(curves.items()):
