@@ -48,6 +48,7 @@ def test_side_by_side_children_share_budget_windows_and_one_table(analysed, tmp_
     assert side["best"] == min(losses, key=losses.get)
     text = (out / "report.md").read_text()
     assert "| first | 0-3 | ce |" in text and "| bi | 0-1, 6-7 | ce |" in text
+    assert "| baseline random | random init | ce |" in text
     assert ("**Winner: " in text) != ("**No single winner**" in text)
 
 
@@ -75,7 +76,7 @@ def test_kd_healing_counts_the_teachers_forward_and_is_compared_at_equal_tokens(
     reference, _ = analysed
     out = tmp_path / "run"
     report = run(from_dict(RunConfig, _settings(reference, dataset, out, select="first", heal="ce kd",
-                                                baselines=[], kd_alpha=0.5, kd_temperature=2.0)))
+                                                baselines=["kd"], kd_alpha=0.5, kd_temperature=2.0)))
     state = json.loads((out / "state.json").read_text())
     ce, kd = state["child/first-ce/train"], state["child/first-kd/train"]
     assert ce["tokens"] == kd["tokens"]
@@ -91,6 +92,7 @@ def test_kd_healing_counts_the_teachers_forward_and_is_compared_at_equal_tokens(
         not json.loads((out / "children" / "first-ce" / "train" / "run.json").read_text())["teacher"]
     text = (out / "report.md").read_text()
     assert "equal tokens are not equal compute: kd" in text
+    assert "| baseline kd | random init | kd |" in text  # random init, distilled like the kd children
     assert {r["model"] for r in report["rows"]} >= {"child ce", "child kd"}
 
 

@@ -354,7 +354,7 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
     measured = _measure(config, name, trained["model_dir"], state, f"baseline/{name}/eval")
     if config.side_by_side:  # its loss as cut (for stacking: as stacked), like the children's
         total["before"] = _measure_before(config, root / "child", state, f"baseline/{name}/before")
-    return {**total, "eval": measured, "layers": measured["layers"],
+    return {**total, "eval": measured, "layers": measured["layers"], "heal": "kd" if name == "kd" else "ce",
             "uses_reference": name in ("kd", "hybrid-stacking", "half-width")}
 
 
