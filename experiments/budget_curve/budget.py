@@ -112,14 +112,16 @@ def collect(out: Path, docs: Path, budgets: list[int], seeds: list[int]) -> str:
                                                   for t, s, n, m, vf, vb, kg in rows], indent=1))
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, points in sorted(curves.items()):
+        methods = sorted({name.rsplit(" ", 1)[0] for name in curves})
+        for name, points in sorted(curves.items()):  # one colour per selection, the line style its healing
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if name.endswith(" ce") else "s",
+                    color=f"C{methods.index(name.rsplit(' ', 1)[0])}",
                     linestyle="--" if name.endswith(" kd") else "-", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("retraining tokens (log)")
         ax.set_ylabel("validation loss (nats/token)")
-        ax.set_title("Children by selection and healing (solid: ce, dashed: kd)")
+        ax.set_title("Children by selection and healing (circles, solid: ce; squares, dashed: kd)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(docs / "budget.png", dpi=120)
