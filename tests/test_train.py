@@ -322,3 +322,60 @@ def test_compile_auto_rule():
     assert compile_decision(TrainConfig(model="m", data="d", out="o", max_steps=1, compile="true"), plan, 1.0, 1e12, d)
     with pytest.raises(UserError, match="compile must be"):
         TrainConfig(model="m", data="d", out="o", compile="sometimes")
+
+
+def _full_disk_after(limit: int, real):
+    """torch.save that writes ``limit`` checkpoints, then fails like a full disk does (a partial file, then
+    PyTorch's stream-writer error)."""
+    calls = []
+
+    def save(payload, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > limit:
+            Path(path).write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                               "data/7: file write failed")
+        return real(payload, path, *args, **kwargs)
+    return save
+
+
+def test_a_full_disk_is_one_line_naming_the_space_and_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+    import inheritune.training.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(checkpoint.torch, "save", _full_disk_after(1, torch.save))
+    with pytest.raises(UserError) as error:
+        train(_config(dataset, out, max_steps=10, checkpoint_interval=4))
+    message = str(error.value)
+    assert "\n" not in message and f"cannot write the checkpoint {out / 'ckpt-0000008.pt'}" in message
+    assert "file write failed" in message and "free on its disk" in message and "it needs about" in message
+    assert f"last good checkpoint is {out / 'ckpt-0000004.pt'}" in message
+    # the partial file is gone, the good checkpoint and nothing else of the run's temporaries remain
+    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-0000004.pt"] and not (out / ".lock").exists()
+    monkeypatch.undo()
+    summary = train(_config(dataset, out, max_steps=10, checkpoint_interval=4, resume=True))
+    straight = train(_config(dataset, tmp_path / "straight", max_steps=10, checkpoint_interval=4))
+    assert summary["status"] == "finished" and summary["final_val_loss"] == straight["final_val_loss"]
+
+
+def test_a_full_disk_while_writing_the_model_keeps_the_checkpoints(dataset, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "run"
+    real = PreTrainedModel.save_pretrained
+
+    def full(self, path, *args, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    with pytest.raises(UserError) as error:
+        train(_config(dataset, out, max_steps=8))
+    message = str(error.value)
+    assert f"cannot write the trained model {out / 'final'}" in message and "No space left on device" in message
+    assert "checkpoints in" in message and "\n" not in message
+    assert not (out / "final.tmp").exists() and not (out / "final").exists()
+    assert (out / "ckpt-0000008.pt").is_file()
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real)
+    summary = train(_config(dataset, out, max_steps=8, resume=True))
+    assert summary["status"] == "finished" and (out / "final" / "model.safetensors").is_file()

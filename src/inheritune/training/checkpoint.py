@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from inheritune.utils.errors import UserError, process_alive
+from inheritune.utils.errors import UserError, process_alive, writing
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -18,11 +18,30 @@ def checkpoints(out: Path) -> list[Path]:
 def save_checkpoint(out: Path, step: int, payload: dict, keep: int) -> Path:
     path = out / f"ckpt-{step:07d}.pt"
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
+    earlier = checkpoints(out)
+    fallback = (f"The last good checkpoint is {earlier[-1]}: free space, then run the same command again (train: "
+                f"with --resume-from {earlier[-1]})" if earlier else "No checkpoint of this run was written yet")
+    try:
+        with writing("the checkpoint", path, _payload_bytes(payload), fallback):
+            torch.save(payload, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file would only take the space the next try needs
+        raise
     os.replace(tmp, path)  # a checkpoint is either whole or absent
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
         old.unlink()
     return path
+
+
+def _payload_bytes(payload) -> int:
+    """The tensor bytes of a checkpoint's payload (what torch.save writes, less a little metadata)."""
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if isinstance(payload, dict):
+        return sum(_payload_bytes(v) for v in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(_payload_bytes(v) for v in payload)
+    return 0
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -19,7 +19,7 @@ from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
 from inheritune.training.checkpoint import checkpoints
 from inheritune.utils.cards import base_model_of, trained_card, write_card
 from inheritune.utils.config import to_dict
-from inheritune.utils.errors import UserError, refuse_output_over_input, replace_dir
+from inheritune.utils.errors import UserError, refuse_output_over_input, replace_dir, writing
 from inheritune.utils.jsonl import read_log
 
 
@@ -305,9 +305,6 @@ def save_final(model, state: dict, tokenizer, data: TokenData, path: Path, facts
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"final state does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     fresh.tie_weights()
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fresh.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None and tokenizer_identity(tokenizer)["sha256"] != data.tokenizer.get("sha256"):
         tokenizer = None  # the model came with another tokenizer than the one that made the training data
     if tokenizer is None:
@@ -315,15 +312,26 @@ def save_final(model, state: dict, tokenizer, data: TokenData, path: Path, facts
             tokenizer = load_tokenizer(data.tokenizer_path())
         except UserError:
             tokenizer = None
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
     inherited = None
     source = Path(str(facts["model"])) / "inheritune.json"
     if source.is_file():
         inherited = json.loads(source.read_text())
         inherited = inherited.get("inherited", inherited)
     base = base_model_of(str(facts["model"]))
-    (tmp / "inheritune.json").write_text(json.dumps({"trained": facts, "inherited": inherited, "base_model": base},
-                                                    indent=2))
-    write_card(tmp, trained_card(facts, inherited if inherited and "layers" in inherited else None, base))
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    needed = sum(t.numel() * t.element_size() for t in state.values())
+    fallback = (f"The run's checkpoints in {path.parent} are kept: free space, then run the same command again "
+                "(train: with --resume)")
+    try:
+        with writing("the trained model", path, needed, fallback):
+            fresh.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            (tmp / "inheritune.json").write_text(json.dumps({"trained": facts, "inherited": inherited,
+                                                             "base_model": base}, indent=2))
+            write_card(tmp, trained_card(facts, inherited if inherited and "layers" in inherited else None, base))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial model would only take the space the next try needs
+        raise
     replace_dir(tmp, path)  # the old final/ goes only once the new one is in place

@@ -93,6 +93,39 @@ def reading(what: str):
         raise UserError(f"cannot read {what} (damaged, or not what it should be): {first}") from None
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@contextmanager
+def writing(what: str, path: Path, needed: int | None = None, fallback: str = ""):
+    """Turn a failed write of ``path`` (a full disk, a quota, a permission) into one line naming it, the free space
+    on its disk against what it needs, and ``fallback`` (what is still good and how to go on). torch.save reports
+    a full disk as a RuntimeError from its stream writer, the rest of Python as an OSError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
+            raise  # a RuntimeError that is not about writing is a bug to see whole
+        where = Path(path).parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            free = f"{_size(shutil.disk_usage(where).free)} free on its disk"
+        except OSError:
+            free = "free space unknown"
+        need = f", it needs about {_size(needed)}" if needed else ""
+        text = " ".join(str(exc).split())
+        cause = text.split("] ")[-1][:200] if text else type(exc).__name__
+        raise UserError(f"cannot write {what} {path}: {cause} ({free}{need}). {fallback}".strip()) from None
+
+
 def check_output_dir(out: Path, report: str, key: str, value, overwrite: bool) -> None:
     """Refuse an --out that is a file, or that holds results about something else (unless --overwrite)."""
     if out.exists() and not out.is_dir():
