@@ -284,3 +284,16 @@ def test_ctrl_c_under_torchrun_is_an_interruption_that_resumes(setup, tmp_path):
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert logged == list(range(0, 41))
     assert json.loads((out / "report.json").read_text())["rows"]
+
+
+def test_finished_stages_leave_their_model_and_no_checkpoints_unless_asked(setup, tmp_path, capsys):
+    data, ref = setup
+    run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=12, baselines=["random"]))
+    finals = sorted((tmp_path / "run").rglob("final/model.safetensors"))
+    assert len(finals) == 2  # the round's child and the baseline
+    assert not list((tmp_path / "run").rglob("ckpt-*.pt"))
+    assert "deleted its 2 checkpoint(s)" in capsys.readouterr().out  # checkpoints at steps 10 and 12
+    run(_config(data, ref, tmp_path / "kept", max_rounds=1, steps=12, baselines=["random"],
+                keep_stage_checkpoints=True))
+    kept = sorted(p.name for p in (tmp_path / "kept").rglob("ckpt-*.pt"))
+    assert kept == ["ckpt-0000010.pt"] * 2 + ["ckpt-0000012.pt"] * 2

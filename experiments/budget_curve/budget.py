@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -31,6 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from inheritune.analysis.scoring import paired_delta
 from inheritune.run import RunConfig, run
 from inheritune.utils.config import from_dict
+from inheritune.utils.errors import Interrupted, UserError
 
 # The recipe of docs/pretrained.md's which-blocks group (lr and batch from its sweep at 20K tokens).
 FULL = dict(seq_len=128, micro_batch_size=4, lr=1e-3, eval_windows=48, analyze_n=50, analyze_t=128)
@@ -162,7 +164,14 @@ def main() -> None:
                     config["baselines"] = args.thin_baselines if tokens <= args.thin_above else []
                 print(f"== {tokens:,} tokens, seed {seed}: {', '.join(config['select'])} x {', '.join(args.heal)}"
                       f" + baselines {', '.join(config['baselines']) or 'none'} -> {config['out']}", flush=True)
-                run(from_dict(RunConfig, config))
+                try:
+                    run(from_dict(RunConfig, config))
+                except Interrupted as exc:  # its checkpoint is written: this script again continues it
+                    print(f"budget.py: {exc} (here: run this script again)", file=sys.stderr)
+                    sys.exit(128 + exc.signal)
+                except UserError as exc:
+                    print(f"budget.py: error: {exc}", file=sys.stderr)
+                    sys.exit(2)
     print(collect(Path(args.out), Path(args.docs), budgets, args.seeds), flush=True)
 
 

@@ -54,7 +54,20 @@ def _train_stage(config: RunConfig, state: State, key: str, model: str, out: Pat
     summary = {k: v for k, v in summary.items()} | {"wall_seconds": round(time.perf_counter() - started, 1),
                                                    "model_dir": str(out / "final")}
     state.put(key, summary)
+    if not config.keep_stage_checkpoints:
+        _drop_checkpoints(key, out)
     return summary
+
+
+def _drop_checkpoints(key: str, out: Path) -> None:
+    """A finished stage's checkpoints (its model is in final/ and recorded): only the space they take is left."""
+    found = checkpoints(out)
+    freed = sum(path.stat().st_size for path in found)
+    for path in found:
+        path.unlink()
+    if found:
+        print(f"{key}: deleted its {len(found)} checkpoint(s), {freed / 2**30:.2f} GiB, now that its model is in "
+              f"{out / 'final'} (--keep-stage-checkpoints true keeps them)", flush=True)
 
 
 def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:

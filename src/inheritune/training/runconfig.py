@@ -55,6 +55,9 @@ class RunConfig:
     track_reference: int = option(0, low=0, help="with --reference-from-scratch: track the reference's attention "
                                                  "every this many steps while it trains (emergence.png in the "
                                                  "report); 0 = off")
+    keep_stage_checkpoints: bool = option(False, help="keep every finished stage's checkpoints (each about 3x its "
+                                                       "model: weights and optimizer state); by default they are "
+                                                       "deleted once the stage's model is written and recorded")
     train: TrainRecipe = option(default_factory=TrainRecipe, help="the training recipe of every round and baseline "
                                                                   "(its keys also work flat: --lr, --seq-len, ...)")
     bootstrap: int = option(1000, low=100, high=100_000, help="bootstrap resamples of the validation windows for intervals (paired for deltas)")
