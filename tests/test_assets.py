@@ -135,3 +135,50 @@ def test_an_archive_without_the_catalogs_member_is_fetched_again_then_named(tmp_
 def _write(path):
     path.write_bytes(_sdist({"package/file.txt": b"x"}))
     return path
+
+
+def _deb(members: dict[str, bytes]) -> bytes:
+    """A Debian package (an ar archive: debian-binary, control, data.tar.xz) holding ``members``."""
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:xz") as tf:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tf.addfile(info, io.BytesIO(body))
+    out = b"!<arch>\n"
+    for name, body in ((b"debian-binary", b"2.0\n"), (b"control.tar.xz", b""), (b"data.tar.xz", data.getvalue())):
+        out += name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8) + \
+            str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
+    return out
+
+
+def test_python_docs_is_fetched_only_when_named_one_document_per_page(tmp_path, monkeypatch, capsys):
+    """No network: the registry is a stand-in that serves a constructed python3.11-doc package."""
+    sources = "./usr/share/doc/python3.11/html/_sources/"
+    deb = _deb({sources + "about.rst.txt": "About\n=====\n\nThese documents ...\n".encode(),
+                sources + "library/os.rst.txt": ":mod:`os` --- Miscellaneous\n\nThis module ...\n".encode(),
+                sources + "empty.rst.txt": b"  \n",
+                "./usr/share/doc/python3.11/html/index.html": b"<html>not a source</html>"})
+    served = []
+
+    def registry_serves(argv, cwd, manual, env=None):
+        served.append(argv)
+        (cwd / "python3.11-doc_3.11.2-6_all.deb").write_bytes(deb)
+
+    monkeypatch.setattr(registry, "_run_tool", registry_serves)
+    assert "python-docs" not in assets.ASSET_NAMES  # not by `assets fetch` with no names, nor by make
+    path = assets.fetch(["python-docs"], tmp_path / "cache", verbose=False)["python-docs"]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["python-docs/about.rst.txt", "python-docs/library/os.rst.txt"]
+    assert rows[1]["text"].startswith(":mod:`os`") and served[0][:2] == ["apt-get", "download"]
+    served.clear()
+    assert assets.fetch(["python-docs"], tmp_path / "cache", verbose=False)["python-docs"] == path and not served
+    assert "gives another text" in capsys.readouterr().err  # not the text the docs measured: said, not refused
+    (tmp_path / "other" / "downloads").mkdir(parents=True)  # a cache whose download is another package
+    (tmp_path / "other" / "downloads" / "python3.11-doc_1_all.deb").write_bytes(_deb({"./usr/share/x.txt": b"x"}))
+    with pytest.raises(UserError, match="holds no usr/share/doc/python3.11/html/_sources/"):
+        assets.fetch_python_docs(tmp_path / "other")
+    assert not (tmp_path / "other" / "python-docs").exists()

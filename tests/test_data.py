@@ -48,6 +48,26 @@ def test_split_is_deterministic_and_seeded(text_dir, tmp_path, gpt2_tokenizer_di
     assert (a / "val.bin").read_bytes() != (c / "val.bin").read_bytes()
 
 
+def test_train_extra_adds_train_text_and_keeps_the_validation_split(text_dir, tmp_path, gpt2_tokenizer_dir):
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"text": f"Extra page {i} says something new about widgets."}) + "\n"
+                             for i in range(7)))
+    plain = _prepare([text_dir], tmp_path / "plain", gpt2_tokenizer_dir, val_fraction=0.25)
+    more = prepare(PrepareConfig(input=[str(text_dir)], train_extra=[str(extra)], out=str(tmp_path / "more"),
+                                 tokenizer=str(gpt2_tokenizer_dir), val_fraction=0.25), progress=False)
+    assert (plain / "val.bin").read_bytes() == (more / "val.bin").read_bytes()  # the same documents held out
+    base, grown = TokenData(plain).split("train"), TokenData(more).split("train")
+    meta = json.loads((more / "meta.json").read_text())
+    assert np.array_equal(grown[:len(base)], base) and len(grown) - len(base) == meta["train_extra_tokens"] > 7 * 8
+    assert meta["train_extra_documents"] == 7 and meta["train_documents"] == 15 + 7
+    assert json.loads((plain / "meta.json").read_text())["fingerprint"] != meta["fingerprint"]
+    assert [i.get("train_only", False) for i in meta["inputs"]][-1] is True
+    with pytest.raises(UserError, match="both --input and --train-extra"):
+        prepare(PrepareConfig(input=[str(text_dir)], train_extra=[str(text_dir / "doc01.txt")],
+                              out=str(tmp_path / "bad"), tokenizer=str(gpt2_tokenizer_dir)), progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_jsonl_and_parquet_inputs(tmp_path, gpt2_tokenizer_dir):
     import pyarrow as pa
     import pyarrow.parquet as pq

