@@ -21,16 +21,24 @@ def test_the_budget_grid_runs_resumes_and_reports_paired_intervals(tmp_path, dat
     out, docs = tmp_path / "out", tmp_path / "docs"
     command = [sys.executable, str(SCRIPT), "--smoke", "--reference", str(reference), "--data", str(dataset),
                "--out", str(out), "--docs", str(docs), "--k", "4", "--budgets", "128", "64", "--seeds", "1", "2",
-               "--methods", "first", "bi", "--thin-above", "64", "--thin-methods", "first", "--baselines", "random"]
-    # the full grid at (64, seed 1); first-K with a random baseline at (64, seed 2); first-K alone at 128
+               "--methods", "first", "bi", "--thin-above", "64", "--thin-methods", "first", "--baselines", "random",
+               "--lr-check", "0.003"]
+    # the full grid at (64, seed 1); first-K with a random baseline at (64, seed 2); first-K alone at 128; and
+    # first-K by CE at 128 with lr 3e-3
     subprocess.run(command, check=True, capture_output=True, text=True)
-    assert sorted(p.name for p in out.iterdir()) == ["t128-seed1", "t64-seed1", "t64-seed2"]
+    assert sorted(p.name for p in out.iterdir()) == ["t128-seed1", "t128-seed1-lr0.003", "t64-seed1", "t64-seed2"]
     rows = json.loads((docs / "budget.json").read_text())
     at = {(r["tokens"], r["seed"]): sorted(x["model"] for x in rows if (x["tokens"], x["seed"]) == (r["tokens"], r["seed"]))
           for r in rows}
     assert at[(64, 1)] == ["bi ce", "bi kd", "first ce", "first kd", "random init ce"]
     assert at[(64, 2)] == ["first ce", "first kd", "random init ce"]
-    assert at[(128, 1)] == ["first ce", "first kd"]  # above --thin-above: no baselines
+    assert at[(128, 1)] == ["first ce", "first ce, lr 0.003", "first kd"]  # above --thin-above: no baselines
+    check = json.loads((out / "t128-seed1-lr0.003" / "state.json").read_text())
+    main = json.loads((out / "t128-seed1" / "state.json").read_text())
+    assert json.loads((out / "t128-seed1-lr0.003" / "run.json").read_text())["train"]["lr"] == 0.003
+    lr_row = next(r for r in rows if r["model"] == "first ce, lr 0.003")
+    paired = paired_delta(check["round-0-l4/eval"], main["child/first-ce/eval"], 2000)
+    assert lr_row["vs_first"]["delta"] == pytest.approx(paired["delta"]) and lr_row["vs_first"]["delta"] != 0
     state = json.loads((out / "t64-seed1" / "state.json").read_text())
     expected = paired_delta(state["child/bi-kd/eval"], state["child/first-kd/eval"], 2000)
     bi_kd = next(r for r in rows if (r["tokens"], r["seed"], r["model"]) == (64, 1, "bi kd"))

@@ -7,7 +7,9 @@ budget), each in its own folder under --out. The full grid (--methods x --heal, 
 runs at the smallest budget's first seed; every other run trains --thin-methods x --heal (first and bi: what
 the hours allow), with a random-init baseline up to --thin-above. Every run is resumable (run this script again
 after a stop: a finished run is read back, an interrupted one continues from its checkpoint), and the table and
-plot are rewritten from whatever has finished, with the runs still missing named.
+plot are rewritten from whatever has finished, with the runs still missing named. After the grid, --lr-check
+retrains first-K by CE at the largest budget with each other lr (the sweep chose 1e-3 at the smallest), paired
+with the grid's first-K by CE on the same windows.
 
     python experiments/budget_curve/budget.py                       # the full grid (hours: see the docs)
     python experiments/budget_curve/budget.py --budgets 20480       # one budget
@@ -67,6 +69,33 @@ def children(folder: Path) -> dict[str, dict]:
     return found
 
 
+def lr_check_folder(out: Path, tokens: int, seed: int, lr: float) -> Path:
+    return out / f"t{tokens}-seed{seed}-lr{lr:g}"
+
+
+def lr_checks(out: Path, tokens: int, seed: int, missing: list[str]) -> list[tuple]:
+    """Rows for first-K by CE retrained at another lr at the largest budget, each paired with the main run's
+    first-K by CE (lr 1e-3) on the same windows (checked: the same window starts)."""
+    main = out / f"t{tokens}-seed{seed}"
+    rows = []
+    for folder in sorted(out.glob(f"t{tokens}-seed{seed}-lr*")):
+        lr = folder.name.rsplit("-lr", 1)[1]
+        if not (folder / "report.json").is_file() or not (main / "report.json").is_file():
+            missing.append(f"the lr re-check at {lr} ({tokens:,} tokens)")
+            continue
+        state = json.loads((folder / "state.json").read_text())  # one child, grown no further: round 0
+        key = next(k for k in state if k.startswith("round-0-") and k.endswith("/eval"))
+        trained = state[key.replace("/eval", "/train")]
+        check = {"eval": state[key], "tokens": trained["tokens"], "flops": trained["training_flops"],
+                 "seconds": trained.get("train_seconds")}
+        base = children(main)["first ce"]
+        if check["eval"]["window_starts"] != base["eval"]["window_starts"]:
+            raise SystemExit(f"{folder} was scored on other windows than {main}: not comparable")
+        rows.append((tokens, seed, f"first ce, lr {lr}", check, paired_delta(check["eval"], base["eval"], 2000),
+                     None, None))
+    return rows
+
+
 def collect(out: Path, docs: Path, budgets: list[int], seeds: list[int]) -> str:
     """The table (one row per model and budget, paired intervals against first-K with the same healing and
     against the budget's best) and the plot of val loss against tokens."""
@@ -88,6 +117,8 @@ def collect(out: Path, docs: Path, budgets: list[int], seeds: list[int]) -> str:
                 rows.append((tokens, seed, name, m, vs_first, vs_best, kd_gain))
                 if seed == seeds[0]:
                     curves.setdefault(name, []).append((m["tokens"], m["eval"]["loss"]))
+
+    rows += lr_checks(out, budgets[-1], seeds[0], missing)
 
     def ci(d):
         return "-" if d is None else f"{d['delta']:+.4f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
@@ -131,6 +162,17 @@ def collect(out: Path, docs: Path, budgets: list[int], seeds: list[int]) -> str:
     return text
 
 
+def train_run(config: dict) -> None:
+    try:
+        run(from_dict(RunConfig, config))
+    except Interrupted as exc:  # its checkpoint is written: this script again continues it
+        print(f"budget.py: {exc} (here: run this script again)", file=sys.stderr)
+        sys.exit(128 + exc.signal)
+    except UserError as exc:
+        print(f"budget.py: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", default="smollm2")
@@ -151,6 +193,9 @@ def main() -> None:
     parser.add_argument("--heal", nargs="+", default=["ce", "kd"])
     parser.add_argument("--baselines", nargs="+", default=["random", "kd"],
                         help="random init healed by ce (random) and by kd (kd)")
+    parser.add_argument("--lr-check", nargs="*", type=float, default=[3e-4],
+                        help="after the grid: first-K by CE at the largest budget with each of these lrs (the sweep "
+                             "chose 1e-3 at 20,480 tokens), paired with the grid's first-K by CE; none: skip")
     parser.add_argument("--collect-only", action="store_true", help="rewrite the table and plot; train nothing")
     parser.add_argument("--smoke", action="store_true", help="tiny settings, for tests")
     args = parser.parse_args()
@@ -164,14 +209,12 @@ def main() -> None:
                     config["baselines"] = args.thin_baselines if tokens <= args.thin_above else []
                 print(f"== {tokens:,} tokens, seed {seed}: {', '.join(config['select'])} x {', '.join(args.heal)}"
                       f" + baselines {', '.join(config['baselines']) or 'none'} -> {config['out']}", flush=True)
-                try:
-                    run(from_dict(RunConfig, config))
-                except Interrupted as exc:  # its checkpoint is written: this script again continues it
-                    print(f"budget.py: {exc} (here: run this script again)", file=sys.stderr)
-                    sys.exit(128 + exc.signal)
-                except UserError as exc:
-                    print(f"budget.py: error: {exc}", file=sys.stderr)
-                    sys.exit(2)
+                train_run(config)
+        for lr in args.lr_check:  # first-K by CE at the largest budget with another lr, nothing else
+            config = settings(args, budgets[-1], args.seeds[0], ["first"]) | dict(
+                heal=["ce"], baselines=[], max_rounds=1, lr=lr, out=str(lr_check_folder(Path(args.out), budgets[-1], args.seeds[0], lr)))
+            print(f"== lr re-check: first-K by CE at {budgets[-1]:,} tokens, lr {lr:g} -> {config['out']}", flush=True)
+            train_run(config)
     print(collect(Path(args.out), Path(args.docs), budgets, args.seeds), flush=True)
 
 
