@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments" / "lazy_emergence"))
@@ -88,3 +89,42 @@ def test_a_cell_on_more_text_keeps_the_val_windows_and_says_its_epochs(tmp_path,
     a, b = found["bos-noscale-hot-decay"], found["bos-noscale-hot-decay+extra"]
     assert a["tokens"] == b["tokens"] and b["unique_train_tokens"] > a["unique_train_tokens"]
     assert b["settings"]["extra"] == str(extra) and "extra" not in a["settings"]
+
+
+def test_the_converging_language_has_the_floor_it_claims():
+    """converge.py's chain: its entropy rate (from the stationary pairs) is the mean loss of the true chain on a long
+    sample, and the floor on BOS windows is the true chain's own loss there, first two targets included."""
+    from converge import BOS, chain_table, entropy_rate, oracle_loss, sample, stationary_pairs
+
+    from inheritune.data.windows import fixed_windows, window_rows
+
+    table = chain_table(0)
+    nexts, probs = table
+    pairs = stationary_pairs(table)
+    stream = sample(100_000, 5, table)
+    losses = [-np.log(probs[a, b][list(nexts[a, b]).index(c)]) for a, b, c in zip(stream[:-2], stream[1:-1], stream[2:])]
+    rate = entropy_rate(table, pairs)
+    assert abs(np.mean(losses) - rate) < 0.01 and 0.5 < rate < np.log(4)  # 4 successors: below ln 4
+    floor = oracle_loss(stream, 16, 8, table, pairs)
+    targets = window_rows(stream, fixed_windows(stream, 16, 8), 16, BOS).numpy()[:, 1:]
+    marginal = pairs.sum(0)
+    by_hand = []
+    for row in targets:
+        by_hand.append(-np.log(marginal[row[0]]))
+        by_hand.append(-np.log(sum(pairs[a, row[0]] * probs[a, row[0]][list(nexts[a, row[0]]).index(row[1])]
+                                   for a in range(1, 33) if row[1] in nexts[a, row[0]]) / marginal[row[0]]))
+        by_hand += [-np.log(probs[a, b][list(nexts[a, b]).index(c)]) for a, b, c in zip(row[:-2], row[1:-1], row[2:])]
+    assert floor == pytest.approx(np.mean(by_hand), rel=1e-9) and floor > rate
+
+
+def test_converge_smoke(tmp_path):
+    script = ROOT / "experiments" / "lazy_emergence" / "converge.py"
+    argv = [sys.executable, str(script), "--smoke", "--out", str(tmp_path / "w"), "--docs", str(tmp_path / "d"),
+            "--steps", "8", "--layers", "4", "--depths", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert sorted(results["models"]) == ["1", "4"] and len(results["models"]["4"]["max_rank"]) == 4
+    assert results["depth_needed"] in (1, 4) and (tmp_path / "d" / "emergence.png").is_file()
+    again = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)  # finished models are read back
+    assert again.returncode == 0 and "final val loss" not in again.stdout and "4 layers: val loss" in again.stdout
