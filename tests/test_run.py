@@ -92,6 +92,8 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
 
     before = torch.load(checkpoints(metrics.parent)[-1], weights_only=True)["train_seconds"]
     assert before > 0  # the interrupted session's training time is kept with its checkpoint
+    first_session = json.loads((tmp_path / "run" / "state.json").read_text())["sessions"]
+    assert first_session["count"] == 1 and first_session["seconds"] > before
     with pytest.raises(UserError, match="steps 60 -> 50"):
         run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=50, baselines=[]))
     with pytest.raises(UserError, match="lr 0.001 -> 0.002"):
@@ -102,6 +104,9 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
     # The report's train time is the whole training's, both sessions, not only the part after the resume.
     stage = json.loads((tmp_path / "run" / "state.json").read_text())["round-0-l2/train"]
     assert resumed["rows"][1]["wall_seconds"] == stage["train_seconds"] > before
+    # ... and the run's wall time adds up both sessions (the refused ones never started one)
+    assert resumed["sessions"] == 2 and resumed["wall_seconds"] > first_session["seconds"]
+    assert f"{resumed['wall_seconds'] / 60:.1f} min over 2 sessions" in (tmp_path / "run" / "report.md").read_text()
     # Adding a baseline is applied (and said), not refused.
     more = run(_config(data, ref, tmp_path / "run", max_rounds=1, steps=60, baselines=["random"]))
     assert [r["model"] for r in more["rows"]][-1] == "baseline random"

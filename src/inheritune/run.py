@@ -115,10 +115,21 @@ def _device(config: RunConfig) -> str:
 
 
 def run(config: RunConfig) -> dict:
-    """Run the recipe; returns the report (also written as report.md / report.json in ``out``)."""
+    """Run the recipe; returns the report (also written as report.md / report.json in ``out``). The wall time of
+    every session of the run (re-entries after a stop included) is added up in state.json's ``sessions``."""
     out = open_run_dir(config)
     state = State(out / "state.json")
     started = time.perf_counter()
+    earlier = state.get("sessions") or {"seconds": 0.0, "count": 0}
+    try:
+        return _run(config, state, out, lambda: earlier | {"seconds": earlier["seconds"] + time.perf_counter()
+                                                           - started, "count": earlier["count"] + 1})
+    finally:  # a stop or an error ends the session too: its time counts (a SIGKILL's cannot be recorded)
+        state.put("sessions", {"seconds": round(earlier["seconds"] + time.perf_counter() - started, 1),
+                               "count": earlier["count"] + 1})
+
+
+def _run(config: RunConfig, state: State, out: Path, sessions) -> dict:
     steps = round(config.steps * config.budget)
     reference, n_layers, ref, ref_training = _reference_stage(config, state, out, steps)
     start, analysis = _choose_start(config, state, out, reference, n_layers)
@@ -143,7 +154,7 @@ def run(config: RunConfig) -> dict:
     check = reference_check(_reference_attention(config, state, out, reference), ref_training,
                             config.convergence_tolerance)
     return write_report(config, out, reference, n_layers, ref, ref_training, analysis, start, rounds, baselines,
-                        matched, comparison, time.perf_counter() - started, check, children)
+                        matched, comparison, sessions(), check, children)
 
 
 def _compare(config: RunConfig, state: State, out: Path, reference: str, child: str) -> str | None:

@@ -107,7 +107,7 @@ def _blocks_of(round_: dict) -> str:
 
 def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, ref_training: dict | None,
                  analysis: dict | None, start: int, rounds: list[dict], baselines: dict, matched: bool,
-                 comparison: str | None, seconds: float, check: dict | None = None,
+                 comparison: str | None, sessions: dict, check: dict | None = None,
                  children: dict | None = None) -> dict:
     """report.md, report.json and val_loss.png of a run: its growth rounds, or (``children``) the children it
     trained side by side."""
@@ -204,7 +204,8 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
               f"model = AutoModelForCausalLM.from_pretrained({final_dir!r})",
               f"tokenizer = AutoTokenizer.from_pretrained({final_dir!r})", "```", "",
-              f"Total wall time of this run: {seconds / 60:.1f} min."]
+              f"Total wall time of this run: {sessions['seconds'] / 60:.1f} min"
+              + (f" over {sessions['count']} sessions (a stop and a re-entry each)." if sessions["count"] > 1 else ".")]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     histories = {r["model"]: r["history"] for r in rows if r.get("history")}
     if histories:
@@ -216,7 +217,7 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               "side_by_side": None if not found else {
                   "best": found["best"], "first": found["first"], "deltas": found["deltas"],
                   "before": {n: c["before"]["loss"] for n, c in children.items()}},
-              "wall_seconds": seconds, "reference_check": check,
+              "wall_seconds": sessions["seconds"], "sessions": sessions["count"], "reference_check": check,
               "meaningful": check["meaningful"] if check is not None else None}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print("\n" + "\n".join(lines[:next(i for i, x in enumerate(lines) if x.startswith("## The final child"))]),
