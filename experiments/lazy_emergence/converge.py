@@ -13,7 +13,8 @@ The reference (GPT-2 style as in search.py: no 1/(l + 1) scale, lr 3e-3, weight 
 it trains; models of 1, 2 and 4 layers of the same width are trained on the same tokens to say how much depth the
 language needs, against the 12 the reference has.
 
-    python experiments/lazy_emergence/converge.py                    # about 20 min on 2 cores (sized in the docs)
+    python experiments/lazy_emergence/converge.py                    # 600 steps: 26 min beside another run
+    python experiments/lazy_emergence/converge.py --steps 2400       # 9.8M tokens (docs/reproduction.md part 3)
     python experiments/lazy_emergence/converge.py --smoke --out DIR  # tiny, for tests
 """
 
@@ -123,14 +124,17 @@ def config(data: Path, out: Path, layers: int, steps: int, smoke: bool, track: b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/lazy_emergence/converge", help="work directory (resumable)")
-    parser.add_argument("--docs", default="docs/lazy_emergence/converge", help="results.json and the plot")
+    parser.add_argument("--out", default=None, help="work directory, resumable (default: "
+                                                    "runs/lazy_emergence/converge-STEPS)")
+    parser.add_argument("--docs", default=None, help="results.json and the emergence plot (default: "
+                                                     "docs/lazy_emergence/converge-STEPS)")
     parser.add_argument("--steps", type=int, default=600, help="steps of 32 x 128 tokens for every model")
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4], help="the shallower models")
     parser.add_argument("--layers", type=int, default=12, help="the reference's depth")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    out, docs = Path(args.out), Path(args.docs)
+    out = Path(args.out or f"runs/lazy_emergence/converge-{args.steps}")
+    docs = Path(args.docs or f"docs/lazy_emergence/converge-{args.steps}")
     out.mkdir(parents=True, exist_ok=True)
     table = chain_table(0)
     data = out / "data"
