@@ -358,7 +358,9 @@ def test_a_full_disk_is_one_line_naming_the_space_and_the_last_good_checkpoint(d
     assert summary["status"] == "finished" and summary["final_val_loss"] == straight["final_val_loss"]
 
 
-def test_a_full_disk_while_writing_the_model_keeps_the_checkpoints(dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", ["os", "safetensors"])
+def test_a_full_disk_while_writing_the_model_keeps_the_checkpoints(dataset, tmp_path, monkeypatch, failure):
+    from safetensors import SafetensorError
     from transformers import PreTrainedModel
 
     out = tmp_path / "run"
@@ -367,6 +369,8 @@ def test_a_full_disk_while_writing_the_model_keeps_the_checkpoints(dataset, tmp_
     def full(self, path, *args, **kwargs):
         Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "model.safetensors").write_bytes(b"partial")
+        if failure == "safetensors":  # what safetensors' writer raises on a full disk
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
     with pytest.raises(UserError) as error:

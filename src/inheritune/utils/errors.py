@@ -105,14 +105,16 @@ def _size(n: float) -> str:
 def writing(what: str, path: Path, needed: int | None = None, fallback: str = ""):
     """Turn a failed write of ``path`` (a full disk, a quota, a permission) into one line naming it, the free space
     on its disk against what it needs, and ``fallback`` (what is still good and how to go on). torch.save reports
-    a full disk as a RuntimeError from its stream writer, the rest of Python as an OSError."""
+    a full disk as a RuntimeError from its stream writer, safetensors as a SafetensorError ("I/O error"), the rest
+    of Python as an OSError."""
     try:
         yield
     except UserError:
         raise
-    except (OSError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
-            raise  # a RuntimeError that is not about writing is a bug to see whole
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower() or \
+                isinstance(exc, SafetensorError) and "I/O error" not in str(exc):
+            raise  # not about writing: a bug to see whole
         where = Path(path).parent
         while not where.exists() and where != where.parent:
             where = where.parent
