@@ -73,22 +73,21 @@ def test_a_cell_on_more_text_keeps_the_val_windows_and_says_its_epochs(tmp_path,
     extra = tmp_path / "extra.jsonl"
     extra.write_text("".join(json.dumps({"text": " ".join(f"Extra page {i} line {j} about widgets {i + j}."
                                                           for j in range(20))}) + "\n" for i in range(30)))
-    argv = [sys.executable, str(ROOT / "experiments" / "lazy_emergence" / "search.py"), "--out", str(tmp_path / "w"),
-            "--docs", str(tmp_path / "docs"), "--corpus", str(text_dir), "--smoke", "--budget", "0.005",
-            "--early-stop", "false"]
-    found = {}
-    for extra_args in ([], ["--extra", str(extra)]):  # (a smoke run's docs hold its own cells only)
-        done = subprocess.run(argv + ["--cells", "bos-noscale-hot-decay"] + extra_args, capture_output=True,
-                              text=True, cwd=tmp_path)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        (result,) = json.loads((tmp_path / "docs" / "results.json").read_text())
-        found[result["cell"]] = result
-        table = (tmp_path / "docs" / "table.md").read_text()
-        assert f"| {result['tokens'] / result['unique_train_tokens']:.2f} |" in table
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "lazy_emergence" / "search.py"), "--out",
+                           str(tmp_path / "w"), "--docs", str(tmp_path / "docs"), "--corpus", str(text_dir), "--smoke",
+                           "--budget", "0.005", "--early-stop", "false", "--cells", "bos-noscale-hot-decay", "--extra",
+                           str(extra)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "the same" in done.stdout and "of extra.jsonl" in done.stdout  # val split checked byte for byte
-    a, b = found["bos-noscale-hot-decay"], found["bos-noscale-hot-decay+extra"]
-    assert a["tokens"] == b["tokens"] and b["unique_train_tokens"] > a["unique_train_tokens"]
-    assert b["settings"]["extra"] == str(extra) and "extra" not in a["settings"]
+    (result,) = json.loads((tmp_path / "docs" / "results.json").read_text())
+    base, grown = (json.loads((tmp_path / "w" / name / "meta.json").read_text())
+                   for name in ("data-bpe300", "data-bpe300+extra"))
+    assert result["cell"] == "bos-noscale-hot-decay+extra" and result["settings"]["extra"] == str(extra)
+    assert result["unique_train_tokens"] == grown["train_tokens"] == base["train_tokens"] + grown["train_extra_tokens"]
+    assert (tmp_path / "w" / "data-bpe300" / "val.bin").read_bytes() == \
+        (tmp_path / "w" / "data-bpe300+extra" / "val.bin").read_bytes()
+    table = (tmp_path / "docs" / "table.md").read_text()
+    assert f"| {result['tokens'] / result['unique_train_tokens']:.2f} |" in table
 
 
 def test_the_converging_language_has_the_floor_it_claims():
