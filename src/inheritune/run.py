@@ -121,12 +121,13 @@ def run(config: RunConfig) -> dict:
     state = State(out / "state.json")
     started = time.perf_counter()
     earlier = state.get("sessions") or {"seconds": 0.0, "count": 0}
+
+    def sessions() -> dict:  # every earlier session's time and this one's so far
+        return {"seconds": round(earlier["seconds"] + time.perf_counter() - started, 1), "count": earlier["count"] + 1}
     try:
-        return _run(config, state, out, lambda: earlier | {"seconds": earlier["seconds"] + time.perf_counter()
-                                                           - started, "count": earlier["count"] + 1})
+        return _run(config, state, out, sessions)
     finally:  # a stop or an error ends the session too: its time counts (a SIGKILL's cannot be recorded)
-        state.put("sessions", {"seconds": round(earlier["seconds"] + time.perf_counter() - started, 1),
-                               "count": earlier["count"] + 1})
+        state.put("sessions", sessions())
 
 
 def _run(config: RunConfig, state: State, out: Path, sessions) -> dict:

@@ -22,7 +22,7 @@ def save_checkpoint(out: Path, step: int, payload: dict, keep: int) -> Path:
     fallback = (f"The last good checkpoint is {earlier[-1]}: free space, then run the same command again (train: "
                 f"with --resume-from {earlier[-1]})" if earlier else "No checkpoint of this run was written yet")
     try:
-        with writing("the checkpoint", path, _payload_bytes(payload), fallback):
+        with writing("the checkpoint", path, payload_bytes(payload), fallback):
             torch.save(payload, tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a partial file would only take the space the next try needs
@@ -33,14 +33,14 @@ def save_checkpoint(out: Path, step: int, payload: dict, keep: int) -> Path:
     return path
 
 
-def _payload_bytes(payload) -> int:
+def payload_bytes(payload) -> int:
     """The tensor bytes of a checkpoint's payload (what torch.save writes, less a little metadata)."""
     if isinstance(payload, torch.Tensor):
         return payload.numel() * payload.element_size()
     if isinstance(payload, dict):
-        return sum(_payload_bytes(v) for v in payload.values())
+        return sum(payload_bytes(v) for v in payload.values())
     if isinstance(payload, (list, tuple)):
-        return sum(_payload_bytes(v) for v in payload)
+        return sum(payload_bytes(v) for v in payload)
     return 0
 
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from inheritune.analysis.plots import draw_loss
 from inheritune.data.dataset import TokenData
 from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
-from inheritune.training.checkpoint import checkpoints
+from inheritune.training.checkpoint import checkpoints, payload_bytes
 from inheritune.utils.cards import base_model_of, trained_card, write_card
 from inheritune.utils.config import to_dict
 from inheritune.utils.errors import UserError, refuse_output_over_input, replace_dir, writing
@@ -320,7 +320,7 @@ def save_final(model, state: dict, tokenizer, data: TokenData, path: Path, facts
     base = base_model_of(str(facts["model"]))
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    needed = sum(t.numel() * t.element_size() for t in state.values())
+    needed = payload_bytes(state)
     fallback = (f"The run's checkpoints in {path.parent} are kept: free space, then run the same command again "
                 "(train: with --resume)")
     try:
