@@ -101,6 +101,20 @@ def _size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+# What torch.save's stream writer raises when a write fails: on a real full disk, "[enforce fail at
+# inline_container.cc] . unexpected pos N vs M" whose cause is "basic_ios::clear: iostream error"; elsewhere
+# "PytorchStreamWriter failed writing file ...".
+_WRITE_FAILURES = ("writ", "unexpected pos", "iostream error", "no space left", "file too large", "disk quota")
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    chain, seen = [], 0
+    while exc is not None and seen < 5:
+        chain.append(str(exc).lower())
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return any(marker in text for text in chain for marker in _WRITE_FAILURES)
+
+
 @contextmanager
 def writing(what: str, path: Path, needed: int | None = None, fallback: str = ""):
     """Turn a failed write of ``path`` (a full disk, a quota, a permission) into one line naming it, the free space
@@ -112,7 +126,7 @@ def writing(what: str, path: Path, needed: int | None = None, fallback: str = ""
     except UserError:
         raise
     except (OSError, RuntimeError, SafetensorError) as exc:
-        if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower() or \
+        if isinstance(exc, RuntimeError) and not _is_write_failure(exc) or \
                 isinstance(exc, SafetensorError) and "I/O error" not in str(exc):
             raise  # not about writing: a bug to see whole
         where = Path(path).parent
@@ -140,3 +154,43 @@ def check_output_dir(out: Path, report: str, key: str, value, overwrite: bool) -
             old = None
         if old != value:
             raise UserError(f"{out} holds results for {old!r}; pass --overwrite to replace them, or use another --out")
+
+
+def staging_name(path: Path) -> Path:
+    """A temporary sibling of ``path`` unique to this process: two processes never write the same temporary file,
+    and a leftover one never looks like the finished output (it has another name)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_staging(folder: Path) -> None:
+    """Delete the temporary files and folders (``.NAME.tmp-PID``) that a killed process left in ``folder``."""
+    if not Path(folder).is_dir():
+        return
+    for item in Path(folder).glob(".*.tmp-*"):
+        pid = item.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, content: str | bytes, what: str, fallback: str = "") -> None:
+    """Write a file whole or not at all: into a temporary sibling, then renamed over ``path``. A failed write (a
+    full disk) is one line naming the file and the free space, the temporary file is removed, and the previous
+    ``path`` (if any) is left as it was, so a report is never left empty or half-written."""
+    path = Path(path)
+    tmp = staging_name(path)
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        with writing(what, path, len(data), fallback):
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())  # on a full disk some filesystems fail only here
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, value, what: str, fallback: str = "") -> None:
+    atomic_write(path, json.dumps(value, indent=2) + "\n", what, fallback)
