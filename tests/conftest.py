@@ -64,3 +64,46 @@ def dataset(text_dir, tmp_path, gpt2_tokenizer_dir):
 
     return prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer=str(gpt2_tokenizer_dir),
                                  val_fraction=0.2), progress=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of a given size (a tmpfs mount), to fill for real: ``small_disk("2m")`` gives its folder.
+    Needs root; the test is skipped elsewhere. Unmounted after the test."""
+    import shutil
+    import subprocess
+
+    mounts = []
+
+    def make(size: str = "2m"):
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("a real full disk needs root to mount a small tmpfs")
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield make
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill_disk(folder, leave: int = 0) -> None:
+    """Fill the filesystem holding ``folder`` until ``leave`` bytes are free (a file named .filler)."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    with open(os.path.join(folder, ".filler"), "wb") as handle:
+        remaining = max(0, free - leave)
+        while remaining > 0:
+            chunk = min(remaining, 1 << 20)
+            try:
+                handle.write(b"\0" * chunk)
+                handle.flush()
+            except OSError:
+                break
+            remaining -= chunk
