@@ -8,7 +8,6 @@ directory holds (resume rules, metrics, the final model) is ``rundir``'s busines
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -45,7 +44,7 @@ from inheritune.training.optim import (
 from inheritune.training.recipe import TrainConfig
 from inheritune.training.stop import StopRequest
 from inheritune.utils.config import to_dict
-from inheritune.utils.errors import Interrupted, UserError
+from inheritune.utils.errors import Interrupted, UserError, atomic_write_json
 from inheritune.utils.progress import progress_bar
 
 
@@ -134,15 +133,19 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype, stop: 
     if model is None:
         model, tokenizer = load_training_model(config, data)
     _check_fit(model, data, config, tokenizer)
+    tokenizer = rundir.tokenizer_to_ship(tokenizer, data)
     plan = BatchPlan.of(config, d.world)
+    # The dataset's fingerprint is a setting of the run: a dataset replaced in place under the same path is
+    # refused on resume like a changed --data.
+    facts = {**plan.facts(), "data_fingerprint": data.meta.get("fingerprint")}
     out = rundir.check_out(config)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     D.barrier(d)
     with RunLock(out) if d.main else nullcontext():
-        out_plan = rundir.prepare_out(out, config, plan.facts())
+        out_plan = rundir.prepare_out(out, config, facts)
         run = _setup(config, model, data, plan, d, amp_dtype)
-        run.settings = rundir.settings(config, plan.facts())
+        run.settings = rundir.settings(config, facts)
         step, history = _restore(run, out_plan.resume, plan)
         run.tracker = _tracker(config, model, data, out, d, run.bos)
         (stopping,) = D.all_sum([float(stop.requested)], d)
@@ -160,13 +163,15 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype, stop: 
                 print(f"resuming from {out_plan.resume} at step {step}", flush=True)
         D.barrier(d)
         if d.main:
-            (out / "run.json").write_text(json.dumps(
-                {**to_dict(config), **plan.facts(), "grad_accum": plan.grad_accum, "world_size": d.world}, indent=2))
+            atomic_write_json(out / "run.json", {**to_dict(config), **facts, "grad_accum": plan.grad_accum,
+                                                 "world_size": d.world}, "the run's settings")
         log = rundir.MetricsLog(out, config.tensorboard, d.main)
         try:
             status, stopped_by, step = _loop(config, run, plan, d, out, step, history, log, stop)
-        finally:
-            log.close()
+        except BaseException:
+            log.close(quiet=True)  # a failed flush must not hide why the loop stopped
+            raise
+        log.close()
         return _finish(config, run, plan, d, out, data, tokenizer, status, stopped_by, step, history)
 
 
@@ -311,12 +316,16 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
                                         1.0 / plan.grad_accum)
             (train_loss,) = D.all_sum([loss_sum / plan.grad_accum / d.world], d)
             if not math.isfinite(train_loss):
-                last = checkpoints(out)
-                raise UserError(f"the loss became {train_loss} at step {step + 1}; stopped without saving. Last "
-                                f"good checkpoint: {last[-1] if last else 'none'} (try a lower --lr)")
+                _stop_not_finite(out, f"the loss became {train_loss} at step {step + 1}")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or math.inf))
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
+            # A finite loss can still give a NaN update (an absurd lr, a NaN in the optimizer's state): the weights
+            # are checked after every step, before anything is logged or checkpointed from them.
+            (broken,) = D.all_sum([0.0 if _weights_finite(run.model) else 1.0], d)
+            if broken:
+                _stop_not_finite(out, f"the weights became NaN or infinite at step {step + 1} (gradient norm "
+                                      f"{grad_norm:.4g})")
             step += 1
             seconds = time.perf_counter() - started
             record = {"step": step, "time": round(time.time(), 4), "tokens": step * plan.tokens_per_step,
@@ -351,6 +360,23 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
         bar.close()
 
 
+def _weights_finite(model) -> bool:
+    """Whether every weight is finite, in one reduction (a NaN or inf anywhere makes the sum non-finite; only
+    then is each tensor looked at, so that a sum that merely overflows is not taken for a NaN)."""
+    params = [p.detach() for p in model.parameters() if p.numel()]
+    if not params:
+        return True
+    with torch.no_grad():
+        total = torch.stack([p.float().sum() for p in params]).sum()
+        return bool(torch.isfinite(total)) or all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def _stop_not_finite(out: Path, what: str) -> None:
+    last = checkpoints(out)
+    raise UserError(f"{what}; stopped without saving. Last good checkpoint: {last[-1] if last else 'none'} "
+                    "(try a lower --lr, or resume from that checkpoint)")
+
+
 def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, data: TokenData, tokenizer, status: str,
             stopped_by: int, step: int, history: list[dict]) -> dict:
     """The summary (and, for a finished run, the final model in out/final)."""
@@ -366,6 +392,8 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                # every session's training time, up to this run's last checkpoint before each interruption
                "train_seconds": round(run.train_seconds, 2), "compiled": run.compiled, "chunked_loss": run.chunked,
                "track_seconds": round(run.track_seconds, 2)}
+    if status == "finished" and summary["final_val_loss"] is not None and not math.isfinite(summary["final_val_loss"]):
+        _stop_not_finite(out, f"the final val loss is {summary['final_val_loss']}; the model was not written")
     if status == "finished":
         model_state, _ = D.full_state(run.model)
         if d.main:

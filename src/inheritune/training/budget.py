@@ -45,17 +45,24 @@ class BatchPlan:
 COMPILE_SECONDS = {"cpu": 60.0, "cuda": 30.0}  # what torch.compile of a small LM costs before its first step
 
 
+def compile_pays(config: TrainConfig, plan: BatchPlan, flops_per_step: float, peak: float,
+                 device_type: str) -> tuple[bool, float, float]:
+    """(compile?, eager estimate in seconds, compile cost in seconds) under --compile auto's rule: compile when
+    the eager run would take at least 10x the compile cost (estimated at 50% of the peak), so that compiling
+    costs at most a tenth of the run in the worst case."""
+    estimate = plan.max_steps * flops_per_step / (0.5 * peak) if peak else 0.0
+    cost = COMPILE_SECONDS.get(device_type, 60.0)
+    return estimate >= 10 * cost, estimate, cost
+
+
 def compile_decision(config: TrainConfig, plan: BatchPlan, flops_per_step: float, peak: float, d: D.Dist) -> bool:
-    """--compile auto: compile when the eager run would take at least 10x the compile cost (estimated at 50% of
-    the peak), so that compiling costs at most a tenth of the run in the worst case; short runs, tests and
-    runs that track attention stay eager. on / off decide alone."""
+    """--compile auto for one training: ``compile_pays``; short runs, tests and runs that track attention stay
+    eager. on / off decide alone."""
     if config.compile != "auto":
         return config.compile == "on"
     if config.track_attention:  # the tracker switches the model to eager attention and back: every switch would
         return False            # invalidate the compiled graph
-    estimate = plan.max_steps * flops_per_step / (0.5 * peak) if peak else 0.0
-    cost = COMPILE_SECONDS.get(d.device.type, 60.0)
-    compiled = estimate >= 10 * cost
+    compiled, estimate, cost = compile_pays(config, plan, flops_per_step, peak, d.device.type)
     if compiled and d.main:
         print(f"--compile auto: on (eager estimate {estimate:.0f} s >= 10 x {cost:.0f} s of compiling)", flush=True)
     return compiled

@@ -11,15 +11,16 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM
 
 from inheritune.analysis.plots import draw_loss
 from inheritune.data.dataset import TokenData
 from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
-from inheritune.training.checkpoint import checkpoints, payload_bytes
+from inheritune.training.checkpoint import checkpoints, move_checkpoint, payload_bytes
 from inheritune.utils.cards import base_model_of, trained_card, write_card
 from inheritune.utils.config import to_dict
-from inheritune.utils.errors import UserError, refuse_output_over_input, replace_dir, writing
+from inheritune.utils.errors import UserError, atomic_write_json, refuse_output_over_input, replace_dir, writing
 from inheritune.utils.jsonl import read_log
 
 
@@ -36,12 +37,13 @@ def check_out(config) -> Path:
 # Settings that shape a run's trajectory: resuming with any of them changed would silently mix two runs.
 RESUME_KEYS = ("model", "data", "seq_len", "data_order", "seed", "data_offset", "max_steps", "tokens_per_step",
                "lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "teacher", "kd_alpha",
-               "kd_temperature", "eval_windows", "schedule", "decay_fraction", "bos_windows")
+               "kd_temperature", "eval_windows", "schedule", "decay_fraction", "bos_windows", "data_fingerprint")
 # What a training run writes into its directory; anything else there is the user's and is never deleted.
 RUN_FILES = ("run.json", "summary.json", "metrics.jsonl", "loss.png", "final", "tensorboard", "abandoned", ".lock",
              "attention.jsonl", "emergence.png")
 # The temporary names a run writes on the way (and leaves behind when killed): only these, never any ``*.tmp``.
-RUN_TEMPORARIES = re.compile(r"final\.tmp|metrics\.tmp|attention\.tmp|ckpt-\d+\.pt\.tmp|\.final\.old-\d+")
+RUN_TEMPORARIES = re.compile(r"final\.tmp|metrics\.tmp|attention\.tmp|ckpt-\d+\.pt(\.tmp)?\.sha256|ckpt-\d+\.pt\.tmp"
+                             r"|ckpt-\d+\.pt\.damaged|\.final\.old-\d+|\.(run|summary)\.json\.tmp-\d+|\.loss\.tmp-\d+\.png")
 
 
 def written_by_a_run(name: str) -> bool:
@@ -134,6 +136,12 @@ def prepare_out(out: Path, config, plan: dict) -> OutPlan:
         return _resume_from(out, Path(config.resume_from), config, current)
     if config.resume:
         found = checkpoints(out)
+        if not found and run_file.is_file() and is_training_run(out) and not (out / "final").exists():
+            # stopped before its first checkpoint (killed, or a full disk): --resume starts it over, as the
+            # message of that stop says; only the run's own files are cleared
+            refuse_changes(read_json(run_file, "the run's settings"), current, str(out), "--resume")
+            print(f"no checkpoint in {out} yet: its run starts over from step 0", flush=True)
+            return OutPlan(clear=True)
         if not found:
             raise UserError(f"nothing to resume in {out}: no checkpoint")
         if run_file.is_file():
@@ -223,7 +231,7 @@ def abandon_branch(out: Path, paths: list[Path], step: int, logs_from: Path | No
     for log in logs:
         shutil.copy2(log, target / log.name)
     for path in paths:
-        os.replace(path, target / path.name)
+        move_checkpoint(path, target) if checkpoint_step(path) is not None else os.replace(path, target / path.name)
     if logs_from:
         _restore_logs(out, logs_from)
     print(f"resuming an earlier checkpoint: the line left ({', '.join(p.name for p in paths) or 'its logs'}) is "
@@ -252,27 +260,47 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON line per logged step) and, if asked, TensorBoard; only the main process writes."""
+    """metrics.jsonl (one JSON line per logged step) and, if asked, TensorBoard; only the main process writes.
+    A failed write (a full disk) is one line naming the log and the last checkpoint; a line cut short by it is
+    dropped when the run resumes (``truncate_log``)."""
 
     def __init__(self, out: Path, tensorboard: bool, active: bool):
-        self.handle = open(out / "metrics.jsonl", "a") if active else None
+        self.path = out / "metrics.jsonl"
+        self.handle = open(self.path, "a") if active else None
         self.writer = _tensorboard(out) if (active and tensorboard) else None
+
+    def _fallback(self) -> str:
+        found = checkpoints(self.path.parent)
+        return (f"The last good checkpoint is {found[-1]}: free space, then run the same command again (it resumes "
+                "from there)" if found else "No checkpoint of this run was written yet: free space, then run the same "
+                "command again (train: with --resume, which starts it over)")
 
     def write(self, record: dict) -> None:
         if self.handle is None:
             return
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
+        line = json.dumps(record) + "\n"
+        with writing("the metrics log", self.path, len(line), self._fallback()):
+            self.handle.write(line)
+            self.handle.flush()
         if self.writer:
             for key, value in record.items():
                 if value is not None and key != "step":
                     self.writer.add_scalar(key, value, record["step"])
 
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-        if self.writer:
-            self.writer.close()
+    def close(self, quiet: bool = False) -> None:
+        """Close the log; ``quiet`` (on the way out of an error) never lets a failed flush hide that error."""
+        handle, self.handle = self.handle, None
+        try:
+            if handle is not None:
+                with writing("the metrics log", self.path, None, self._fallback()):
+                    handle.close()
+        except (UserError, OSError):
+            if not quiet:
+                raise
+        finally:
+            if self.writer:
+                self.writer.close()
+                self.writer = None
 
 
 def _tensorboard(out: Path):
@@ -285,9 +313,17 @@ def _tensorboard(out: Path):
 
 
 def write_summary(out: Path, summary: dict, history: list[dict]) -> None:
-    (out / "summary.json").write_text(json.dumps({**summary, "history": history}, indent=2))
+    """summary.json and loss.png, each written whole or not at all (a full disk leaves the previous ones)."""
+    fallback = "The run's checkpoints are kept: free space, then run the same command again"
+    atomic_write_json(out / "summary.json", {**summary, "history": history}, "the run's summary", fallback)
     if history:
-        draw_loss({"train": history}, out / "loss.png")
+        tmp = out / f".loss.tmp-{os.getpid()}.png"  # matplotlib picks the format from the suffix
+        try:
+            with writing("the loss plot", out / "loss.png", None, fallback):
+                draw_loss({"train": history}, tmp)
+                os.replace(tmp, out / "loss.png")
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def best(history: list[dict]) -> float | None:
@@ -295,23 +331,47 @@ def best(history: list[dict]) -> float | None:
     return min(values) if values and math.isfinite(min(values)) else None
 
 
-def save_final(model, state: dict, tokenizer, data: TokenData, path: Path, facts: dict) -> None:
-    """The trained model as an HF directory with the dataset's tokenizer (the one its ids mean), a model card and
-    inheritune.json (how it was made)."""
+def tokenizer_to_ship(tokenizer, data: TokenData):
+    """The tokenizer the trained model will ship, read once when training starts (so that a tokenizer replaced
+    during the run cannot slip in): the model's own when it is the dataset's, else the dataset's. A dataset made
+    with a tokenizer that cannot be read now, or that has changed since, is refused before training: its model
+    would otherwise be written without the tokenizer its ids mean. Token data made without a tokenizer
+    (``write_token_dataset``) ships none."""
+    expected = data.tokenizer.get("sha256")
+    if tokenizer is not None and tokenizer_identity(tokenizer)["sha256"] == expected:
+        return tokenizer
+    if data.tokenizer.get("class") == "none":
+        return None
+    try:
+        found = load_tokenizer(data.tokenizer_path())
+    except UserError as exc:
+        raise UserError(f"the tokenizer of the dataset {data.path} ({data.tokenizer_path()}) cannot be read ({exc}); "
+                        "the trained model would have no tokenizer: restore it, or prepare the dataset again") from None
+    if tokenizer_identity(found)["sha256"] != expected:
+        raise UserError(f"the tokenizer at {data.tokenizer_path()} is no longer the one that prepared {data.path} "
+                        "(its sha256 differs): prepare the dataset again with it, or restore the original")
+    return found
 
+
+def check_finite_state(state: dict, fallback: str) -> None:
+    """Refuse to finish a model with a NaN or infinite weight: it would load and produce garbage."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise UserError(f"the trained weights are not finite ({bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}"
+                        f"); the model was not written. {fallback}")
+
+
+def save_final(model, state: dict, tokenizer, data: TokenData, path: Path, facts: dict) -> None:
+    """The trained model as an HF directory with the tokenizer its ids mean (``tokenizer_to_ship``), a model card
+    and inheritune.json (how it was made). Weights that are not finite are refused before anything is written."""
+    found = checkpoints(path.parent)
+    check_finite_state(state, f"The last checkpoint is {found[-1]}" if found else "No checkpoint of this run was kept")
     fresh = AutoModelForCausalLM.from_config(model.config)
     missing, unexpected = fresh.load_state_dict(state, strict=False)
     tied = set(getattr(fresh, "_tied_weights_keys", None) or {})
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"final state does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     fresh.tie_weights()
-    if tokenizer is not None and tokenizer_identity(tokenizer)["sha256"] != data.tokenizer.get("sha256"):
-        tokenizer = None  # the model came with another tokenizer than the one that made the training data
-    if tokenizer is None:
-        try:
-            tokenizer = load_tokenizer(data.tokenizer_path())
-        except UserError:
-            tokenizer = None
     inherited = None
     source = Path(str(facts["model"])) / "inheritune.json"
     if source.is_file():

@@ -14,7 +14,7 @@ from inheritune.models.scratch import is_scratch, scratch_config
 from inheritune.models.weights import SafetensorsSource
 from inheritune.training.rundir import read_json
 from inheritune.utils.config import flatten, to_dict
-from inheritune.utils.errors import UserError, refuse_output_over_input
+from inheritune.utils.errors import UserError, atomic_write_json, refuse_output_over_input, remove_stale_staging
 
 
 class State:
@@ -45,9 +45,8 @@ class State:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
+        atomic_write_json(self.path, self.data, "the run's record of finished stages",
+                          "Every stage recorded before this one is kept: free space, then run the same command again")
 
 
 # Settings that change what a stage trains or how it is measured: a run re-entered with any of them changed
@@ -86,7 +85,7 @@ def check_rerun(out: Path, config) -> None:
         if foreign:
             raise UserError(f"{out} holds files that are not a run of inheritune ({', '.join(foreign[:3])}); choose "
                             "another --out")
-    previous.write_text(json.dumps(to_dict(config), indent=2))
+    atomic_write_json(previous, to_dict(config), "the run's settings")
 
 
 RUN_ENTRIES = ("run.json", "state.json", "state.tmp", "reference", "analysis", "rounds", "baselines", "compare",
@@ -113,6 +112,7 @@ def open_run_dir(config) -> Path:
         _check_reference(config, reference_dir, gguf)
     refuse_output_over_input(out, config.data, reference_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)  # what a killed session was writing (state.json's temporary, say)
     check_rerun(out, config)
     return out
 
