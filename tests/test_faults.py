@@ -215,3 +215,62 @@ def test_a_dataset_whose_tokenizer_changed_since_it_was_prepared_is_refused(data
     (tokenizer / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="no longer the one that prepared"):
         train(_config(data, tmp_path / "run", max_steps=4))
+
+
+@pytest.fixture
+def reference_setup(tmp_path, text_dir, gpt2_tokenizer):
+    from families import trained_like
+    from transformers import LlamaConfig
+
+    from inheritune.data.dataset import PrepareConfig, prepare
+
+    data = prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer="gpt2",
+                                 val_fraction=0.2), progress=False)
+    config = LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=50257, tie_word_embeddings=True, max_position_embeddings=128)
+    reference = trained_like(config, seed=1)
+    reference.save_pretrained(tmp_path / "ref")
+    gpt2_tokenizer.save_pretrained(tmp_path / "ref")
+    return data, tmp_path / "ref"
+
+
+def _run_config(data, ref, out, **kw):
+    from inheritune.run import RunConfig
+    from inheritune.utils.config import from_dict
+
+    base = dict(reference=str(ref), data=str(data), out=str(out), start="2", step=2, max_rounds=1, steps=3,
+                seq_len=16, micro_batch_size=4, eval_windows=8, eval_interval=0, lr=1e-3, analyze_n=4, analyze_t=16,
+                compare_analysis=False, progress=False, device="cpu")
+    return from_dict(RunConfig, {**base, **kw})
+
+
+def test_run_refuses_a_reference_whose_val_loss_is_not_finite(reference_setup, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from inheritune.run import run
+
+    data, ref = reference_setup
+    weights = load_file(str(ref / "model.safetensors"))
+    weights["model.norm.weight"][0] = float("nan")
+    save_file(weights, str(ref / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"reference .* has val loss nan .*needs a reference with a finite loss"):
+        run(_run_config(data, ref, out))
+    assert not (out / "report.md").exists() and not (out / "rounds").exists()
+    assert "reference_eval" not in json.loads((out / "state.json").read_text())
+
+
+def test_compile_auto_is_decided_once_for_every_child_of_a_side_by_side_run(reference_setup, tmp_path, monkeypatch):
+    import inheritune.run as run_module
+
+    data, ref = reference_setup
+    asked, given = [], []
+    real_train = run_module.train
+    monkeypatch.setattr(run_module, "compile_pays", lambda *a: asked.append(a) or (False, 1.0, 60.0))
+    monkeypatch.setattr(run_module, "train", lambda config: given.append(config.compile) or real_train(config))
+    out = tmp_path / "run"
+    run_module.run(_run_config(data, ref, out, heal=["ce", "kd"], baselines=[]))
+    assert len(asked) == 1 and given == ["off", "off"]  # a KD child costs more, and still runs like the CE one
+    assert json.loads((out / "state.json").read_text())["compile"] == "off"
+    run_module.run(_run_config(data, ref, out, heal=["ce", "kd"], baselines=[]))  # re-entered: not asked again
+    assert len(asked) == 1

@@ -7,6 +7,7 @@ finished stages are not redone and an interrupted training resumes from its chec
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from inheritune.assets.sources import resolve_model_path
 from inheritune.data.dataset import TokenData
 from inheritune.evaluate import inference_cost
 from inheritune.inherit import InheritConfig, inherit
-from inheritune.models.loading import load_config_of, load_model, resolve_device
+from inheritune.models.loading import load_config_of, load_model, parse_dtype, resolve_device
 from inheritune.train import train
-from inheritune.training.checkpoint import checkpoints
+from inheritune.training.budget import BatchPlan, compile_pays
+from inheritune.training.checkpoint import checkpoints, remove_checkpoint
 from inheritune.training.distributed import launch_torchrun
+from inheritune.training.optim import default_peak_flops, flops_per_token
 from inheritune.training.runconfig import BASELINES, RunConfig  # noqa: F401 (RunConfig: the verb's config)
 from inheritune.training.runstate import State, open_run_dir
 from inheritune.utils.errors import Interrupted, UserError, reading
@@ -64,7 +67,7 @@ def _drop_checkpoints(key: str, out: Path) -> None:
     found = checkpoints(out)
     freed = sum(path.stat().st_size for path in found)
     for path in found:
-        path.unlink()
+        remove_checkpoint(path)
     if found:
         print(f"{key}: deleted its {len(found)} checkpoint(s), {freed / 2**30:.2f} GiB, now that its model is in "
               f"{out / 'final'} (--keep-stage-checkpoints true keeps them)", flush=True)
@@ -214,6 +217,11 @@ def _reference_stage(config: RunConfig, state: State, out: Path, steps: int):
     path, gguf = resolve_model_path(reference)
     n_layers = load_config_of(path, gguf).num_hidden_layers
     ref = _measure(config, "reference", reference, state, "reference_eval")
+    if not math.isfinite(ref["loss"]):  # every comparison and the growth's target would be meaningless
+        state.drop("reference_eval")
+        raise UserError(f"the reference {reference} has val loss {ref['loss']} on {config.data}: its weights or "
+                        "outputs are not finite (a damaged or overflowing model, or --dtype too narrow for it); "
+                        "the run needs a reference with a finite loss")
     print(f"reference: {n_layers} layers, val loss {ref['loss']:.4f} on {ref['windows']} windows", flush=True)
     return reference, n_layers, ref, summary
 
@@ -292,15 +300,16 @@ def _side_by_side(config: RunConfig, state: State, out: Path, reference: str, la
                   report: str | None) -> dict[str, dict]:
     """One child per (selection, healing) at depth ``layers``: cut, scored before training, trained on the same
     budget, seed and data order, scored after on the same windows (each resumable like a round)."""
-    children = {}
+    children, compiled = {}, None
     for method, heal in config.children():
         name = method if len(config.heal) == 1 else f"{method}+{heal}" if len(config.select) > 1 else heal
         root = out / "children" / f"{method}-{heal}"
         child = _inherit_stage(reference, root / "child", select=f"{method}:{layers}", from_report=report or "",
                                seed=config.train.seed)
+        compiled = compiled or _compile_once(config, state, child, steps)
         before = _measure_before(config, child, state, f"child/{method}-{heal}/before")
         trained = _train_stage(config, state, f"child/{method}-{heal}/train", str(child), root / "train", steps,
-                               **config.heal_args(heal, reference))
+                               compile=compiled, **config.heal_args(heal, reference))
         measured = _measure(config, name, trained["model_dir"], state, f"child/{method}-{heal}/eval")
         record = json.loads((child / "inheritune.json").read_text())
         children[name] = {"name": name, "method": method, "heal": heal, "layers": layers, "child_dir": str(child),
@@ -309,6 +318,30 @@ def _side_by_side(config: RunConfig, state: State, out: Path, reference: str, la
         print(f"{name}: val loss {before['loss']:.4f} before, {measured['loss']:.4f} after {trained['tokens']:,} "
               "tokens", flush=True)
     return children
+
+
+def _compile_once(config: RunConfig, state: State, child: Path, steps: int) -> str:
+    """--compile auto decided once for every child of a side-by-side run (and kept in state.json for its
+    re-entries), so that their train seconds compare like for like: on only when even a child trained by
+    cross-entropy alone (the cheapest: no teacher) repays compiling, by the rule of a single training."""
+    if config.train.compile != "auto":
+        return config.train.compile
+    if state.get("compile") is None:
+        train_config = config.train_config(str(child), str(child), steps)
+        if train_config.track_attention:
+            decision = False
+        else:
+            with torch.device("meta"):  # the shapes are all the FLOPs count needs
+                model = AutoModelForCausalLM.from_config(load_config_of(str(child)))
+            plan = BatchPlan.of(train_config, config.nproc_per_node)
+            device = torch.device(_device(config))
+            peak = default_peak_flops(device, parse_dtype(config.train.dtype), config.train.tf32) * config.nproc_per_node
+            decision, estimate, cost = compile_pays(train_config, plan, flops_per_token(model, train_config.seq_len) *
+                                                    plan.tokens_per_step, peak, device.type)
+            print(f"--compile auto: {'on' if decision else 'off'} for every child (a cross-entropy child's eager "
+                  f"estimate {estimate:.0f} s against 10 x {cost:.0f} s of compiling)", flush=True)
+        state.put("compile", "on" if decision else "off")
+    return state.get("compile")
 
 
 def _measure_before(config: RunConfig, child: Path, state: State, key: str) -> dict:
