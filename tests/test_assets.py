@@ -1,7 +1,12 @@
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
+from conftest import fill_disk
 
 from inheritune.assets import catalog as assets
 from inheritune.assets import registry
@@ -174,3 +179,131 @@ def test_python_docs_is_fetched_only_when_named_one_document_per_page(tmp_path, 
     with pytest.raises(UserError, match="holds no usr/share/doc/python3.11/html/_sources/"):
         assets.fetch_python_docs(tmp_path / "other")
     assert not (tmp_path / "other" / "python-docs").exists()
+
+
+def test_bit_rot_that_keeps_size_and_date_is_caught_and_rebuilt(tmp_path, monkeypatch, capsys):
+    """Media bit rot changes neither a file's size nor its mtime: only hashing finds it. On 01426a4 a flipped byte
+    with its mtime set back passed as intact, and the damaged tokenizer would have been used."""
+    cache = tmp_path / "cache"
+    shutil.copytree(assets.cache_dir() / "gpt2-tokenizer", cache / "gpt2-tokenizer")
+    shutil.copytree(assets.cache_dir() / "downloads", cache / "downloads",
+                    ignore=shutil.ignore_patterns("*.whl", "*.deb", "*.tgz"))
+    path = cache / "gpt2-tokenizer" / "tokenizer.json"
+    original = path.read_bytes()
+    assert assets.status(cache)["gpt2-tokenizer"][1]
+    before = path.stat()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert not assets.status(cache)["gpt2-tokenizer"][1]
+    registry._HASHED.clear()  # a new process: nothing remembered, and ctime cannot tell it anything
+    line = [line for line in assets.describe(cache) if line.startswith("gpt2-tokenizer")][0]
+    assert "damaged" in line and "sha256" in line and "inheritune assets fetch gpt2-tokenizer" in line
+    capsys.readouterr()
+    monkeypatch.setattr(registry, "_run_tool", lambda *a, **k: pytest.fail("the kept sdist should be reused"))
+    assert assets.fetch(["gpt2-tokenizer"], cache, verbose=False)["gpt2-tokenizer"] == cache / "gpt2-tokenizer"
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and str(path) in said[0] and "sha256" in said[0] and "building gpt2-tokenizer again" in said[0]
+    assert path.read_bytes() == original
+    hashed = []
+    monkeypatch.setattr(registry, "sha256_file", lambda p: hashed.append(p.name) or assets.sha256_file(p))
+    registry._HASHED.clear()
+    assert assets.status(cache)["gpt2-tokenizer"][1] and "tokenizer.json" in hashed  # hashed on use
+    hashed.clear()
+    assert assets.status(cache)["gpt2-tokenizer"][1] and hashed == []  # once per process while nothing changes
+
+
+def test_a_marker_without_sha256_is_not_taken_on_trust(tmp_path):
+    """Markers of older versions recorded sizes only: 01426a4 accepted them, so a same-size damage was never seen."""
+    folder = tmp_path / "asset"
+    folder.mkdir()
+    (folder / "data.bin").write_bytes(b"x" * 100)
+    (folder / registry.MARKER).write_text(json.dumps({"sizes": {"data.bin": 100}}))
+    assert registry.complete(folder) is None
+    assert "records no sha256" in registry.inspect(folder)[1]
+
+
+def _python_docs_deb(pages: int) -> bytes:
+    """A stand-in python3.11-doc package whose pages hold varied text (about 1.4 KB each, in xz)."""
+    sources = "./usr/share/doc/python3.11/html/_sources/"
+    return _deb({f"{sources}page{i:04d}.rst.txt": " ".join(f"word{i * 7 + j}" for j in range(200)).encode()
+                 for i in range(pages)})
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_full_disk_while_building_an_asset_is_one_line_and_the_same_command_continues(small_disk, monkeypatch):
+    """On a real 2 MB tmpfs: the build fails in one line naming the asset's file, the free space and what it
+    needs; no asset folder and no staging are left; once space is freed the same call finishes it. On 01426a4 the
+    full disk escaped as a bare OSError."""
+    disk = small_disk("2m")
+    cache = disk / "cache"
+    (cache / "downloads").mkdir(parents=True)
+    (cache / "downloads" / "python3.11-doc_3.11.2-6_all.deb").write_bytes(_python_docs_deb(400))
+    monkeypatch.setattr(registry, "_run_tool", lambda *a, **k: pytest.fail("the kept .deb should be reused"))
+    fill_disk(disk, leave=200_000)
+    with pytest.raises(UserError) as caught:
+        assets.fetch(["python-docs"], cache, verbose=False)
+    message = str(caught.value)
+    target = cache / "python-docs" / "python-docs.jsonl"
+    assert "\n" not in message and str(target) in message and "No space left on device" in message
+    free, needed = re.search(r"\((\d+\.\d) KB free on its disk, it needs about (\d+\.\d) KB\)", message).groups()
+    assert abs(float(free) * 1024 - shutil.disk_usage(disk).free) <= 8192  # measured after the partial file went
+    assert sorted(p.name for p in cache.iterdir()) == ["downloads"]  # no asset, no staging left behind
+    assert "run the same command again" in message
+    os.remove(disk / ".filler")
+    path = assets.fetch(["python-docs"], cache, verbose=False)["python-docs"]
+    assert path == target and len(path.read_text().splitlines()) == 400
+    assert abs(float(needed) * 1024 - (target.stat().st_size + assets.MARKER_ROOM)) <= 52  # rounding to 0.1 KB
+    assert float(needed) * 1024 > 200_000 > float(free) * 1024
+    assert sorted(p.name for p in cache.iterdir()) == ["downloads", "python-docs"]
+
+
+def test_staging_left_by_a_killed_fetch_is_removed_next_time(tmp_path, monkeypatch):
+    """A build killed with SIGKILL leaves its staging folder (hundreds of MB for SmolLM2); 01426a4 kept those
+    forever. A live process's staging is left alone."""
+    cache = tmp_path / "cache"
+    dead, live = cache / f".smollm2-135m.tmp-{_dead_pid()}", cache / f".corpus.tmp-{os.getppid()}"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"\0" * 1000)
+    (cache / "downloads").mkdir()
+    (cache / "downloads" / "python3.11-doc_3.11.2-6_all.deb").write_bytes(_python_docs_deb(3))
+    assets.fetch(["python-docs"], cache, verbose=False)
+    assert not dead.exists() and (live / "model.safetensors").stat().st_size == 1000
+
+
+def test_weight_bytes_count_a_tied_head_once():
+    """By hand, the tiny Llama (width 32, 2 layers, 4 heads of 8, 2 KV heads, MLP 64, vocab 50257, tied head):
+    per layer q, o 32x32, k, v 32x16, MLP 3x32x64, two norms of 32 = 9,280; embedding 1,608,224; final norm 32."""
+    from conftest import tiny_llama
+
+    from inheritune.assets.gguf import weight_bytes
+
+    assert weight_bytes(tiny_llama()) == (2 * 9_280 + 50_257 * 32 + 32) * 4  # the head adds 6.4 MB if counted
+
+
+@pytest.mark.slow
+def test_converting_smollm2_onto_a_full_disk_says_what_it_needs(small_disk):
+    """safetensors on a real full disk (a 200 MB tmpfs): one line naming the output, the free space and what the
+    fp32 weights need, SmolLM2-135M's 134,515,008 parameters by hand (30 x 3,540,096 + 49,152 x 576 + 576, the
+    tied head once) plus 16 MB; nothing left on the disk. (That the same command then finishes is shown on a
+    smaller asset above; a second conversion would double this test's minute.)"""
+    from inheritune.assets.gguf import convert_gguf
+
+    disk = small_disk("200m")
+    out = disk / "smollm2"
+    with pytest.raises(UserError) as caught:
+        convert_gguf(assets.asset_path("smollm2-gguf"), out)
+    message = str(caught.value)
+    assert "\n" not in message and f"the converted model {out}:" in message
+    free, needed = re.search(r"\((\d+\.\d) MB free on its disk, it needs about (\d+\.\d) MB\)", message).groups()
+    assert float(needed) == round((134_515_008 * 4 + (16 << 20)) / 2**20, 1) == 529.1
+    assert abs(float(free) - shutil.disk_usage(disk).free / 2**20) <= 0.1 and float(free) > 199
+    assert list(disk.iterdir()) == []  # no half-written weights, no staging

@@ -1,4 +1,4 @@
-from inheritune.assets.corpus import austen_documents, brown_document, detokenize
+from inheritune.assets.corpus import austen_documents, brown_document, brown_files, detokenize
 
 
 def test_detokenize_attaches_punctuation_and_quotes():
@@ -18,3 +18,10 @@ def test_austen_chapters_become_documents():
     assert [d["source"] for d in docs] == ["austen/emma/Chapter I", "austen/emma/Chapter II"]
     assert docs[0]["text"] == "Emma, Chapter I\n\nEmma Woodhouse, handsome, clever, and rich.\n\nShe was the youngest."
     assert "By Jane Austen" not in docs[0]["text"]
+
+
+def test_brown_files_are_the_samples_in_name_order():
+    files = {"cb02": b"Then/rb left/vbd ./.", "README.md": b"not a sample", "ca01": b"The/at jury/nn said/vbd ./.",
+             "ca01.bak": b"x"}
+    assert list(brown_files(files)) == [{"text": "The jury said.", "source": "brown/ca01"},
+                                        {"text": "Then left.", "source": "brown/cb02"}]

