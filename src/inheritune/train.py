@@ -43,6 +43,7 @@ from inheritune.training.optim import (
 )
 from inheritune.training.recipe import TrainConfig
 from inheritune.training.stop import StopRequest
+from inheritune.training.trainable import apply_trainable, merged, training_flops_per_token
 from inheritune.utils.config import to_dict
 from inheritune.utils.errors import Interrupted, UserError, atomic_write_json
 from inheritune.utils.progress import progress_bar
@@ -181,6 +182,11 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
         torch.backends.cuda.matmul.allow_tf32 = config.tf32
         torch.backends.cudnn.allow_tf32 = config.tf32
     model.to(d.device)
+    if config.trainable != "all" and d.world > 1 and config.distributed == "fsdp":
+        raise UserError(f"--trainable {config.trainable} runs on one process or under DDP; FSDP is not supported "
+                        "with frozen weights yet")
+    peft, trainable = apply_trainable(model, config.trainable, config.lora_rank, config.lora_alpha,
+                                      config.lora_targets)
     wrapped = D.wrap(model, d, config.distributed, _blocks(model))
     teacher = _load_teacher(config, model, d) if config.teacher else None
     train_tokens = data.split("train")
@@ -192,7 +198,7 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
     val_tokens = data.split("val")
     # Training FLOPs per token count everything a step computes: the student's forward and backward and, with
     # KD, the teacher's forward (a third of its training cost). MFU divides by the peak of every device.
-    flops = flops_per_token(model, config.seq_len)
+    flops = training_flops_per_token(model, config.seq_len)  # what frozen weights skip is not counted
     teacher_flops = flops_per_token(teacher, config.seq_len) / 3 if teacher is not None else 0.0
     peak = (config.peak_flops or default_peak_flops(d.device, amp_dtype, config.tf32)) * d.world
     compiled = compile_decision(config, plan, (flops + teacher_flops) * plan.tokens_per_step, peak, d)
@@ -200,7 +206,7 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
     chunked = config.chunked_loss and d.world == 1 and chunked_head.supports(model)
     body = model.base_model if chunked else wrapped
     return SimpleNamespace(
-        raw=model, model=wrapped, forward=torch.compile(body) if compiled else body, teacher=teacher,
+        raw=model, peft=peft, trainable=trainable, model=wrapped, forward=torch.compile(body) if compiled else body, teacher=teacher,
         chunked=chunked, compiled=compiled, head=model.get_output_embeddings(),
         cap=getattr(model.config, "final_logit_softcapping", None),
         optimizer=make_optimizer(wrapped, config.lr, config.weight_decay, (config.beta1, config.beta2), d.device.type),
@@ -385,20 +391,23 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
                "best_val_loss": rundir.best(history),
                "final_train_loss": history[-1].get("loss") if history else None,
-               "parameters": sum(p.numel() for p in run.raw.parameters()), "flops_per_token": flops,
+               "parameters": run.trainable["total_parameters"], "flops_per_token": flops,
                "training_flops": flops * step * plan.tokens_per_step,
                "teacher_flops": run.teacher_flops * step * plan.tokens_per_step, "data_offset": config.data_offset,
                "world_size": d.world, "grad_accum": plan.grad_accum, "signal": stopped_by,
                # every session's training time, up to this run's last checkpoint before each interruption
                "train_seconds": round(run.train_seconds, 2), "compiled": run.compiled, "chunked_loss": run.chunked,
+               "trainable": run.trainable,
                "track_seconds": round(run.track_seconds, 2)}
     if status == "finished" and summary["final_val_loss"] is not None and not math.isfinite(summary["final_val_loss"]):
         _stop_not_finite(out, f"the final val loss is {summary['final_val_loss']}; the model was not written")
     if status == "finished":
+        merged(run.raw, run.peft)  # LoRA's adapters folded into their layers (in place): a plain HF model
         model_state, _ = D.full_state(run.model)
         if d.main:
             facts = {**to_dict(config), **plan.facts(), "steps": step, "tokens": summary["tokens"],
                      "training_flops": summary["training_flops"], "final_val_loss": summary["final_val_loss"],
+                     "trainable_record": run.trainable,
                      "tokenizer": data.tokenizer.get("name_or_path")}
             rundir.save_final(run.raw, model_state, tokenizer, data, out / "final", facts)
             if summary["final_val_loss"] is not None:

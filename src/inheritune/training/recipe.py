@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from inheritune.training.trainable import parse_trainable
 from inheritune.utils.config import option
 from inheritune.utils.errors import UserError
 
@@ -45,6 +46,10 @@ class TrainRecipe:
                                        "does not track attention)")
     chunked_loss: bool = option(True, help="compute the head and the loss (CE and KD) in chunks of positions, so the "
                                            "full logits never exist (exact; single process; off = the plain path)")
+    lora_rank: int = option(8, low=1, high=4096, help="--trainable lora: rank r of each adapter")
+    lora_alpha: float = option(16.0, help="--trainable lora: scale alpha (the update is alpha / r * B A)")
+    lora_targets: str = option("", help="--trainable lora: module names to adapt, comma-separated (e.g. q_proj,v_proj); "
+                                        "empty = every linear layer of the blocks (the head is never adapted)")
     device: str = option("auto", help="auto, cpu or cuda")
     distributed: str = option("ddp", help="under torchrun: ddp or fsdp (FSDP2 fully_shard per block)")
     eval_interval: int = option(50, help="evaluate every this many steps (and at the end); 0 = only at the end")
@@ -106,6 +111,9 @@ class TrainConfig(TrainRecipe):
     data_offset: int = option(0, help="start the data stream at this step (a second training stage that must not "
                                       "replay the first one's batches, e.g. the stacked stage of stacking)")
     checkpoint_interval: int = option(50, help="checkpoint every this many steps (and at the end)")
+    trainable: str = option("all", help="which weights learn: all; lora (PEFT adapters on the blocks' linear layers, "
+                                        "merged at the end: the model loads without peft); last:K (the last K blocks, "
+                                        "the final norm and the head; a head tied to the embeddings trains them too)")
     teacher: str = option("", help="teacher model for knowledge distillation (empty = no KD)")
     kd_alpha: float = option(0.6, help="KD: loss = alpha * CE + (1 - alpha) * KL (paper: 0.6)")
     kd_temperature: float = option(1.0, help="KD temperature (paper: 1)")
@@ -124,5 +132,8 @@ class TrainConfig(TrainRecipe):
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps and self.warmup_steps >= self.max_steps:
             raise UserError(f"warmup_steps ({self.warmup_steps}) must be shorter than the run ({self.max_steps} steps)")
+        parse_trainable(self.trainable)
+        if self.lora_alpha <= 0 or not math.isfinite(self.lora_alpha):
+            raise UserError(f"lora_alpha must be a finite number > 0, got {self.lora_alpha!r}")
         if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
             raise UserError("kd_alpha must be in [0, 1] and kd_temperature > 0")

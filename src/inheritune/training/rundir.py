@@ -37,7 +37,8 @@ def check_out(config) -> Path:
 # Settings that shape a run's trajectory: resuming with any of them changed would silently mix two runs.
 RESUME_KEYS = ("model", "data", "seq_len", "data_order", "seed", "data_offset", "max_steps", "tokens_per_step",
                "lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "teacher", "kd_alpha",
-               "kd_temperature", "eval_windows", "schedule", "decay_fraction", "bos_windows", "data_fingerprint")
+               "kd_temperature", "eval_windows", "schedule", "decay_fraction", "bos_windows", "data_fingerprint",
+               "trainable", "lora_rank", "lora_alpha", "lora_targets")
 # What a training run writes into its directory; anything else there is the user's and is never deleted.
 RUN_FILES = ("run.json", "summary.json", "metrics.jsonl", "loss.png", "final", "tensorboard", "abandoned", ".lock",
              "attention.jsonl", "emergence.png")

@@ -86,6 +86,14 @@ def trained_card(facts: dict, inherited: dict | None, base: str | None) -> str:
              f"- recipe: AdamW lr {facts['lr']} (cosine to {facts['min_lr']}, {facts['warmup']} warmup steps), "
              f"betas ({facts['beta1']}, {facts['beta2']}), weight decay {facts['weight_decay']}, clip "
              f"{facts['grad_clip']}, {facts['dtype']}"]
+    trained = facts.get("trainable_record") or {}
+    if trained and trained.get("trainable") != "all":
+        what = (f"LoRA adapters (rank {trained['lora']['rank']}, alpha {trained['lora']['alpha']}) on "
+                f"{', '.join(trained['lora']['targets'])}, merged into the weights at the end"
+                if "lora" in trained else f"blocks {trained['blocks']}, the final norm and the head only"
+                + (" (tied to the embeddings, which so learned too)" if trained.get("tied_head") else ""))
+        lines.append(f"- trained: {what}; {trained['trainable_parameters']:,} of {trained['total_parameters']:,} "
+                     "parameters learned")
     if facts.get("teacher"):
         lines.append(f"- knowledge distillation from `{facts['teacher']}` (alpha {facts['kd_alpha']}, T "
                      f"{facts['kd_temperature']})")

@@ -1,0 +1,110 @@
+"""--trainable all | lora | last:K: what learns, what the final model is, what it costs, and resume."""
+
+import json
+import signal
+
+import pytest
+import torch
+from test_train import _cli, _config, _signal_at, _weights
+
+from inheritune.data.dataset import TokenData
+from inheritune.train import load_training_model, train
+from inheritune.training.trainable import apply_trainable, parse_trainable, training_flops_per_token
+from inheritune.utils.errors import UserError
+
+
+def _model(layers=3, tied=True):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=40, num_hidden_layers=layers,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
+                                        max_position_embeddings=64))
+
+
+def test_parse_trainable_refuses_what_it_does_not_know():
+    assert parse_trainable("all") == ("all", 0) and parse_trainable("last:3") == ("last", 3)
+    for bad in ("last", "last:0", "lora:4", "some", "last:x"):
+        with pytest.raises(UserError, match="--trainable takes all, lora or last:K"):
+            parse_trainable(bad)
+
+
+def test_training_flops_by_hand():
+    """Llama, d = 16, ffn 40, 4 heads of 4, 2 KV heads (k, v: 16 -> 8), vocab 100, T = 32, three blocks.
+    A block's matmul weights: q 256 + k 128 + v 128 + o 256 + gate/up/down 3 x 640 = 2688; its two norms 32;
+    the final norm 16; the head (tied) 1600. Attention per block and token: 4 d T = 2048 forward."""
+    block, norms, head, attention, T = 2688 + 32, 16, 1600, 4 * 16 * 32, 32
+    n = 3 * block + norms + head  # 9776
+    model = _model()
+    assert training_flops_per_token(model, T) == 6 * n + 12 * 3 * 16 * T  # all: the usual 6 N + 12 L d T
+    apply_trainable(model, "last:1")
+    # forward everywhere; activation gradients through block 2, the norm and the head; weight gradients there too
+    path = block + norms + head
+    assert training_flops_per_token(model, T) == 2 * n + 3 * attention + 2 * path + 2 * attention + 2 * path
+    lora = _model()
+    apply_trainable(lora, "lora", rank=2)
+    # rank 2 on q, k, v, o, gate, up, down: 2 x (in + out) each
+    adapters = 3 * 2 * ((16 + 16) + (16 + 8) + (16 + 8) + (16 + 16) + (16 + 40) + (16 + 40) + (40 + 16))
+    assert sum(p.numel() for p in lora.parameters() if p.requires_grad) == adapters
+    full = n + adapters
+    assert training_flops_per_token(lora, T) == 2 * full + 3 * attention + 2 * full + 6 * attention + 2 * adapters
+
+
+def test_last_k_trains_only_the_last_blocks_norm_and_head_and_says_when_the_head_is_tied():
+    model = _model(tied=False)
+    _, record = apply_trainable(model, "last:2")
+    learning = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert learning == {n for n, _ in model.named_parameters()
+                        if n.startswith(("model.layers.1.", "model.layers.2.", "model.norm.", "lm_head."))}
+    assert record["blocks"] == [1, 2] and not record["tied_head"] and "note" not in record
+    tied = _model(tied=True)
+    _, record = apply_trainable(tied, "last:1")
+    assert tied.model.embed_tokens.weight.requires_grad and record["tied_head"] and "embeddings too" in record["note"]
+    with pytest.raises(UserError, match="has 3 blocks"):
+        apply_trainable(_model(), "last:4")
+
+
+@pytest.mark.parametrize("spec", ["lora", "last:1"])
+def test_a_partial_training_ends_in_a_plain_model_that_moved_only_where_it_may(dataset, tmp_path, spec):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    summary = train(_config(dataset, out, max_steps=6, trainable=spec, lr=1e-2, lora_rank=4))
+    final = _weights(out)
+    assert not any("lora" in key or "base_layer" in key for key in final)  # merged: plain HF keys
+    model = AutoModelForCausalLM.from_pretrained(out / "final")  # loads without peft
+    assert model.config.num_hidden_layers == 2
+    # the same scratch init (seeded), untrained, to compare with
+    initial = load_training_model(_config(dataset, out), TokenData(dataset))[0].state_dict()
+    moved = {k for k in final if not torch.allclose(final[k], initial[k], atol=1e-6)}
+    if spec == "lora":
+        assert moved and all(k.startswith("model.layers.") and k.endswith("proj.weight") for k in moved)
+        assert summary["trainable"]["lora"]["rank"] == 4
+    else:
+        assert moved and all(k.startswith(("model.layers.1.", "model.norm.", "model.embed_tokens.", "lm_head."))
+                             for k in moved)
+        assert "model.embed_tokens.weight" in moved  # tied to the head: it learns with it (scratch llama ties)
+    assert 0 < summary["trainable"]["trainable_parameters"] < summary["trainable"]["total_parameters"]
+    card = (out / "final" / "README.md").read_text()
+    assert "- trained: " in card and "parameters learned" in card
+    assert json.loads((out / "final" / "inheritune.json").read_text())["trained"]["trainable"] == spec
+
+
+@pytest.mark.parametrize("spec", ["lora", "last:1"])
+def test_resume_after_sigkill_is_exact_for_partial_training(dataset, tmp_path, spec):
+    whole = _config(dataset, tmp_path / "whole", max_steps=16, eval_interval=8, trainable=spec, lr=1e-2)
+    assert _cli(whole).returncode == 0
+    broken = _config(dataset, tmp_path / "broken", max_steps=16, eval_interval=8, trainable=spec, lr=1e-2)
+    killed = _signal_at(broken, 6, signal.SIGKILL)
+    assert killed.returncode == -9 and not (tmp_path / "broken" / "final").exists()
+    resumed = _cli(broken, extra=["--resume"])
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "broken")
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    changed = _cli(broken, extra=["--resume", "--trainable", "all"])
+    assert changed.returncode == 2 and f"trainable '{spec}' -> 'all'" in changed.stderr
+
+
+def test_lora_targets_that_match_nothing_are_one_line(dataset, tmp_path):
+    with pytest.raises(UserError, match="--lora-targets 'nothing_here'"):
+        train(_config(dataset, tmp_path / "run", max_steps=2, trainable="lora", lora_targets="nothing_here"))
