@@ -124,6 +124,46 @@ def test_converge_smoke(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "d" / "results.json").read_text())
     assert sorted(results["models"]) == ["1", "4"] and len(results["models"]["4"]["max_rank"]) == 4
-    assert results["depth_needed"] in (1, 4) and (tmp_path / "d" / "emergence.png").is_file()
+    models = results["models"]
+    for depth, row in models.items():  # each row is its own run's, and the depth needed follows from them
+        assert row["val_loss"] == json.loads((tmp_path / "w" / f"layers-{depth}" / "summary.json").read_text())[
+            "final_val_loss"]
+    assert results["depth_needed"] == (1 if models["1"]["val_loss"] <= models["4"]["val_loss"] + 0.01 else 4)
+    assert (tmp_path / "d" / "emergence.png").is_file()
     again = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)  # finished models are read back
     assert again.returncode == 0 and "final val loss" not in again.stdout and "4 layers: val loss" in again.stdout
+
+
+# Runs converge.py with train's checkpoint write replaced by a SIGKILL of the process: a real kill at the moment
+# the first checkpoint would be written, after run.json, the first metrics and the attention records.
+KILLED_AT_FIRST_CHECKPOINT = """
+import os, runpy, signal, sys
+import inheritune.train
+inheritune.train._checkpoint = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_converge_restarts_a_model_killed_before_its_first_checkpoint(tmp_path):
+    """Killed before the reference's first checkpoint, the rerun starts that model cleanly and finishes every model;
+    nothing of the killed start is kept (each step logged once). Before the fix the rerun stopped with a traceback:
+    the folder "already holds a run"."""
+    script = ROOT / "experiments" / "lazy_emergence" / "converge.py"
+    argv = [str(script), "--smoke", "--steps", "8", "--layers", "4", "--depths", "1", "--out", str(tmp_path / "w"),
+            "--docs", str(tmp_path / "d")]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_FIRST_CHECKPOINT, *argv], capture_output=True, text=True)
+    reference = tmp_path / "w" / "layers-4"
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [json.loads(line)["step"] for line in (reference / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert (reference / "run.json").is_file() and (reference / "attention.jsonl").stat().st_size > 0
+    assert not list(reference.glob("ckpt-*")) and not (tmp_path / "w" / "layers-1").exists()
+    again = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    logged = [json.loads(line)["step"] for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    tracked = [json.loads(line)["step"] for line in (reference / "attention.jsonl").read_text().splitlines()]
+    assert logged == list(range(9)) and tracked == sorted(set(tracked)) and tracked[-1] == 8
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["status"] == "finished" and [h["step"] for h in summary["history"]] == list(range(9))
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert sorted(results["models"]) == ["1", "4"] and results["models"]["4"]["val_loss"] == summary["final_val_loss"]

@@ -50,6 +50,12 @@ def settings(args, tokens: int, seed: int, methods: list[str]) -> dict:
                 **{k: v for k, v in plan.items()})
 
 
+# Each baseline of `run` as (selection, healing) in the table: random init healed by CE and by KD are one
+# selection healed two ways (a "Δ kd - ce" pair); every other baseline keeps its own name, so none overwrites another.
+BASELINE_NAMES = {"random": ("random init", "ce"), "kd": ("random init", "kd"),
+                  "random-2x": ("random init 2x budget", "ce")}
+
+
 def children(folder: Path) -> dict[str, dict]:
     """Every model of a finished run: its after-training eval (with window sums), tokens, FLOPs and seconds."""
     state = json.loads((folder / "state.json").read_text())
@@ -60,7 +66,7 @@ def children(folder: Path) -> dict[str, dict]:
             method, heal = parts[1].rsplit("-", 1)
             trained = state[f"child/{parts[1]}/train"]
         elif key.startswith("baseline/") and parts[-1] == "eval":
-            method, heal = "random init", "kd" if parts[1] == "kd" else "ce"
+            method, heal = BASELINE_NAMES.get(parts[1], (parts[1], "ce"))
             trained = state[f"baseline/{parts[1]}/train"]
         else:
             continue

@@ -34,6 +34,7 @@ from inheritune.analysis.verdict import loss_slope
 from inheritune.data.dataset import write_token_dataset
 from inheritune.train import train
 from inheritune.training.recipe import TrainConfig
+from inheritune.utils.errors import UserError
 
 BOS = 0
 SYMBOLS = 32
@@ -157,9 +158,16 @@ def main() -> None:
         if (folder / "summary.json").is_file() and json.loads((folder / "summary.json").read_text())["status"] == "finished":
             summary = json.loads((folder / "summary.json").read_text())
         else:
+            # A checkpoint is resumed. Without one (killed while starting or before its first checkpoint) there is
+            # nothing to continue, and what the run did write (run.json, the first metrics and attention records)
+            # would make train refuse the folder: start that model over, which clears only a run's own files.
             run_config.resume = folder.is_dir() and any(folder.glob("ckpt-*.pt"))
+            run_config.overwrite = not run_config.resume
             began = time.perf_counter()
-            summary = train(run_config)
+            try:
+                summary = train(run_config)
+            except UserError as exc:
+                sys.exit(f"converge.py: error: {exc}")
             if summary["status"] != "finished":
                 sys.exit(f"{folder} interrupted; run the same command again to continue")
             print(f"{layers} layers: {time.perf_counter() - began:.0f} s", flush=True)

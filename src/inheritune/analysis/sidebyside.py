@@ -1,6 +1,6 @@
 """Several children side by side (``run --select first bi ...``, ``--heal ce kd``): one table of every child and
-baseline on the same windows, paired intervals against first-K and against the best, and a verdict that names
-the winner only when the windows separate it from every other model."""
+baseline on the same windows, paired intervals against first-K healed the same way and against the best, and a
+verdict that names the winner only when the windows separate it from every other model."""
 
 from __future__ import annotations
 
@@ -19,28 +19,45 @@ def _blocks(entry: dict) -> str:
     return ranges(blocks) if sorted(blocks) == blocks else ",".join(map(str, blocks))
 
 
-def anchor(children: dict) -> str | None:
-    """The paper's child among them: first-K, healed the first way the run names."""
-    return next((name for name, c in children.items() if c["method"] == "first"), None)
+def anchor(children: dict, heal: str | None = None) -> str | None:
+    """The paper's child among them: first-K healed ``heal`` when that child was trained, else first-K healed the
+    first way the run names (the caller labels that fallback: a kd child against a ce first-K measures the
+    healing as much as the blocks)."""
+    firsts = [name for name, c in children.items() if c["method"] == "first"]
+    return next((n for n in firsts if children[n].get("heal", "ce") == heal), firsts[0] if firsts else None)
 
 
 def compare(children: dict, baselines: dict, ref: dict, bootstrap: int) -> dict:
-    """Every model's paired deltas (after training, same windows) against first-K, the best and the reference."""
+    """Every model's paired deltas (after training, same windows) against first-K healed the same way (its
+    ``anchor``), the best and the reference."""
     entries = dict(children) | {f"baseline {n}": b for n, b in baselines.items() if "skipped" not in b}
     best = min(entries, key=lambda n: entries[n]["eval"]["loss"])
-    first = anchor(children)
     out = {}
     for name, e in entries.items():
+        first = anchor(children, e.get("heal", "ce"))
+        first = None if first == name else first  # first-K itself has nothing to be compared with
         out[name] = {
-            "vs_first": paired_delta(e["eval"], entries[first]["eval"], bootstrap) if first and name != first else None,
+            "anchor": first,
+            "vs_first": paired_delta(e["eval"], entries[first]["eval"], bootstrap) if first else None,
             "vs_best": paired_delta(e["eval"], entries[best]["eval"], bootstrap) if name != best else None,
             "vs_reference": paired_delta(e["eval"], ref, bootstrap)}
-    return {"entries": entries, "best": best, "first": first, "deltas": out}
+    return {"entries": entries, "best": best, "first": anchor(children), "deltas": out}
+
+
+def _vs_first(found: dict, name: str) -> str:
+    """The cell of "Δ vs first-K, same healing"; against first-K healed another way (the run trained none healed
+    like this model) it names that anchor and its healing."""
+    d = found["deltas"][name]
+    other = d["anchor"] and found["entries"][d["anchor"]].get("heal", "ce")
+    if d["vs_first"] is None or other == found["entries"][name].get("heal", "ce"):
+        return _ci(d["vs_first"])
+    return f"{_ci(d['vs_first'])} vs {d['anchor']} ({other}, other healing)"
 
 
 def table(found: dict) -> str:
-    head = ("| model | blocks | healing | val loss before | val loss after [95% CI] | Δ vs first-K [paired 95% CI] | "
-            "Δ vs best [paired 95% CI] | Δ vs reference [paired 95% CI] | tokens | train FLOPs | train s |")
+    head = ("| model | blocks | healing | val loss before | val loss after [95% CI] | Δ vs first-K, same healing "
+            "[paired 95% CI] | Δ vs best [paired 95% CI] | Δ vs reference [paired 95% CI] | tokens | train FLOPs | "
+            "train s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, e in found["entries"].items():
         d = found["deltas"][name]
@@ -49,7 +66,7 @@ def table(found: dict) -> str:
         seconds = e.get("train_seconds", e.get("wall_seconds"))
         lines.append(f"| {name} | {_blocks(e)} | {e.get('heal', 'ce')} | "
                      f"{'-' if before is None else format(before['loss'], '.3f')} | {e['eval']['loss']:.4f} "
-                     f"[{low:.3f}, {high:.3f}] | {_ci(d['vs_first'])} | {_ci(d['vs_best'])} | "
+                     f"[{low:.3f}, {high:.3f}] | {_vs_first(found, name)} | {_ci(d['vs_best'])} | "
                      f"{_ci(d['vs_reference'])} | {e['tokens']:,} | {e['training_flops']:.3g} | "
                      f"{'-' if seconds is None else format(seconds, '.0f')} |")
     return "\n".join(lines)
@@ -70,11 +87,18 @@ def verdict(found: dict) -> list[str]:
     else:
         lines.append(f"**Winner: {best}** (val loss {entries[best]['eval']['loss']:.4f}): every other model is "
                      "worse, each by a paired 95% interval that excludes 0.")
-    if first and first != best:
-        better = [n for n in entries if n != first and deltas[n]["vs_first"]["ci95"][1] < 0]
-        worse = [n for n in entries if n != first and deltas[n]["vs_first"]["ci95"][0] > 0]
-        same = [n for n in entries if n != first and n not in better + worse]
-        lines.append(f"First-K ({first}, the paper's choice) " + "; ".join(part for part in (
+    for anchored in dict.fromkeys(d["anchor"] for d in deltas.values() if d["anchor"]):  # each first-K in turn
+        if anchored == best:
+            continue
+        heal = entries[anchored].get("heal", "ce")
+        # a model paired with first-K healed another way (the fallback) is named with its healing
+        group = {n: n if e.get("heal", "ce") == heal else f"{n} (healed by {e.get('heal', 'ce')})"
+                 for n, e in entries.items() if deltas[n]["anchor"] == anchored}
+        better = [label for n, label in group.items() if deltas[n]["vs_first"]["ci95"][1] < 0]
+        worse = [label for n, label in group.items() if deltas[n]["vs_first"]["ci95"][0] > 0]
+        same = [label for label in group.values() if label not in better + worse]
+        role = "the paper's choice" if anchored == first else f"healed by {heal}"
+        lines.append(f"First-K ({anchored}, {role}) " + "; ".join(part for part in (
             f"loses to {', '.join(better)}" if better else "", f"beats {', '.join(worse)}" if worse else "",
             f"cannot be told apart from {', '.join(same)}" if same else "") if part) + ".")
     spent = (f"Every model trained {tokens[0]:,} tokens" if len(tokens) == 1 else
