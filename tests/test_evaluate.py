@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,49 @@ def test_paired_interval_sees_a_consistent_gap_that_separate_intervals_miss():
     assert alone_a[0] < alone_b[1]  # the unpaired intervals overlap: they would call it noise
     with pytest.raises(UserError, match="same windows"):
         paired_delta(a, {"window_sums": [1.0], "window_counts": [100]})
+
+
+def test_a_full_disk_leaves_no_partial_results_and_the_same_command_then_finishes(dataset, tiny_model_dir,
+                                                                                   small_disk):
+    """A real full filesystem (a tmpfs): one line naming the file and the free space, no empty or half-written
+    results.* (01426a4 left a zero-byte results.json and raised a bare OSError), and the same command finishes
+    once space is freed."""
+    import json
+    import os
+
+    from conftest import fill_disk
+
+    disk = small_disk("1m")
+    out = disk / "ev"
+    config = EvalConfig(models=[str(tiny_model_dir)], data=str(dataset.path), seq_len=32, out=str(out),
+                        inference=False)
+    fill_disk(disk, leave=0)
+    with pytest.raises(UserError) as caught:
+        evaluate(config, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "free on its disk" in message and "run the same command again" in message
+    assert re.search(r"^cannot write the results table \S+/ev/results\.md: .*\(0 B free on its disk, it needs about "
+                     r"\d+ B\)", message), message
+    left = [p for p in out.rglob("*")] if out.exists() else []
+    assert [p.name for p in left if p.name.startswith("results") or p.stat().st_size == 0] == [], left
+    os.remove(disk / ".filler")
+    evaluate(config, progress=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"][0]["model"] == str(tiny_model_dir)
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.png", "results.csv", "results.json", "results.md"]
+
+
+def test_the_table_reads_offline_accuracy_against_chance_and_the_context_free_baseline():
+    from inheritune.evaluate import _csv, side_by_side
+
+    result = {"model": "m", "parameters": 2e6, "loss": 3.0, "loss_ci95": [2.9, 3.1], "perplexity": 20.1,
+              "tokens": 100, "zero_shot": {"cloze": {"acc": 0.4, "acc_stderr": 0.02, "acc_ci": [0.357, 0.445],
+                                                     "n": 500, "chance": 0.25,
+                                                     "context_free": {"acc": 0.271, "heuristic": "least long",
+                                                                      "n": 500}},
+                                           "average": {"acc": 0.4}}}
+    table = side_by_side([result])
+    assert "cloze % [95% CI] (chance 25, best context-free heuristic 27.1)" in table
+    assert "| 40.0 [35.7, 44.5] |" in table
+    header, row = _csv([result]).splitlines()
+    assert dict(zip(header.split(","), row.split(",")))["cloze_acc_context_free"] == "0.271"

@@ -6,7 +6,8 @@ losses are comparable; a bootstrap over windows gives the 95% interval a reader 
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from inheritune.analysis.zeroshot import zero_shot
 from inheritune.data.dataset import TokenData
 from inheritune.models.loading import load_model, parse_dtype, resolve_device
 from inheritune.utils.config import option, to_dict
-from inheritune.utils.errors import UserError, check_output_dir
+from inheritune.utils.errors import UserError, atomic_write, atomic_write_json, check_output_dir, writing
 
 
 @dataclass
@@ -44,7 +45,9 @@ class EvalConfig:
     tasks: list[str] = option([], help="zero-shot tasks through lm-eval. Offline, built from --data's validation "
                                        "split (not standard benchmarks: they test use of context and word order on "
                                        "held-out text of the same kind): cloze (LAMBADA-style last word of a "
-                                       "passage among 4 drawn from it, chance 25%%) and word-order (BLiMP-style: a "
+                                       "passage among 4 content words of its length and frequency, chance 25%%, "
+                                       "with the best context-free heuristic's score beside it) and word-order "
+                                       "(BLiMP-style: a "
                                        "sentence against itself with two adjacent words swapped, chance 50%%). "
                                        "Also local task .yaml files, BIG-bench names (general_knowledge, ..., "
                                        "bigbench:NAME) where its withdrawn 1.0.0 sdist is cached, or lm-eval task "
@@ -115,12 +118,16 @@ def evaluate(config: EvalConfig, progress: bool | None = None) -> list[dict]:
     print(text)
     if config.out:
         out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"config": to_dict(config), "results": results}, indent=2))
-        (out / "results.md").write_text(text + "\n")
-        _write_csv(out / "results.csv", results)
-
-        draw_comparison(results, out / "comparison.png")
+        # Each file whole or not at all, results.json (what --out is checked by) last: a full disk leaves one line
+        # naming the file and the space, and no empty or half-written report that looks finished.
+        again = "Free some space and run the same command again."
+        with writing("the results folder", out, fallback=again):
+            out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "results.md", text + "\n", "the results table", again)
+        atomic_write(out / "results.csv", _csv(results), "the results table", again)
+        with writing("the comparison plot", out / "comparison.png", fallback=again):
+            draw_comparison(results, out / "comparison.png")
+        atomic_write_json(out / "results.json", {"config": to_dict(config), "results": results}, "the results", again)
     return results
 
 
@@ -139,6 +146,8 @@ def _columns(result: dict, reference: dict) -> dict:
                 row[f"{task}_acc_ci_low"], row[f"{task}_acc_ci_high"] = scores["acc_ci"]
             if scores.get("chance") is not None:
                 row[f"{task}_acc_chance"] = scores["chance"]
+            if scores.get("context_free"):
+                row[f"{task}_acc_context_free"] = scores["context_free"]["acc"]
     inference = result.get("inference") or {}
     for key in ("weights_mb", "disk_mb", "peak_extra_mb", "prefill_tokens_per_s", "decode_tokens_per_s"):
         if key in inference:
@@ -151,8 +160,7 @@ def side_by_side(results: list[dict]) -> str:
     rows = [_columns(r, results[0]) for r in results]
     tasks = [k for k in rows[0] if k.endswith("_acc")]
     head = ["model", "params", "val loss [95% CI]", "ppl", "Δ loss [paired 95% CI]"] + [
-        t[:-4] + (f" % [95% CI] (chance {100 * rows[0][t + '_chance']:.0f})" if t + "_chance" in rows[0] else
-                  " %" + (" [95% CI]" if t + "_ci_low" in rows[0] else "")) for t in tasks]
+        t[:-4] + " %" + (" [95% CI]" if t + "_ci_low" in rows[0] else "") + _levels(rows[0], t) for t in tasks]
     if "prefill_tokens_per_s" in rows[0]:
         head += ["prefill tok/s", "decode tok/s", "weights MB", "peak extra MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
@@ -174,15 +182,23 @@ def side_by_side(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, results: list[dict]) -> None:
-    import csv
+def _levels(row: dict, task: str) -> str:
+    """What a task's accuracy is read against: chance, and what guessing without reading the passage scores on the
+    same items (the best of the context-free heuristics)."""
+    levels = [f"chance {100 * row[task + '_chance']:.0f}"] if task + "_chance" in row else []
+    if task + "_context_free" in row:
+        levels.append(f"best context-free heuristic {100 * row[task + '_context_free']:.1f}")
+    return f" ({', '.join(levels)})" if levels else ""
 
+
+def _csv(results: list[dict]) -> str:
     rows = [_columns(r, results[0]) for r in results]
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def _status_mb(field: str) -> float | None:

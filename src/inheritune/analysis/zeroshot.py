@@ -8,6 +8,7 @@ a network.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from inheritune.assets.bigbench import (
     fetch_bigbench,
 )
 from inheritune.data.dataset import TokenData
-from inheritune.data.tasks import OFFLINE_TASKS, lm_eval_name, offline_task_dir
+from inheritune.data.tasks import OFFLINE_TASKS, context_free_baseline, lm_eval_name, offline_task_dir
 from inheritune.utils.errors import UserError
 
 
@@ -58,10 +59,19 @@ def resolve_tasks(tasks: list[str], cache: str | Path | None = None,
     return names, sorted(set(include))
 
 
+def wilson(acc: float, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval of an accuracy over ``n`` items: inside [0, 1] and not empty at 0% or 100%, where
+    acc ± 1.96 stderr leaves [0, 1] or shrinks to a point."""
+    center = (acc + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, center - half), min(1.0, center + half)]
+
+
 def zero_shot(model, tokenizer, tasks: list[str], batch_size: int = 8, limit: int | None = None,
               device: str = "cpu", cache: str | Path | None = None, data: TokenData | None = None) -> dict:
-    """Accuracy (and acc_norm) with stderr and a 95% interval per task, its chance level where known, and the
-    average accuracy, through lm-eval. ``data``: the dataset whose validation split the offline tasks come from."""
+    """Accuracy (and acc_norm) with stderr and a 95% Wilson interval per task, its chance level and the best
+    context-free heuristic's accuracy on the same items (``context_free``) where known, and the average accuracy,
+    through lm-eval. ``data``: the dataset whose validation split the offline tasks come from."""
     names, include = resolve_tasks(tasks, cache, data)
     try:
         from lm_eval import simple_evaluate
@@ -82,6 +92,13 @@ def zero_shot(model, tokenizer, tasks: list[str], batch_size: int = 8, limit: in
     except (ConnectionError, OSError) as exc:
         raise UserError(f"lm-eval could not load a task's data ({str(exc).splitlines()[0]}); offline, only the "
                         "offline tasks, local task files and cached BIG-bench tasks work") from None
+    return summarize_output(output, names, data, cache)
+
+
+def summarize_output(output: dict, names: list[str], data: TokenData | None = None,
+                     cache: str | Path | None = None) -> dict:
+    """lm-eval's output as zero_shot returns it: per task acc (acc_norm) with stderr, n, a Wilson 95% interval,
+    chance and the context-free baseline of an offline task, and the average accuracy."""
     results = {}
     short_names = {lm_eval_name(t): t for t in OFFLINE_TASKS}
     for name in names:
@@ -90,10 +107,13 @@ def zero_shot(model, tokenizer, tasks: list[str], batch_size: int = 8, limit: in
         results[short] = {key.split(",")[0]: value for key, value in metrics.items()
                           if key.split(",")[0] in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")}
         results[short]["n"] = output.get("n-samples", {}).get(name, {}).get("effective")
-        stderr = results[short].get("acc_stderr")
-        if isinstance(stderr, (int, float)):
-            results[short]["acc_ci"] = [results[short]["acc"] - 1.96 * stderr, results[short]["acc"] + 1.96 * stderr]
+        n = results[short]["n"]
+        if isinstance(n, int) and n > 0:
+            results[short]["acc_ci"] = wilson(results[short]["acc"], n)
         if short in OFFLINE_TASKS:
             results[short]["chance"] = OFFLINE_TASKS[short]
+            baseline = context_free_baseline(offline_task_dir(data, [short], cache), short, n)
+            if baseline is not None:
+                results[short]["context_free"] = baseline
     results["average"] = {"acc": sum(r["acc"] for r in results.values()) / len(names)}
     return results

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from inheritune.utils.errors import atomic_write, atomic_write_json, remove_stale_staging
+
 
 def task_yaml(name: str, data_file: Path) -> str:
     """An lm-eval 0.4 task config for a local JSONL file of {query, choices, gold}."""
@@ -27,16 +29,17 @@ def task_yaml(name: str, data_file: Path) -> str:
     ])
 
 
-def write_task(name: str, items: list[dict], folder: Path) -> Path:
-    """JSONL + YAML for lm-eval in ``folder`` (each written under a temporary name, then renamed); returns the
-    YAML path."""
+def write_task(name: str, items: list[dict], folder: Path, extras: dict[str, object] | None = None) -> Path:
+    """JSONL + YAML for lm-eval in ``folder``, and each of ``extras`` ({suffix: value}) as ``name.suffix`` JSON;
+    returns the YAML path. Each file is written under a temporary name unique to the process and renamed, the
+    YAML last: two processes building the same task never write into one file, and a task whose YAML is there
+    is whole."""
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(folder)
     data_file = folder / f"{name}.jsonl"
-    tmp = folder / f".{name}.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(item) + "\n" for item in items))
-    tmp.replace(data_file)
+    atomic_write(data_file, "".join(json.dumps(item) + "\n" for item in items), "the task file")
+    for suffix, value in (extras or {}).items():
+        atomic_write_json(folder / f"{name}.{suffix}", value, "the task file")
     config = folder / f"{name}.yaml"
-    tmp = folder / f".{name}.yaml.tmp"
-    tmp.write_text(task_yaml(name, data_file))
-    tmp.replace(config)
+    atomic_write(config, task_yaml(name, data_file), "the task file")
     return config
