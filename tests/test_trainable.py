@@ -5,6 +5,7 @@ import signal
 
 import pytest
 import torch
+from test_faults import reference_setup  # noqa: F401 (a fixture)
 from test_train import _cli, _config, _signal_at, _weights
 
 from inheritune.data.dataset import TokenData
@@ -108,3 +109,28 @@ def test_resume_after_sigkill_is_exact_for_partial_training(dataset, tmp_path, s
 def test_lora_targets_that_match_nothing_are_one_line(dataset, tmp_path):
     with pytest.raises(UserError, match="--lora-targets 'nothing_here'"):
         train(_config(dataset, tmp_path / "run", max_steps=2, trainable="lora", lora_targets="nothing_here"))
+
+
+def test_run_trains_trainable_choices_side_by_side(reference_setup, tmp_path):
+    from test_faults import _run_config
+
+    from inheritune.run import run
+
+    data, ref = reference_setup
+    out = tmp_path / "run"
+    run(_run_config(data, ref, out, trainable=["all", "last:1"], baselines=[]))
+    assert (out / "children" / "first-ce" / "train" / "final").is_dir()
+    partial = out / "children" / "first-ce-last1"
+    child, trained = _weights_of(partial / "child"), _weights_of(partial / "train" / "final")
+    assert all(torch.equal(child[k], trained[k]) for k in child if k.startswith("model.layers.0."))
+    assert any(not torch.equal(child[k], trained[k]) for k in child if k.startswith("model.layers.1."))
+    text = (out / "report.md").read_text()
+    assert "| last:1 | 0-1 | ce, last:1 |" in text and "| all | 0-1 | ce |" in text
+    record = json.loads((partial / "train" / "run.json").read_text())["trainable_record"]
+    assert record["blocks"] == [1] and record["tied_head"] and record["trainable_parameters"] < record["total_parameters"]
+
+
+def _weights_of(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))

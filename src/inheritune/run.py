@@ -281,13 +281,14 @@ def _grow(config: RunConfig, state: State, out: Path, reference: str, n_layers: 
             _inherit_stage(reference, child, select=f"{config.select[0]}:{layers}", from_report=report or "",
                            seed=config.train.seed)
         trained = _train_stage(config, state, f"{name}/train", str(child), out / "rounds" / name / "train", steps,
-                               **config.heal_args(config.heal[0], reference))
+                               **config.heal_args(config.heal[0], reference, config.trainable[0]))
         measured = _measure(config, name, trained["model_dir"], state, f"{name}/eval")
         spent += trained["training_flops"]
         matched = measured["loss"] <= ref_loss + config.tolerance
         record = json.loads((child / "inheritune.json").read_text())
         rounds.append({"name": name, "layers": layers, "child_dir": str(child), **trained, "eval": measured,
-                       "blocks": record["layers"], "selection": record.get("selection"), "heal": config.heal[0]})
+                       "blocks": record["layers"], "selection": record.get("selection"), "heal": config.heal[0],
+                       "trainable_spec": config.trainable[0]})
         print(f"{name}: val loss {measured['loss']:.4f} vs reference {ref_loss:.4f} "
               f"({'matched' if matched else 'not matched'})", flush=True)
         if matched or (config.max_total_flops and spent >= config.max_total_flops):
@@ -301,18 +302,19 @@ def _side_by_side(config: RunConfig, state: State, out: Path, reference: str, la
     """One child per (selection, healing) at depth ``layers``: cut, scored before training, trained on the same
     budget, seed and data order, scored after on the same windows (each resumable like a round)."""
     children, compiled = {}, None
-    for method, heal in config.children():
-        name = method if len(config.heal) == 1 else f"{method}+{heal}" if len(config.select) > 1 else heal
-        root = out / "children" / f"{method}-{heal}"
+    for method, heal, spec in config.children():
+        name, folder = config.child_name(method, heal, spec), config.child_folder(method, heal, spec)
+        root = out / "children" / folder
         child = _inherit_stage(reference, root / "child", select=f"{method}:{layers}", from_report=report or "",
                                seed=config.train.seed)
         compiled = compiled or _compile_once(config, state, child, steps)
-        before = _measure_before(config, child, state, f"child/{method}-{heal}/before")
-        trained = _train_stage(config, state, f"child/{method}-{heal}/train", str(child), root / "train", steps,
-                               compile=compiled, **config.heal_args(heal, reference))
-        measured = _measure(config, name, trained["model_dir"], state, f"child/{method}-{heal}/eval")
+        before = _measure_before(config, child, state, f"child/{folder}/before")
+        trained = _train_stage(config, state, f"child/{folder}/train", str(child), root / "train", steps,
+                               compile=compiled, **config.heal_args(heal, reference, spec))
+        measured = _measure(config, name, trained["model_dir"], state, f"child/{folder}/eval")
         record = json.loads((child / "inheritune.json").read_text())
-        children[name] = {"name": name, "method": method, "heal": heal, "layers": layers, "child_dir": str(child),
+        children[name] = {"name": name, "method": method, "heal": heal, "trainable_spec": spec, "layers": layers,
+                          "child_dir": str(child),
                           **trained, "before": before, "eval": measured, "blocks": record["layers"],
                           "selection": record.get("selection")}
         print(f"{name}: val loss {before['loss']:.4f} before, {measured['loss']:.4f} after {trained['tokens']:,} "

@@ -165,7 +165,8 @@ def _train(config: TrainConfig, model, d: D.Dist, amp_dtype: torch.dtype, stop: 
         D.barrier(d)
         if d.main:
             atomic_write_json(out / "run.json", {**to_dict(config), **facts, "grad_accum": plan.grad_accum,
-                                                 "world_size": d.world}, "the run's settings")
+                                                 "world_size": d.world, "trainable_record": run.trainable},
+                              "the run's settings")
         log = rundir.MetricsLog(out, config.tensorboard, d.main)
         try:
             status, stopped_by, step = _loop(config, run, plan, d, out, step, history, log, stop)

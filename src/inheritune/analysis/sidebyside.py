@@ -19,12 +19,18 @@ def _blocks(entry: dict) -> str:
     return ranges(blocks) if sorted(blocks) == blocks else ",".join(map(str, blocks))
 
 
+def healing(entry: dict) -> str:
+    """How a model was retrained: its loss, and which weights learned when not all ('kd, lora')."""
+    spec = entry.get("trainable_spec", "all")
+    return entry.get("heal", "ce") + ("" if spec == "all" else f", {spec}")
+
+
 def anchor(children: dict, heal: str | None = None) -> str | None:
     """The paper's child among them: first-K healed ``heal`` when that child was trained, else first-K healed the
     first way the run names (the caller labels that fallback: a kd child against a ce first-K measures the
     healing as much as the blocks)."""
     firsts = [name for name, c in children.items() if c["method"] == "first"]
-    return next((n for n in firsts if children[n].get("heal", "ce") == heal), firsts[0] if firsts else None)
+    return next((n for n in firsts if healing(children[n]) == heal), firsts[0] if firsts else None)
 
 
 def compare(children: dict, baselines: dict, ref: dict, bootstrap: int) -> dict:
@@ -34,7 +40,7 @@ def compare(children: dict, baselines: dict, ref: dict, bootstrap: int) -> dict:
     best = min(entries, key=lambda n: entries[n]["eval"]["loss"])
     out = {}
     for name, e in entries.items():
-        first = anchor(children, e.get("heal", "ce"))
+        first = anchor(children, healing(e))
         first = None if first == name else first  # first-K itself has nothing to be compared with
         out[name] = {
             "anchor": first,
@@ -48,8 +54,8 @@ def _vs_first(found: dict, name: str) -> str:
     """The cell of "Δ vs first-K, same healing"; against first-K healed another way (the run trained none healed
     like this model) it names that anchor and its healing."""
     d = found["deltas"][name]
-    other = d["anchor"] and found["entries"][d["anchor"]].get("heal", "ce")
-    if d["vs_first"] is None or other == found["entries"][name].get("heal", "ce"):
+    other = d["anchor"] and healing(found["entries"][d["anchor"]])
+    if d["vs_first"] is None or other == healing(found["entries"][name]):
         return _ci(d["vs_first"])
     return f"{_ci(d['vs_first'])} vs {d['anchor']} ({other}, other healing)"
 
@@ -64,7 +70,7 @@ def table(found: dict) -> str:
         low, high = e["eval"]["loss_ci95"]
         before = e.get("before")
         seconds = e.get("train_seconds", e.get("wall_seconds"))
-        lines.append(f"| {name} | {_blocks(e)} | {e.get('heal', 'ce')} | "
+        lines.append(f"| {name} | {_blocks(e)} | {healing(e)} | "
                      f"{'-' if before is None else format(before['loss'], '.3f')} | {e['eval']['loss']:.4f} "
                      f"[{low:.3f}, {high:.3f}] | {_vs_first(found, name)} | {_ci(d['vs_best'])} | "
                      f"{_ci(d['vs_reference'])} | {e['tokens']:,} | {e['training_flops']:.3g} | "
@@ -90,9 +96,9 @@ def verdict(found: dict) -> list[str]:
     for anchored in dict.fromkeys(d["anchor"] for d in deltas.values() if d["anchor"]):  # each first-K in turn
         if anchored == best:
             continue
-        heal = entries[anchored].get("heal", "ce")
+        heal = healing(entries[anchored])
         # a model paired with first-K healed another way (the fallback) is named with its healing
-        group = {n: n if e.get("heal", "ce") == heal else f"{n} (healed by {e.get('heal', 'ce')})"
+        group = {n: n if healing(e) == heal else f"{n} (healed by {healing(e)})"
                  for n, e in entries.items() if deltas[n]["anchor"] == anchored}
         better = [label for n, label in group.items() if deltas[n]["vs_first"]["ci95"][1] < 0]
         worse = [label for n, label in group.items() if deltas[n]["vs_first"]["ci95"][0] > 0]
@@ -108,7 +114,8 @@ def verdict(found: dict) -> list[str]:
         cheapest = min(flops, key=flops.get)
         spent += ("; equal tokens are not equal compute: " + ", ".join(
             f"{n} {flops[n] / flops[cheapest]:.2f}x" for n in entries if flops[n] > 1.01 * flops[cheapest])
-            + f" the training FLOPs of {cheapest} (a KD child pays for the reference's forward pass)")
+            + f" the training FLOPs of {cheapest} (a KD child pays for the reference's forward pass; frozen "
+            "weights skip their gradients)")
     lines.append(spent + ".")
     gap = deltas[best]["vs_reference"]
     if gap["ci95"][0] > 0:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from inheritune.analysis.selection import parse_select
 from inheritune.training.recipe import TrainConfig, TrainRecipe
+from inheritune.training.trainable import parse_trainable
 from inheritune.utils.config import option, to_dict
 from inheritune.utils.errors import UserError
 
@@ -35,6 +36,10 @@ class RunConfig:
                                           "or kd (distillation from the reference: --kd-alpha x CE + (1 - alpha) x "
                                           "KL at --kd-temperature; the reference's forward pass is counted in the "
                                           "child's FLOPs); both: 'ce kd' side by side")
+    trainable: list[str] = option(["all"], help="which weights each child trains: all, lora (PEFT adapters, merged at "
+                                                "the end; --lora-rank, --lora-alpha, --lora-targets), last:K (the last "
+                                                "K blocks, final norm and head); several: side by side, like --select "
+                                                "and --heal")
     max_rounds: int = option(3, help="cap on growth rounds")
     tolerance: float = option(0.0, low=-100, high=100, help="stop when child val loss <= reference val loss + tolerance")
     grow: str = option("reinherit", help="reinherit (paper: fresh child of l + step layers, trained from step 0) or "
@@ -79,6 +84,9 @@ class RunConfig:
         unknown = [h for h in self.heal if h not in HEALS]
         if unknown:
             raise UserError(f"unknown --heal '{unknown[0]}'; choose from {', '.join(HEALS)}")
+        self.trainable = _names(self.trainable, "trainable") or ["all"]
+        for spec in self.trainable:
+            parse_trainable(spec)
         if self.grow == "continue" and (self.select != ["first"] or self.side_by_side):
             raise UserError("--grow continue appends the next blocks in order to one trained child: use it with "
                             "--select first and one --heal (other selections choose their blocks anew for each "
@@ -108,16 +116,30 @@ class RunConfig:
     @property
     def side_by_side(self) -> bool:
         """Several selections or healings: one child each at the start depth, no growth rounds."""
-        return len(self.select) * len(self.heal) > 1
+        return len(self.select) * len(self.heal) * len(self.trainable) > 1
 
-    def children(self) -> list[tuple[str, str]]:
-        """(selection, healing) of every child the run trains side by side (or the one it grows)."""
-        return [(method, heal) for method in self.select for heal in self.heal]
+    def children(self) -> list[tuple[str, str, str]]:
+        """(selection, healing, trainable) of every child the run trains side by side (or the one it grows)."""
+        return [(method, heal, spec) for method in self.select for heal in self.heal for spec in self.trainable]
 
-    def heal_args(self, heal: str, reference: str) -> dict:
-        """The training arguments of a healing: the reference as teacher for kd, nothing for ce."""
-        return {"teacher": reference, "kd_alpha": self.kd_alpha, "kd_temperature": self.kd_temperature} \
-            if heal == "kd" else {}
+    def child_name(self, method: str, heal: str, spec: str) -> str:
+        """A child's name in the report: the parts that vary across the run's children ('bi', 'bi+kd',
+        'first+lora')."""
+        varied = [part for part, options in ((method, self.select), (heal, self.heal), (spec, self.trainable))
+                  if len(options) > 1]
+        return "+".join(varied) or method
+
+    @staticmethod
+    def child_folder(method: str, heal: str, spec: str) -> str:
+        """Its folder under children/ (and its state.json key): 'bi-kd', 'bi-kd-last3' (all adds nothing, so that
+        runs made before --trainable re-enter as they were)."""
+        return f"{method}-{heal}" + ("" if spec == "all" else "-" + spec.replace(":", ""))
+
+    def heal_args(self, heal: str, reference: str, trainable: str = "all") -> dict:
+        """The training arguments of a healing (the reference as teacher for kd, nothing for ce) and of the
+        weights it trains."""
+        return {"trainable": trainable} | ({"teacher": reference, "kd_alpha": self.kd_alpha,
+                                            "kd_temperature": self.kd_temperature} if heal == "kd" else {})
 
     def train_config(self, model: str, out: str, steps: int, **extra) -> TrainConfig:
         """The TrainConfig of one stage: the run's whole recipe, this stage's model, budget and output."""

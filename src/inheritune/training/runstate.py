@@ -56,7 +56,7 @@ FIXED_KEYS = ("reference", "reference_from_scratch", "data", "seq_len", "seed", 
               "budget", "micro_batch_size", "global_batch_tokens", "lr", "min_lr", "warmup_steps", "weight_decay",
               "beta1", "beta2", "grad_clip", "data_order", "dtype", "tf32", "eval_windows", "kd_alpha",
               "kd_temperature", "analyze_n", "analyze_t", "bootstrap", "schedule", "decay_fraction", "bos_windows",
-              "select", "heal")
+              "select", "heal", "trainable", "lora_rank", "lora_alpha", "lora_targets")
 
 
 def check_rerun(out: Path, config) -> None:
@@ -71,6 +71,7 @@ def check_rerun(out: Path, config) -> None:
         # runs made before --select and --heal kept the first blocks and healed by cross-entropy
         old["select"] = [old["select"]] if isinstance(old.get("select"), str) else old.get("select", ["first"])
         old.setdefault("heal", ["ce"])
+        old.setdefault("trainable", ["all"])  # and trained every weight
         new = {k.removeprefix("train."): v for k, v in flatten(to_dict(config)).items()}
         keys = FIXED_KEYS + (("nproc_per_node",) if not config.train.global_batch_tokens else ())
         fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in keys if k in old and old[k] != new[k]]
