@@ -263,7 +263,7 @@ def test_bad_input_is_refused_and_nothing_is_lost(dataset, tmp_path, tiny_model_
     with pytest.raises(UserError, match="whole number"):
         train(_config(dataset, tmp_path / "run", model="scratch:llama:layers=two,hidden=32,heads=4", overwrite=True))
     assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() == before
-    with pytest.raises(UserError, match=r"corrupt.*older checkpoint .*ckpt-0000004.pt is available"):
+    with pytest.raises(UserError, match=r"damaged.*older checkpoint .*ckpt-0000004.pt is available"):
         train(_config(dataset, tmp_path / "run", max_steps=8, resume=True))
     with pytest.raises(UserError, match="max_steps 8 -> 12"):  # a longer run from step 4 is another run
         train(_config(dataset, tmp_path / "run", max_steps=12, resume_from=str(tmp_path / "run" / "ckpt-0000004.pt")))
