@@ -151,9 +151,11 @@ def test_task_files_are_written_under_names_unique_to_the_process(tmp_path):
     dead.wait()
     stale = folder / f".t.yaml.tmp-{dead.pid}"
     stale.write_text("half a file from a killed process")
-    config = write_task("t", [{"query": "q", "choices": [" a", " b"], "gold": 0}], folder, {"guesses.json": {"x": 1}})
-    assert config == folder / "t.yaml" and json.loads((folder / "t.guesses.json").read_text()) == {"x": 1}
+    config = write_task("t", [{"query": "q", "choices": [" a", " b"], "gold": 0}], folder)
+    assert config == folder / "t.yaml" and (folder / ".t.jsonl.tmp").is_dir()
     assert json.loads((folder / "t.jsonl").read_text()) == {"query": "q", "choices": [" a", " b"], "gold": 0}
+    write_task("t", [], folder, {"guesses.json": {"x": 1}})
+    assert json.loads((folder / "t.guesses.json").read_text()) == {"x": 1} and (folder / "t.jsonl").read_text() == ""
     assert not stale.exists() and not list(folder.glob(f".*tmp-{os.getpid()}"))
 
 
