@@ -42,3 +42,23 @@ def test_inherit_command(tmp_path, capsys):
     assert (tmp_path / "child" / "inheritune.json").is_file()
     assert main(["inherit", str(tmp_path / "ref"), "--layers", "0", "--out", str(tmp_path / "c2")]) == 2
     assert "cannot inherit 0 layers" in capsys.readouterr().err
+
+
+def test_a_full_disk_no_verb_explained_is_still_one_line(small_disk, capsys, monkeypatch):
+    from conftest import fill_disk
+
+    import inheritune.cli as cli
+
+    disk = small_disk("1m")
+    fill_disk(disk, leave=0)
+
+    def fill(config):  # what any write on a full disk raises, for real
+        with open(disk / "out.bin", "wb") as handle:
+            handle.write(b"x" * 65536)
+            handle.flush()
+
+    monkeypatch.setattr(cli, "evaluate", fill)
+    assert cli.main(["evaluate", "m", "--data", "d"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "inheritune evaluate: error: No space left on device: a file of the output; free some space and " \
+                  "run the same command again", err

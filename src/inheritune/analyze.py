@@ -6,7 +6,9 @@ over each model and writes the report, the CSV tables and the plots.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +29,8 @@ from inheritune.data.tokenizer import tokenizer_identity
 from inheritune.models.architectures import adapter_for
 from inheritune.models.loading import load_model
 from inheritune.utils.config import to_dict
-from inheritune.utils.errors import UserError, check_output_dir
+from inheritune.utils.errors import UserError, check_output_dir, remove_stale_staging, replace_dir, staging_name
+from inheritune.utils.outputs import ANALYSIS, holds_own_kind, last_good, refuse_over_inputs, writing_staged
 
 
 def print_table(layers: list[dict], name: str) -> None:
@@ -42,12 +45,44 @@ def print_table(layers: list[dict], name: str) -> None:
           "entropy ~1 has not learnt to attend)")
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def _csv(rows: list[dict]) -> bytes:
     flat = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in row.items()} for row in rows]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(flat[0]))
-        writer.writeheader()
-        writer.writerows(flat)
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=list(flat[0]))
+    writer.writeheader()
+    writer.writerows(flat)
+    return handle.getvalue().encode()
+
+
+def check_out(config: AnalyzeConfig, model) -> bool:
+    """Refuse an --out that is, holds or lies inside an input (the model, --compare, --data), or that holds
+    anything but an analysis (a run, a model, a dataset, a user's files: --overwrite never replaces those);
+    True when it holds an analysis that this one replaces. Staging folders a killed analyze left go first."""
+    out = Path(config.out)
+    model_place = config.model if Path(config.model).exists() else model.name_or_path  # a built-in: the cache
+    refuse_over_inputs(out, [("the model", model_place), ("--compare", config.compare), ("--data", config.data)])
+    remove_stale_staging(out.parent)
+    replacing = holds_own_kind(out, ANALYSIS, "analyze")
+    check_output_dir(out, "report.json", "model", config.model, config.overwrite)
+    return replacing
+
+
+def write_outputs(out: Path, files: dict[str, bytes], replacing: bool) -> None:
+    """Every file of an analysis written into a staging folder, then swapped in whole: a full disk or a kill
+    leaves the previous analysis (or nothing), never a part of one looking finished."""
+    needed = sum(len(data) for data in files.values())
+    fallback = last_good(out, replacing, "analysis")
+    staging, name = staging_name(out), ""
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # first, so that the free space said is what a rerun has
+        with writing_staged(f"the analysis's {name or 'folder'}", out / name, needed, fallback):
+            raise
+    replace_dir(staging, out)
 
 
 def _analyze_one(name: str, model, tokenizer, sequences, config, progress) -> dict:
@@ -79,8 +114,7 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
     bad = [i for i in config.map_layers if i >= n_layers]
     if bad:
         raise UserError(f"--map-layers {bad[0]} is out of range: the model has layers 0-{n_layers - 1}")
-    if config.out:
-        check_output_dir(Path(config.out), "report.json", "model", config.model, config.overwrite)
+    replacing = check_out(config, model) if config.out else False
     tokens, source = load_tokens(config.data, tokenizer)
     if config.bos_windows:
         # a prepared dataset names its own BOS, the one train and evaluate --bos-windows put first
@@ -95,6 +129,8 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
     if config.compare:
         other, other_tokenizer = load_model(config.compare, dtype=config.dtype, device=config.device,
                                             attn_implementation="eager", trust_remote_code=config.trust_remote_code)
+        if config.out:  # a built-in name's folder is known once loaded
+            refuse_over_inputs(Path(config.out), [("--compare", other.name_or_path)])
 
         if tokenizer_identity(other_tokenizer)["sha256"] != tokenizer_identity(tokenizer)["sha256"]:
             raise UserError(f"{config.compare} uses a different tokenizer than {config.model}; cannot compare "
@@ -113,13 +149,12 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
         "models": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
     }
     if config.out:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        _write_csv(out / "layers.csv", [{"model": r["model"], **row} for r in results for row in r["layers"]])
-        _write_csv(out / "heads.csv", [{"model": r["model"], **row} for r in results for row in r["heads"]])
-        draw_analysis(results, config, out)
-        print(f"report, CSVs and plots written to {out}")
+        write_outputs(Path(config.out), {
+            "report.json": (json.dumps(report, indent=2) + "\n").encode(),
+            "layers.csv": _csv([{"model": r["model"], **row} for r in results for row in r["layers"]]),
+            "heads.csv": _csv([{"model": r["model"], **row} for r in results for row in r["heads"]]),
+            **draw_analysis(results, config)}, replacing)
+        print(f"report, CSVs and plots written to {config.out}")
     report["_results"] = results
     return report
 

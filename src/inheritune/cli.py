@@ -4,6 +4,7 @@ subcommand names its function explicitly); it holds no logic of its own."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -181,6 +182,12 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
         return 2
     except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
         print(f"inheritune {args.command}: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk that no verb turned into its own line: still one line, not a traceback
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"inheritune {args.command}: error: {exc.strerror}: {exc.filename or 'a file of the output'}; free "
+              "some space and run the same command again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"inheritune {args.command}: interrupted", file=sys.stderr)

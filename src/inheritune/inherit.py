@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,8 @@ from inheritune.models.loading import parse_dtype
 from inheritune.models.weights import open_reference
 from inheritune.utils.cards import child_card, write_card
 from inheritune.utils.config import option, to_dict
-from inheritune.utils.errors import UserError, refuse_output_over_input, replace_dir
+from inheritune.utils.errors import UserError, remove_stale_staging, replace_dir, staging_name
+from inheritune.utils.outputs import CHILD, holds_own_kind, last_good, refuse_over_inputs, writing_staged
 
 # Which parts of each block, and which parts outside the blocks, each copy mode inherits.
 COPY_MODES = {
@@ -58,7 +59,8 @@ class InheritConfig:
                                 "the first DEPTH blocks of the stack)")
     seed: int = option(0, low=0, high=2**32 - 1, help="seed of the fresh initialisation of everything not copied")
     dtype: str = option("float32", help="dtype of the saved child")
-    overwrite: bool = option(False, help="replace a non-empty output directory")
+    overwrite: bool = option(False, help="replace a child that inherit cut in --out (only that: another model, a "
+                                         "run or other files there are refused)")
     trust_remote_code: bool = option(False, help="allow model code from the reference directory")
 
     def __post_init__(self):
@@ -330,11 +332,13 @@ def inherit(config: InheritConfig) -> Path:
     out = Path(config.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
-
     path, gguf = resolve_model_path(config.reference)
-    refuse_output_over_input(out, Path(path) / gguf if gguf else path, config.from_report)
+    refuse_over_inputs(out, [("the reference", Path(path) / gguf if gguf else path),
+                             ("--from-report", config.from_report)])
+    remove_stale_staging(out.parent)  # what a killed inherit left (.NAME.tmp-PID)
+    replacing = holds_own_kind(out, CHILD, "inherit")  # never a model it did not cut, a run, a user's files
+    if replacing and not config.overwrite:
+        raise UserError(f"{out} already holds a child made by inherit; pass --overwrite to replace it")
     if config.from_report:
         _check_report_is_about(config.from_report, config.reference)
     ref = open_reference(config.reference, trust_remote_code=config.trust_remote_code)
@@ -347,23 +351,54 @@ def inherit(config: InheritConfig) -> Path:
     if ref.generation_config is not None:
         child.generation_config = ref.generation_config
 
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    record.update(reference=str(config.reference), reference_sha256=ref.checksum(),
+                  config=to_dict(config), inheritune_version=__version__,
+                  parameters=sum(p.numel() for p in child.parameters()),
+                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    _save_child(child, ref, record, out, replacing)
+    print(f"child with {len(layers)} blocks ({record['parameters']:,} parameters, init {config.init}, "
+          f"copy {config.copy}) written to {out}", flush=True)
+    return out
+
+
+def weight_bytes(model) -> int:
+    """The bytes of a model's weights on disk: each tensor once, so a head tied to the embeddings (one tensor
+    under two names, saved once) is not counted twice."""
+    tensors = {tensor.data_ptr(): tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()}
+    return sum(tensors.values())
+
+
+def _save_child(child, ref, record: dict, out: Path, replacing: bool) -> None:
+    """The child written into a staging folder and swapped in whole; a failed write (a full disk) is one line
+    naming the file, the free space against what the child needs, and what is still good."""
+    tokenizer_files = [p for p in (ref.files[0].parent.iterdir() if ref.files else [])
+                       if p.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))]
+    needed = weight_bytes(child) + sum(p.stat().st_size for p in tokenizer_files)
+    fallback = last_good(out, replacing, "child")
+    staging = staging_name(out)
     shutil.rmtree(staging, ignore_errors=True)
+
+    @contextmanager
+    def saving(what: str, name: str):
+        try:
+            yield
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)  # first, so that the free space said is what a rerun has
+            with writing_staged(f"the child's {what}", out / name, needed, fallback):
+                raise
+
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        child.save_pretrained(staging, safe_serialization=True)
+        with saving("weights", "model.safetensors"):
+            child.save_pretrained(staging, safe_serialization=True)
         if ref.tokenizer is not None:
-            ref.tokenizer.save_pretrained(staging)
-        record.update(reference=str(config.reference), reference_sha256=ref.checksum(),
-                      config=to_dict(config), inheritune_version=__version__,
-                      parameters=sum(p.numel() for p in child.parameters()),
-                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        (staging / "inheritune.json").write_text(json.dumps(record, indent=2))
-        write_card(staging, child_card(record))
+            with saving("tokenizer", "tokenizer.json"):
+                ref.tokenizer.save_pretrained(staging)
+        with saving("record", "inheritune.json"):
+            (staging / "inheritune.json").write_text(json.dumps(record, indent=2))
+        with saving("model card", "README.md"):
+            write_card(staging, child_card(record))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replace_dir(staging, out)
-    print(f"child with {len(layers)} blocks ({record['parameters']:,} parameters, init {config.init}, "
-          f"copy {config.copy}) written to {out}", flush=True)
-    return out

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+
+from inheritune.utils.errors import atomic_write
 
 
 def _plt():
@@ -22,10 +25,11 @@ def _label(result: dict) -> str:
     return f"{name} ({result['num_layers']}L)"
 
 
-def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
-    """maxrank.png, mass.png, rank_heatmap.png, sink_influence.png, logit_lens.png, attention_maps.png."""
+def draw_analysis(results: list[dict], config) -> dict[str, bytes]:
+    """maxrank.png, mass.png, rank_heatmap.png, sink_influence.png, logit_lens.png, attention_maps.png, rendered
+    (name -> PNG bytes): the caller writes them with the rest of the analysis, knowing the space they need."""
     plt = _plt()
-    paths = []
+    pngs = {}
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for result in results:
@@ -49,7 +53,7 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
     ax.set(xlabel="layer", ylabel=f"MaxRank (energy rank, tau={config.tau[0]})", yscale="log",
            title="Attention rank by layer (mean ± std over sequences of the top head)")
     ax.legend()
-    paths.append(_save(fig, out / "maxrank.png"))
+    pngs["maxrank.png"] = render(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for result in results:
@@ -57,7 +61,7 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
     ax.set(xlabel="layer", ylabel=f"AvgMass m* (eta={config.eta})", yscale="log",
            title="Columns holding the attention mass (1 = one column, a sink)")
     ax.legend()
-    paths.append(_save(fig, out / "mass.png"))
+    pngs["mass.png"] = render(fig)
 
     fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.5), squeeze=False)
     for ax, result in zip(axes[0], results):
@@ -69,7 +73,7 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
             if marked:
                 ax.scatter(*zip(*marked), s=14, lw=1, **style)
         fig.colorbar(image, ax=ax, label="energy rank")
-    paths.append(_save(fig, out / "rank_heatmap.png"))
+    pngs["rank_heatmap.png"] = render(fig)
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
     for result in results:
@@ -78,7 +82,7 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
     top.set(ylabel="first-token (sink) mass", title="Attention sinks and block influence by layer")
     bottom.set(xlabel="layer", ylabel="block influence (1 - cos)", yscale="log")
     top.legend()
-    paths.append(_save(fig, out / "sink_influence.png"))
+    pngs["sink_influence.png"] = render(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for result in results:
@@ -90,7 +94,7 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
     ax.set(xlabel="k (blocks kept)", ylabel="CE_k = loss of head(final_norm(x_k))",
            title="Logit lens: loss of a first-k child before training")
     ax.legend()
-    paths.append(_save(fig, out / "logit_lens.png"))
+    pngs["logit_lens.png"] = render(fig)
 
     chosen = [_map_layers(result, config) for result in results]
     if any(chosen):
@@ -107,8 +111,8 @@ def draw_analysis(results: list[dict], config, out: Path) -> list[Path]:
             for col in range(len(layers), columns):
                 axes[row][col].axis("off")
         fig.suptitle("Attention (mean over heads, first sequence; colour ~ p^0.4)")
-        paths.append(_save(fig, out / "attention_maps.png"))
-    return paths
+        pngs["attention_maps.png"] = render(fig)
+    return pngs
 
 
 def draw_loss(runs: dict[str, list[dict]], path: Path, title: str = "Training and validation loss") -> Path:
@@ -164,10 +168,18 @@ def _log_norm(values):
     return LogNorm(vmin=max(1.0, float(np.min(values))), vmax=max(2.0, float(np.max(values))))
 
 
-def _save(fig, path: Path) -> Path:
+def render(fig) -> bytes:
+    """The figure as PNG bytes (and closed)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     _plt().close(fig)
+    return buffer.getvalue()
+
+
+def _save(fig, path: Path) -> Path:
+    # whole or not at all: a full disk leaves the previous plot (or none), never a truncated PNG
+    atomic_write(path, render(fig), "the plot")
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from inheritune.analysis import sidebyside
 from inheritune.analysis.selection import ranges
 from inheritune.analysis.verdict import warning_text
 from inheritune.utils.config import to_dict
+from inheritune.utils.errors import atomic_write, atomic_write_json
 
 
 def _row(name: str, layers, init: str, trained: dict | None, measured: dict, ref: dict, bootstrap: int,
@@ -206,7 +206,9 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               f"tokenizer = AutoTokenizer.from_pretrained({final_dir!r})", "```", "",
               f"Total wall time of this run: {sessions['seconds'] / 60:.1f} min"
               + (f" over {sessions['count']} sessions (a stop and a re-entry each)." if sessions["count"] > 1 else ".")]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    # whole or not at all (a full disk leaves the previous report, never an empty one); a rerun writes it again
+    redo = "every finished stage is kept in state.json: free some space and run the same command again"
+    atomic_write(out / "report.md", "\n".join(lines) + "\n", "the run's report", redo)
     histories = {r["model"]: r["history"] for r in rows if r.get("history")}
     if histories:
         draw_loss(histories, out / "val_loss.png", title="Validation (markers) and training loss of every run")
@@ -219,7 +221,7 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
                   "before": {n: c["before"]["loss"] for n, c in children.items()}},
               "wall_seconds": sessions["seconds"], "sessions": sessions["count"], "reference_check": check,
               "meaningful": check["meaningful"] if check is not None else None}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(out / "report.json", report, "the run's report", redo)
     print("\n" + "\n".join(lines[:next(i for i, x in enumerate(lines) if x.startswith("## The final child"))]),
           flush=True)
     return report

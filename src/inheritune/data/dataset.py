@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import time
@@ -19,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from inheritune.assets.sources import BUILTIN_TOKENIZERS
 from inheritune.data.bpe import train_bpe
 from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
 from inheritune.utils.config import option, to_dict
-from inheritune.utils.errors import Interrupted, UserError, process_alive, replace_dir
+from inheritune.utils.errors import Interrupted, UserError, remove_stale_staging, replace_dir, staging_name
+from inheritune.utils.outputs import DATASET, holds_own_kind, last_good, refuse_over_inputs, writing_staged
 from inheritune.utils.hashing import sha256_file
 from inheritune.utils.progress import progress_bar
 
@@ -49,7 +50,8 @@ class PrepareConfig:
     batch_size: int = option(512, help="documents per tokenizer batch (batches run on all cores)")
     train_tokenizer: int = option(0, help="instead of --tokenizer, train a byte-level BPE of this vocabulary size on "
                                          "the train split only; it is saved inside the dataset (tokenizer/)")
-    overwrite: bool = option(False, help="replace an output directory that holds a different dataset")
+    overwrite: bool = option(False, help="replace a different dataset in --out (only a dataset: a model, a run, "
+                                         "an analysis or other files there are refused)")
     progress: bool = option(True, help="show progress bars")
 
     def __post_init__(self):
@@ -170,15 +172,19 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     if set(files) & set(extra):
         raise UserError(f"{sorted(set(files) & set(extra))[0]} is both --input and --train-extra: its documents "
                         "would be in the validation split and trained on")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    if any(out.resolve() == p.resolve() or out.resolve() in p.resolve().parents for p in files + extra):
-        raise UserError(f"the output {out} would overwrite the input; choose another --out")
+    named = [] if config.train_tokenizer or config.tokenizer in BUILTIN_TOKENIZERS else [config.tokenizer]
+    refuse_over_inputs(out, [("--input", path) for path in config.input] +
+                       [("--train-extra", path) for path in config.train_extra] +
+                       [("--tokenizer", path) for path in named])
+    remove_stale_staging(out.parent)  # what a killed prepare left: never mistaken for a dataset, never kept
+    replacing = holds_own_kind(out, DATASET, "data prepare")
     tokenizer = None
     if not config.train_tokenizer:
         tokenizer = load_tokenizer(config.tokenizer)
         if tokenizer.eos_token_id is None:
             raise UserError(f"tokenizer {config.tokenizer} has no EOS token to separate documents")
+        # where a built-in or hub name loaded from (its folder in a cache)
+        refuse_over_inputs(out, [("--tokenizer", tokenizer.name_or_path)])
     inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files]
     recipe = {"inputs": [i["sha256"] for i in inputs],
               "tokenizer": f"bpe-{config.train_tokenizer}" if tokenizer is None else tokenizer_identity(tokenizer)["sha256"],
@@ -190,16 +196,18 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
                    for p in extra]
     fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
-    _remove_stale_staging(out)
-    if out.exists():
+    if replacing:
         if _fingerprint_of(out) == fingerprint:
             print(f"{out} already holds this dataset; nothing to do", flush=True)
             return out
-        if any(out.iterdir()) and not config.overwrite:
-            raise UserError(f"{out} already holds a different dataset or other files; pass --overwrite to replace it")
+        if not config.overwrite:
+            raise UserError(f"{out} already holds a different dataset; pass --overwrite to replace it")
 
-    # Pass 1 counts documents so that the split is an exact, seeded choice of documents.
-    n_docs = sum(1 for _ in read_documents(files, config.text_field, config.doc_split))
+    # Pass 1 counts documents so that the split is an exact, seeded choice of documents (and their characters,
+    # to tell a full disk how much the token files need).
+    n_docs = n_chars = 0
+    for doc in read_documents(files, config.text_field, config.doc_split):
+        n_docs, n_chars = n_docs + 1, n_chars + len(doc)
     if n_docs == 0:
         raise UserError("the inputs hold no text")
     if n_docs < 2:
@@ -207,7 +215,9 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     n_val = min(n_docs - 1, max(1, round(n_docs * config.val_fraction)))
     is_val = np.zeros(n_docs, dtype=bool)
     is_val[np.random.default_rng(config.seed).permutation(n_docs)[:n_val]] = True
-    n_extra = sum(1 for _ in read_documents(extra, config.text_field, config.doc_split)) if extra else 0
+    n_extra = 0
+    for doc in read_documents(extra, config.text_field, config.doc_split):
+        n_extra, n_chars = n_extra + 1, n_chars + len(doc)
     if extra and n_extra == 0:
         raise UserError("the --train-extra inputs hold no text")
     is_val = np.concatenate([is_val, np.zeros(n_extra, dtype=bool)])  # the extra text: train only, after the rest
@@ -216,9 +226,10 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
         yield from read_documents(files, config.text_field, config.doc_split)
         yield from read_documents(extra, config.text_field, config.doc_split)
 
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    staging = staging_name(out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    fallback = last_good(out, replacing, "dataset")
     started = time.perf_counter()
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: staging is cleaned
@@ -235,7 +246,8 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
         dtype = token_dtype(len(tokenizer))
         eos = np.array([tokenizer.eos_token_id], dtype=dtype)
         counts = _write_splits(staging, documents(), is_val, tokenizer.backend_tokenizer, eos, dtype,
-                               config.batch_size, progress, extra_from=n_docs)
+                               config.batch_size, progress, extra_from=n_docs, out=out, chars=n_chars,
+                               fallback=fallback)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written dataset behind
         raise
@@ -262,7 +274,14 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     }
     if config.train_tokenizer:
         meta["tokenizer_dir"] = "tokenizer"
-    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    text = json.dumps(meta, indent=2)
+    try:
+        (staging / "meta.json").write_text(text)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        needed = (counts["train"] + counts["val"]) * dtype.itemsize + len(text)
+        with writing_staged("the dataset's meta.json", out / "meta.json", needed, fallback):
+            raise
     replace_dir(staging, out)
     total = counts["train"] + counts["val"]
     added = f" (of which {counts['extra']:,} from {n_extra} --train-extra documents)" if extra else ""
@@ -285,34 +304,40 @@ def _fingerprint_of(out: Path) -> str | None:
     return meta.get("fingerprint") if isinstance(meta, dict) else None
 
 
-def _remove_stale_staging(out: Path) -> None:
-    """Staging folders that a killed 'data prepare' left beside ``out`` (their process is gone)."""
-    for staging in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = staging.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def _write_splits(staging: Path, docs: Iterator[str], is_val: np.ndarray, backend, eos: np.ndarray,
-                  dtype: np.dtype, batch_size: int, progress: bool, extra_from: int | None = None) -> dict[str, int]:
+                  dtype: np.dtype, batch_size: int, progress: bool, extra_from: int | None = None,
+                  out: Path | None = None, chars: int = 0, fallback: str = "") -> dict[str, int]:
     """Tokenise documents in batches (``encode_batch`` runs in Rust threads on all cores) and append each,
-    followed by EOS, to its split's file; ``extra``: the tokens of the documents from index ``extra_from`` on."""
+    followed by EOS, to its split's file; ``extra``: the tokens of the documents from index ``extra_from`` on.
+    A failed write (a full disk) is one line naming the file in ``out`` and the space the token files need,
+    extrapolated from the bytes written per character so far (``chars``: the characters of all documents)."""
     counts = {"train": 0, "val": 0, "extra": 0}
     # encode_batch_fast skips character offsets, which we do not need (tokenizers >= 0.21).
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    with open(staging / "train.bin", "wb") as train_f, open(staging / "val.bin", "wb") as val_f:
-        index = 0
-        bar = progress_bar(total=len(is_val), unit="doc", desc="tokenising", disable=not progress)
-        for batch in _batches(docs, batch_size):
-            for encoding in encode(batch, add_special_tokens=False):
-                split, handle = ("val", val_f) if is_val[index] else ("train", train_f)
-                np.asarray(encoding.ids, dtype=dtype).tofile(handle)
-                eos.tofile(handle)
-                counts[split] += len(encoding.ids) + 1
-                if extra_from is not None and index >= extra_from:
-                    counts["extra"] += len(encoding.ids) + 1
-                index += 1
-            bar.update(len(batch))
+    place = {"train": (out or staging) / "train.bin", "val": (out or staging) / "val.bin"}
+    done_chars, split = 0, "train"
+    bar = progress_bar(total=len(is_val), unit="doc", desc="tokenising", disable=not progress)
+    try:
+        with open(staging / "train.bin", "wb") as train_f, open(staging / "val.bin", "wb") as val_f:
+            index = 0
+            for batch in _batches(docs, batch_size):
+                for doc, encoding in zip(batch, encode(batch, add_special_tokens=False)):
+                    split, handle = ("val", val_f) if is_val[index] else ("train", train_f)
+                    # file.write, not ndarray.tofile: on a full disk it raises errno 28, not "N requested"
+                    handle.write(np.concatenate([np.asarray(encoding.ids, dtype=dtype), eos]).tobytes())
+                    counts[split] += len(encoding.ids) + 1
+                    if extra_from is not None and index >= extra_from:
+                        counts["extra"] += len(encoding.ids) + 1
+                    done_chars += len(doc)
+                    index += 1
+                bar.update(len(batch))
+    except OSError:
+        written = (counts["train"] + counts["val"]) * dtype.itemsize
+        needed = int(written * chars / done_chars) if done_chars and chars else None
+        shutil.rmtree(staging, ignore_errors=True)  # first, so that the free space said is what a rerun has
+        with writing_staged("the dataset's token file", place[split], needed, fallback):
+            raise
+    finally:
         bar.close()
     return counts
 
@@ -322,8 +347,10 @@ def write_token_dataset(out: Path, train: np.ndarray, val: np.ndarray, vocab_siz
     """A prepared dataset from token ids made elsewhere (a synthetic task, say): the same files and meta.json as
     ``prepare`` writes, with ``name`` standing for the tokenizer (there is none to load)."""
     out = Path(out)
+    holds_own_kind(out, DATASET, "write_token_dataset")  # it replaces a dataset, never anything else
     dtype = token_dtype(vocab_size)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    remove_stale_staging(out.parent)
+    staging = staging_name(out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     np.asarray(train, dtype=dtype).tofile(staging / "train.bin")
