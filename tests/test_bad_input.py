@@ -132,6 +132,7 @@ def test_kd_teacher_with_another_vocabulary_and_checkpoint_of_another_shape(setu
     del state["settings"]
     torch.save(state, tmp_path / "a" / "ckpt-0000002.pt")
     (tmp_path / "a" / "run.json").unlink()
+    (tmp_path / "a" / "ckpt-0000002.pt.sha256").unlink()  # nor a checksum beside it
     _one_line_error(capsys, argv, "does not fit this model")
 
 

@@ -134,3 +134,23 @@ def _weights_of(folder):
     from safetensors.torch import load_file
 
     return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("spec", ["all", "lora"])
+def test_stop_after_pauses_with_a_snapshot_and_continuing_equals_one_training(dataset, tmp_path, spec):
+    """The search's rungs: a training paused at step 4, then at 8, then finished, ends where one training of 12
+    steps ends (the schedule is the whole run's throughout), and each pause leaves the model of that step."""
+    once = train(_config(dataset, tmp_path / "once", max_steps=12, schedule="wsd", trainable=spec, lr=1e-2))
+    out = tmp_path / "rungs"
+    paused = train(_config(dataset, out, max_steps=12, schedule="wsd", trainable=spec, lr=1e-2, stop_after=4))
+    assert paused["status"] == "paused" and paused["steps"] == 4 and not (out / "final").exists()
+    snapshot = load_training_model(_config(dataset, out, model=str(out / "snapshot")), TokenData(dataset))[0]
+    assert not any("lora" in k for k in snapshot.state_dict())
+    assert [h.get("val_loss") for h in paused["history"] if h["step"] == 4] == [paused["final_val_loss"]]
+    again = train(_config(dataset, out, max_steps=12, schedule="wsd", trainable=spec, lr=1e-2, stop_after=8,
+                          resume=True))
+    assert again["status"] == "paused" and again["steps"] == 8
+    done = train(_config(dataset, out, max_steps=12, schedule="wsd", trainable=spec, lr=1e-2, resume=True))
+    assert done["status"] == "finished" and abs(done["final_val_loss"] - once["final_val_loss"]) <= 1e-6
+    a, b = _weights(tmp_path / "once"), _weights(out)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

@@ -8,6 +8,7 @@ directory holds (resume rules, metrics, the final model) is ``rundir``'s busines
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
@@ -309,7 +310,8 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
                        disable=not (d.main and config.progress))
     run.model.train()
     try:  # the bar ends its line on any exit, so that an error message starts on its own
-        while step < plan.max_steps:
+        end = min(config.stop_after or plan.max_steps, plan.max_steps)  # where this call stops
+        while step < end:
             started = time.perf_counter()
             lr = lr_at(step, plan.max_steps, config.lr, config.min_lr, plan.warmup, config.schedule,
                        config.decay_fraction)
@@ -344,11 +346,11 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
                 began = time.perf_counter()
                 run.tracker.track(D.unwrap(run.model), step, step * plan.tokens_per_step)
                 run.track_seconds += time.perf_counter() - began
-            if config.eval_interval and step % config.eval_interval == 0 or step == plan.max_steps:
+            if config.eval_interval and step % config.eval_interval == 0 or step == end:
                 record["val_loss"] = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d,
                                                       run.amp_dtype, run.bos)
             history.append({k: record[k] for k in ("step", "loss", "val_loss") if k in record})
-            if step % config.log_interval == 0 or "val_loss" in record or step == plan.max_steps:
+            if step % config.log_interval == 0 or "val_loss" in record or step == end:
                 log.write(record)
                 bar.set_postfix(loss=f"{train_loss:.3f}", refresh=False,
                                 **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
@@ -356,13 +358,13 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
             run.train_seconds += time.perf_counter() - started
             (stopping,) = D.all_sum([float(stop.requested)], d)
             if stopping or (config.checkpoint_interval and step % config.checkpoint_interval == 0) \
-                    or step == plan.max_steps:
+                    or step == end:
                 _checkpoint(run, out, step, history, config, d)
             if stopping:
                 if d.main:
                     print(f"\nstopped at step {step}; checkpoint written.", flush=True)
                 return "interrupted", int(stop.signal or signal.SIGTERM), step
-        return "finished", 0, step
+        return ("finished" if step >= plan.max_steps else "paused"), 0, step
     finally:
         bar.close()
 
@@ -402,6 +404,15 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                "track_seconds": round(run.track_seconds, 2)}
     if status == "finished" and summary["final_val_loss"] is not None and not math.isfinite(summary["final_val_loss"]):
         _stop_not_finite(out, f"the final val loss is {summary['final_val_loss']}; the model was not written")
+    if status == "paused":  # --stop-after: the model at this step, for scoring; training continues later
+        snapshot = copy.deepcopy(run.peft).merge_and_unload() if run.peft is not None else run.raw
+        model_state, _ = D.full_state(snapshot if run.peft is not None else run.model)
+        if d.main:
+            facts = {**to_dict(config), **plan.facts(), "steps": step, "tokens": summary["tokens"],
+                     "training_flops": summary["training_flops"], "final_val_loss": summary["final_val_loss"],
+                     "trainable_record": run.trainable, "tokenizer": data.tokenizer.get("name_or_path")}
+            rundir.save_final(snapshot, model_state, tokenizer, data, out / "snapshot", facts)
+        summary["snapshot_dir"] = str(out / "snapshot")
     if status == "finished":
         merged(run.raw, run.peft)  # LoRA's adapters folded into their layers (in place): a plain HF model
         model_state, _ = D.full_state(run.model)

@@ -111,6 +111,9 @@ class TrainConfig(TrainRecipe):
     data_offset: int = option(0, help="start the data stream at this step (a second training stage that must not "
                                       "replay the first one's batches, e.g. the stacked stage of stacking)")
     checkpoint_interval: int = option(50, help="checkpoint every this many steps (and at the end)")
+    stop_after: int = option(0, help="pause at this step (0 = run to the end): evaluate, checkpoint, write the model at "
+                                     "this step to out/snapshot and exit with status 'paused'; the learning-rate "
+                                     "schedule stays that of the whole run, and --resume continues it (a search's rungs)")
     trainable: str = option("all", help="which weights learn: all; lora (PEFT adapters on the blocks' linear layers, "
                                         "merged at the end: the model loads without peft); last:K (the last K blocks, "
                                         "the final norm and the head; a head tied to the embeddings trains them too)")
@@ -127,7 +130,7 @@ class TrainConfig(TrainRecipe):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("max_steps", "max_tokens", "data_offset", "checkpoint_interval"):
+        for name in ("max_steps", "max_tokens", "data_offset", "checkpoint_interval", "stop_after"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps and self.warmup_steps >= self.max_steps:

@@ -41,10 +41,10 @@ RESUME_KEYS = ("model", "data", "seq_len", "data_order", "seed", "data_offset", 
                "trainable", "lora_rank", "lora_alpha", "lora_targets")
 # What a training run writes into its directory; anything else there is the user's and is never deleted.
 RUN_FILES = ("run.json", "summary.json", "metrics.jsonl", "loss.png", "final", "tensorboard", "abandoned", ".lock",
-             "attention.jsonl", "emergence.png")
+             "attention.jsonl", "emergence.png", "snapshot")
 # The temporary names a run writes on the way (and leaves behind when killed): only these, never any ``*.tmp``.
 RUN_TEMPORARIES = re.compile(r"final\.tmp|metrics\.tmp|attention\.tmp|ckpt-\d+\.pt(\.tmp)?\.sha256|ckpt-\d+\.pt\.tmp"
-                             r"|ckpt-\d+\.pt\.damaged|\.final\.old-\d+|\.(run|summary)\.json\.tmp-\d+|\.loss\.tmp-\d+\.png")
+                             r"|ckpt-\d+\.pt\.damaged|\.final\.old-\d+|snapshot\.tmp|\.snapshot\.old-\d+|\.(run|summary)\.json\.tmp-\d+|\.loss\.tmp-\d+\.png")
 
 
 def written_by_a_run(name: str) -> bool:
