@@ -5,6 +5,7 @@ folder left by a killed command is removed the next time, while a live process's
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,14 @@ def test_write_token_dataset_replaces_only_a_dataset(tmp_path, folders):
     out = write_token_dataset(tmp_path / "tokens", np.arange(10), np.arange(4), vocab_size=16, eos=0, name="t")
     write_token_dataset(out, np.arange(12), np.arange(4), vocab_size=16, eos=0, name="t")
     assert json.loads((out / "meta.json").read_text())["train_tokens"] == 12
+
+
+def test_evaluate_never_writes_into_or_around_its_inputs(dataset, tiny_model_dir):
+    from inheritune.evaluate import EvalConfig, evaluate
+
+    for out, named in ((tiny_model_dir, "a model"), (tiny_model_dir / "results", "a model"),
+                       (dataset / "eval", "--data")):
+        before = sorted(p.name for p in Path(out).parent.rglob("*"))
+        with pytest.raises(UserError, match=rf"would overwrite the input .*\({named}\)"):
+            evaluate(EvalConfig(models=[str(tiny_model_dir)], data=str(dataset), out=str(out), progress=False))
+        assert sorted(p.name for p in Path(out).parent.rglob("*")) == before

@@ -25,6 +25,7 @@ from inheritune.data.dataset import TokenData
 from inheritune.models.loading import load_model, parse_dtype, resolve_device
 from inheritune.utils.config import option, to_dict
 from inheritune.utils.errors import UserError, atomic_write, atomic_write_json, check_output_dir, writing
+from inheritune.utils.outputs import refuse_over_inputs
 
 
 @dataclass
@@ -89,6 +90,8 @@ def evaluate(config: EvalConfig, progress: bool | None = None) -> list[dict]:
     data = TokenData(config.data)
     dtype = parse_dtype(config.dtype)
     if config.out:
+        refuse_over_inputs(config.out, [("--data", config.data)] + [
+            ("a model", m) for m in config.models])
         check_output_dir(Path(config.out), "results.json", "models", [str(m) for m in config.models], config.overwrite)
     results = []
     for name in config.models:
