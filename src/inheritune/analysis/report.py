@@ -105,10 +105,37 @@ def _blocks_of(round_: dict) -> str:
     return f"{blocks} ({selection['reason']})" if selection else blocks
 
 
+def search_section(search: dict) -> list[str]:
+    """The search's rungs as tables (val loss and paired delta against the rung's best), the cuts the windows
+    could not make surely, and what the search spent against training every candidate to the end."""
+    lines = [f"## Search (successive halving, eta {search['eta']}, {search['candidates']} candidates)", "",
+             "Every candidate follows one warmup-stable-decay schedule over the full budget; each rung is scored in "
+             "its stable phase on the run's fixed windows, and survivors continue from their own checkpoint.", ""]
+    for number, rung in enumerate(search["rungs"], 1):
+        lines += [f"Rung {number}: {len(rung['candidates'])} candidates at {rung['tokens']:,} tokens each "
+                  f"(step {rung['steps']})", "",
+                  "| candidate | val loss [95% CI] | Δ vs the rung's best [paired 95% CI] | kept |", "|---|---|---|---|"]
+        for c in rung["candidates"]:
+            pair = c["delta_vs_best"]
+            delta = "-" if pair is None else f"{pair['delta']:+.4f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]"
+            lines.append(f"| {c['name']} | {c['val_loss']:.4f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] | {delta} | "
+                         f"{'yes' if c['kept'] else 'no'} |")
+        for cut in rung["unclear_cut"]:
+            lines.append(f"\nThe windows cannot separate {cut['dropped']} (dropped) from {cut['kept']} (kept): paired "
+                         f"Δ {cut['delta']['delta']:+.4f} [{cut['delta']['ci95'][0]:+.3f}, "
+                         f"{cut['delta']['ci95'][1]:+.3f}] includes 0; the cut between them is a coin toss.")
+        lines.append("")
+    fraction = search["fraction_of_grid"]
+    lines += [f"**Search winner: {search['winner']}.** The search spent {search['training_flops']:.3g} training "
+              f"FLOPs; training every candidate to the full budget would spend {search['grid_training_flops']:.3g}"
+              + (f" (the search: {fraction:.0%} of that)." if fraction else "."), ""]
+    return lines
+
+
 def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, ref_training: dict | None,
                  analysis: dict | None, start: int, rounds: list[dict], baselines: dict, matched: bool,
                  comparison: str | None, sessions: dict, check: dict | None = None,
-                 children: dict | None = None) -> dict:
+                 children: dict | None = None, search: dict | None = None) -> dict:
     """report.md, report.json and val_loss.png of a run: its growth rounds, or (``children``) the children it
     trained side by side."""
     ref_loss = ref["loss"]
@@ -140,6 +167,8 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               + "; ".join(f"{r['name']}: {_blocks_of(r)}" for r in shown), ""]
     final = rounds[-1]
     found = sidebyside.compare(children, baselines, ref, bootstrap) if children else None
+    if search:
+        lines += search_section(search)
     if children:
         lines += [f"Side by side: {len(children)} children of {final['layers']} layers" +
                   (" and the baselines" if baselines else "") + ", each trained from its cut on the same budget.", "",
@@ -219,6 +248,7 @@ def write_report(config, out: Path, reference: str, n_layers: int, ref: dict, re
               "side_by_side": None if not found else {
                   "best": found["best"], "first": found["first"], "deltas": found["deltas"],
                   "before": {n: c["before"]["loss"] for n, c in children.items()}},
+              "search": search,
               "wall_seconds": sessions["seconds"], "sessions": sessions["count"], "reference_check": check,
               "meaningful": check["meaningful"] if check is not None else None}
     atomic_write_json(out / "report.json", report, "the run's report", redo)

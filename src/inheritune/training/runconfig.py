@@ -40,6 +40,12 @@ class RunConfig:
                                                 "the end; --lora-rank, --lora-alpha, --lora-targets), last:K (the last "
                                                 "K blocks, final norm and head); several: side by side, like --select "
                                                 "and --heal")
+    search: str = option("", help="halving: find the best candidate (every combination of --select, --heal and "
+                                  "--trainable) at this budget by successive halving: each rung trains the survivors "
+                                  "further on one warmup-stable-decay schedule over the full budget and keeps the "
+                                  "best 1/eta; the finalists train to the full budget and are compared side by "
+                                  "side. Empty: train every candidate to the end")
+    eta: int = option(2, low=2, high=16, help="--search halving: keep the best 1/eta of each rung")
     max_rounds: int = option(3, help="cap on growth rounds")
     tolerance: float = option(0.0, low=-100, high=100, help="stop when child val loss <= reference val loss + tolerance")
     grow: str = option("reinherit", help="reinherit (paper: fresh child of l + step layers, trained from step 0) or "
@@ -91,6 +97,8 @@ class RunConfig:
             raise UserError("--grow continue appends the next blocks in order to one trained child: use it with "
                             "--select first and one --heal (other selections choose their blocks anew for each "
                             "depth; several are trained side by side, without growth)")
+        if self.search not in ("", "halving"):
+            raise UserError(f"search must be halving (or empty), not {self.search!r}")
         if self.grow not in ("reinherit", "continue"):
             raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
         if isinstance(self.baselines, str):

@@ -1,0 +1,129 @@
+"""``run --search halving``: which child is best at a budget, without training every candidate to the end.
+
+Successive halving (Jamieson & Talwalkar 2016): the candidates are every combination of ``--select``, ``--heal``
+and ``--trainable``; rung r of R trains each survivor up to the winner's budget divided by eta^(R - r), ranks them
+by val loss on the run's fixed windows and keeps the best ceil(n / eta). Survivors continue from their own
+checkpoint; nobody is retrained from step 0. The last rung trains the finalists to the full budget, and the
+report compares them like the side-by-side mode.
+
+Schedule. Every candidate trains on one warmup-stable-decay schedule laid over the *full* budget, whatever rung it
+stops at: warmup ends before the first rung is scored, and the decay lies wholly inside the last rung. Every
+score before the last rung is then read in the stable phase, at the same learning rate, after the same tokens
+and batches for every candidate, and a survivor that continues trains exactly as it would have in one go (the
+winner equals a standalone ``inherit`` + ``train`` of the same blocks, healing and weights). What the ranking
+cannot see is how much each candidate would gain from the decay; the finalists all get it before the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from inheritune.analysis.scoring import paired_delta
+from inheritune.training.runconfig import RunConfig
+from inheritune.training.runstate import State
+from inheritune.training.stages import compile_once, drop_checkpoints, inherit_stage, measure, measure_before, \
+    train_stage
+from inheritune.utils.errors import UserError
+
+
+def rung_steps(candidates: int, eta: int, steps: int) -> list[int]:
+    """The step each rung trains its survivors to: steps / eta^(R - r) for r = 1..R, R = ceil(log_eta n)."""
+    rungs, reach = 0, 1
+    while reach < candidates:
+        reach, rungs = reach * eta, rungs + 1
+    return [max(1, steps // eta ** (rungs - r)) for r in range(1, max(rungs, 1) + 1)]
+
+
+def check_schedule(config: RunConfig, rungs: list[int], steps: int) -> None:
+    """Refuse a search whose scores would not be read in the stable phase of one shared schedule."""
+    if len(set(rungs)) < len(rungs):
+        raise UserError(f"a budget of {steps} steps is too short for {len(rungs)} rungs at eta {config.eta} (rungs at "
+                        f"steps {rungs}); raise --steps or --eta, or name fewer candidates")
+    recipe = config.train
+    warmup = recipe.warmup_steps if recipe.warmup_steps >= 0 else max(1, round(0.02 * steps))
+    if warmup >= rungs[0]:
+        raise UserError(f"the warmup ({warmup} steps) must end before the first rung is scored (step {rungs[0]}); "
+                        "lower --warmup-steps or raise --steps")
+    decay_start = steps - max(1, round(recipe.decay_fraction * steps))
+    if len(rungs) > 1 and decay_start < rungs[-2]:
+        raise UserError(f"--decay-fraction {recipe.decay_fraction} starts the decay at step {decay_start}, before the "
+                        f"last rung begins (step {rungs[-2]}): earlier rungs would be scored mid-decay; use at most "
+                        f"{1 - rungs[-2] / steps:.2f}")
+
+
+def halving(config: RunConfig, state: State, out: Path, reference: str, layers: int, steps: int,
+            report: str | None) -> tuple[dict[str, dict], dict]:
+    """(the finalists as side-by-side children, the search's record for report.json)."""
+    candidates = {config.child_name(*c): c for c in config.children()}
+    if len(candidates) < 2:
+        raise UserError("--search halving needs at least two candidates: name several --select, --heal or "
+                        "--trainable values")
+    rungs = rung_steps(len(candidates), config.eta, steps)
+    check_schedule(config, rungs, steps)
+    print(f"search: {len(candidates)} candidates, eta {config.eta}, rungs at steps {rungs} of {steps} "
+          "(one warmup-stable-decay schedule over the full budget)", flush=True)
+    compiled, entries = None, {}
+    for name, (method, heal, spec) in candidates.items():  # cut every candidate and score it untrained
+        folder = config.child_folder(method, heal, spec)
+        child = inherit_stage(reference, out / "children" / folder / "child", select=f"{method}:{layers}",
+                              from_report=report or "", seed=config.train.seed)
+        compiled = compiled or compile_once(config, state, child, steps)
+        entries[name] = {"name": name, "method": method, "heal": heal, "trainable_spec": spec, "folder": folder,
+                         "layers": layers, "child_dir": str(child),
+                         "before": measure_before(config, child, state, f"child/{folder}/before")}
+    survivors, record = list(candidates), []
+    for number, target in enumerate(rungs, 1):
+        scored = {}
+        for name in survivors:
+            e = entries[name]
+            trained = train_stage(config, state, f"search/rung-{number}/{e['folder']}/train", e["child_dir"],
+                                  out / "children" / e["folder"] / "train", steps, stop_after=target,
+                                  schedule="wsd", compile=compiled, **config.heal_args(e["heal"], reference,
+                                                                                       e["trainable_spec"]))
+            e.update(trained)
+            e["eval"] = scored[name] = measure(config, name, trained["model_dir"], state,
+                                               f"search/rung-{number}/{e['folder']}/eval")
+        rung = _rank(scored, config, target, trained["tokens"] // trained["steps"], number == len(rungs))
+        record.append(rung)
+        survivors = rung["kept"]
+        for name in scored:
+            if name not in survivors and not config.keep_stage_checkpoints:  # out of the search: only its record stays
+                drop_checkpoints(f"{name} (out at rung {number})", out / "children" / entries[name]["folder"] / "train")
+        print(f"rung {number}: {len(scored)} candidates at {rung['tokens']:,} tokens each; kept "
+              f"{', '.join(survivors)}", flush=True)
+    finalists = {name: entries[name] for name in record[-1]["candidates_order"]}
+    return finalists, _summary(record, entries, finalists, steps, config)
+
+
+def _rank(scored: dict[str, dict], config: RunConfig, target: int, tokens_per_step: int, last: bool) -> dict:
+    """One rung: every candidate's loss, its paired delta against the rung's best, who is kept, and where the
+    windows cannot separate a candidate that goes from one that stays."""
+    order = sorted(scored, key=lambda n: (scored[n]["loss"], n))
+    best = order[0]
+    keep = order if last else order[:math.ceil(len(order) / config.eta)]
+    rows = []
+    for name in order:
+        pair = paired_delta(scored[name], scored[best], config.bootstrap) if name != best else None
+        rows.append({"name": name, "val_loss": scored[name]["loss"], "ci95": scored[name]["loss_ci95"],
+                     "delta_vs_best": pair, "kept": name in keep})
+    unclear = []
+    if not last and len(keep) < len(order):
+        for gone in order[len(keep):]:
+            pair = paired_delta(scored[gone], scored[keep[-1]], config.bootstrap)
+            if pair["ci95"][0] <= 0:
+                unclear.append({"dropped": gone, "kept": keep[-1], "delta": pair})
+    return {"steps": target, "tokens": target * tokens_per_step, "candidates": rows, "kept": keep,
+            "candidates_order": order, "unclear_cut": unclear}
+
+
+def _summary(record: list[dict], entries: dict, finalists: dict, steps: int, config: RunConfig) -> dict:
+    """What the search spent against training every candidate to the end, and its winner."""
+    spent = sum(e["training_flops"] for e in entries.values())
+    grid = sum(e["training_flops"] / max(1, e["steps"]) * steps for e in entries.values())
+    winner = min(finalists, key=lambda n: (finalists[n]["eval"]["loss"], n))
+    return {"method": "halving", "eta": config.eta, "schedule": "wsd", "candidates": len(entries),
+            "rungs": [{k: v for k, v in r.items() if k != "candidates_order"} for r in record],
+            "winner": winner, "training_flops": spent, "grid_training_flops": grid,
+            "fraction_of_grid": spent / grid if grid else None,
+            "tokens": {n: e["tokens"] for n, e in entries.items()}}

@@ -1,0 +1,104 @@
+"""run --search halving: the rungs, the schedule's rules, the winner against a standalone training, kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+from test_faults import _run_config, reference_setup  # noqa: F401 (a fixture)
+
+from inheritune.search import check_schedule, rung_steps
+from inheritune.utils.errors import UserError
+
+
+def test_rungs_divide_the_budget_by_eta_until_the_finalists_train_it_all():
+    assert rung_steps(4, 2, 8) == [4, 8]
+    assert rung_steps(20, 2, 64) == [4, 8, 16, 32, 64]  # 20 -> 10 -> 5 -> 3 -> 2 finalists
+    assert rung_steps(9, 3, 90) == [30, 90]
+    assert rung_steps(2, 2, 10) == [10]  # two candidates: one rung, both to the end
+
+
+def test_a_schedule_that_would_score_a_rung_mid_decay_or_mid_warmup_is_refused(tmp_path):
+    config = _run_config(tmp_path, tmp_path, tmp_path / "run", select=["first", "spread"], heal=["ce", "kd"],
+                         search="halving", steps=20, decay_fraction=0.6)
+    with pytest.raises(UserError, match=r"starts the decay at step 8, before the last rung begins \(step 10\)"):
+        check_schedule(config, rung_steps(4, 2, 20), 20)
+    config = _run_config(tmp_path, tmp_path, tmp_path / "run", search="halving", steps=20, warmup_steps=12)
+    with pytest.raises(UserError, match=r"warmup \(12 steps\) must end before the first rung"):
+        check_schedule(config, rung_steps(4, 2, 20), 20)
+    with pytest.raises(UserError, match="too short for 5 rungs"):
+        check_schedule(config, rung_steps(20, 2, 8), 8)
+
+
+SEARCH = dict(select=["first", "spread"], heal=["ce", "kd"], search="halving", steps=8, baselines=[])
+
+
+def _argv(data, ref, out):
+    return [sys.executable, "-m", "inheritune", "run", "--reference", str(ref), "--data", str(data), "--out", str(out),
+            "--start", "2", "--steps", "8", "--seq-len", "16", "--micro-batch-size", "4", "--eval-windows", "8",
+            "--eval-interval", "0", "--lr", "1e-3", "--analyze-n", "4", "--analyze-t", "16", "--compare-analysis",
+            "false", "--progress", "false", "--device", "cpu", "--select", "first", "spread", "--heal", "ce", "kd",
+            "--search", "halving", "--baselines", "none"]
+
+
+def _losses(search: dict) -> list[list[tuple[str, float]]]:
+    return [[(c["name"], c["val_loss"]) for c in rung["candidates"]] for rung in search["rungs"]]
+
+
+def test_search_end_to_end_equals_a_standalone_training_and_survives_kill_9(reference_setup, tmp_path):
+    from inheritune.inherit import InheritConfig, inherit
+    from inheritune.run import run
+    from inheritune.train import TrainConfig, train
+
+    data, ref = reference_setup
+    out = tmp_path / "search"
+    report = run(_run_config(data, ref, out, **SEARCH))
+    search = report["search"]
+    assert [r["tokens"] for r in search["rungs"]] == [4 * 64, 8 * 64]
+    assert [len(r["candidates"]) for r in search["rungs"]] == [4, 2] and search["candidates"] == 4
+    first, second = search["rungs"]
+    assert [c["name"] for c in first["candidates"] if c["kept"]] == [c["name"] for c in second["candidates"]]
+    losses = [c["val_loss"] for c in first["candidates"]]
+    assert losses == sorted(losses) and first["candidates"][0]["delta_vs_best"] is None
+    assert search["winner"] == second["candidates"][0]["name"]
+    # spent: 2 candidates x 4 steps + 2 x 8 of a grid of 4 x 8 (KD candidates cost more per step)
+    assert 0.5 < search["fraction_of_grid"] < 0.9 and "## Search" in (out / "report.md").read_text()
+    for c in first["candidates"]:  # the candidates that left kept no checkpoint; the finalists have a model
+        folder = out / "children" / c["name"].replace("+", "-") / "train"
+        assert not list(folder.glob("ckpt-*.pt")) and (folder / "final").is_dir() == c["kept"]
+
+    method, heal = search["winner"].split("+")
+    child = inherit(InheritConfig(reference=str(ref), out=str(tmp_path / "alone" / "child"), select=f"{method}:2",
+                                  seed=1337))
+    extra = {"teacher": str(ref), "kd_alpha": 0.6, "kd_temperature": 1.0} if heal == "kd" else {}
+    train(TrainConfig(model=str(child), data=str(data), out=str(tmp_path / "alone" / "train"), max_steps=8,
+                      seq_len=16, micro_batch_size=4, eval_windows=8, eval_interval=0, lr=1e-3, schedule="wsd",
+                      progress=False, device="cpu", checkpoint_interval=10, **extra))
+    alone = load_file(str(tmp_path / "alone" / "train" / "final" / "model.safetensors"))
+    found = load_file(str(out / "children" / f"{method}-{heal}" / "train" / "final" / "model.safetensors"))
+    assert max((alone[k] - found[k]).abs().max().item() for k in alone) <= 1e-6
+
+    killed_out = tmp_path / "killed"
+    process = subprocess.Popen(_argv(data, ref, killed_out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:  # mid rung 1: two candidates done, a third training
+        state = killed_out / "state.json"
+        if state.is_file() and state.read_text().count("search/rung-1/") >= 5:
+            break
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -9 and not (killed_out / "report.json").exists()
+    again = subprocess.run(_argv(data, ref, killed_out), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = json.loads((killed_out / "report.json").read_text())["search"]
+    assert resumed["winner"] == search["winner"]
+    for ours, theirs in zip(_losses(resumed), _losses(search)):
+        assert [n for n, _ in ours] == [n for n, _ in theirs]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(ours, theirs)) <= 1e-6
+    again_model = load_file(str(killed_out / "children" / f"{method}-{heal}" / "train" / "final" / "model.safetensors"))
+    assert max((again_model[k] - found[k]).abs().max().item() for k in found) <= 1e-6
