@@ -25,6 +25,7 @@ from inheritune.data.dataset import TokenData
 from inheritune.models.loading import load_model, parse_dtype, resolve_device
 from inheritune.utils.config import option, to_dict
 from inheritune.utils.errors import UserError, atomic_write, atomic_write_json, check_output_dir, writing
+from inheritune.utils.memory import _status_mb
 from inheritune.utils.outputs import refuse_over_inputs
 
 
@@ -202,16 +203,6 @@ def _csv(results: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 @torch.inference_mode()

@@ -47,6 +47,7 @@ from inheritune.training.stop import StopRequest
 from inheritune.training.trainable import apply_trainable, merged, training_flops_per_token
 from inheritune.utils.config import to_dict
 from inheritune.utils.errors import Interrupted, UserError, atomic_write_json
+from inheritune.utils.memory import peak_mb, reset_peak
 from inheritune.utils.progress import progress_bar
 
 
@@ -306,6 +307,7 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
         before = evaluate_windows(run.model, run.val_tokens, run.val_starts, config, d, run.amp_dtype, run.bos)
         history.append({"step": 0, "val_loss": before})
         log.write({"step": 0, "time": round(time.time(), 4), "tokens": 0, "val_loss": before})
+    reset_peak(d.device)  # the summary's peak memory is this training's (session's) alone
     bar = progress_bar(total=plan.max_steps, initial=step, unit="step", desc="train",
                        disable=not (d.main and config.progress))
     run.model.train()
@@ -380,6 +382,10 @@ def _weights_finite(model) -> bool:
         return bool(torch.isfinite(total)) or all(bool(torch.isfinite(p).all()) for p in params)
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def _stop_not_finite(out: Path, what: str) -> None:
     last = checkpoints(out)
     raise UserError(f"{what}; stopped without saving. Last good checkpoint: {last[-1] if last else 'none'} "
@@ -400,7 +406,7 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                "world_size": d.world, "grad_accum": plan.grad_accum, "signal": stopped_by,
                # every session's training time, up to this run's last checkpoint before each interruption
                "train_seconds": round(run.train_seconds, 2), "compiled": run.compiled, "chunked_loss": run.chunked,
-               "trainable": run.trainable,
+               "trainable": run.trainable, "peak_memory_mb": _rounded(peak_mb(d.device)),
                "track_seconds": round(run.track_seconds, 2)}
     if status == "finished" and summary["final_val_loss"] is not None and not math.isfinite(summary["final_val_loss"]):
         _stop_not_finite(out, f"the final val loss is {summary['final_val_loss']}; the model was not written")

@@ -63,7 +63,7 @@ def _vs_first(found: dict, name: str) -> str:
 def table(found: dict) -> str:
     head = ("| model | blocks | healing | val loss before | val loss after [95% CI] | Δ vs first-K, same healing "
             "[paired 95% CI] | Δ vs best [paired 95% CI] | Δ vs reference [paired 95% CI] | tokens | train FLOPs | "
-            "train s |")
+            "train s | peak MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, e in found["entries"].items():
         d = found["deltas"][name]
@@ -74,7 +74,8 @@ def table(found: dict) -> str:
                      f"{'-' if before is None else format(before['loss'], '.3f')} | {e['eval']['loss']:.4f} "
                      f"[{low:.3f}, {high:.3f}] | {_vs_first(found, name)} | {_ci(d['vs_best'])} | "
                      f"{_ci(d['vs_reference'])} | {e['tokens']:,} | {e['training_flops']:.3g} | "
-                     f"{'-' if seconds is None else format(seconds, '.0f')} |")
+                     f"{'-' if seconds is None else format(seconds, '.0f')} | "
+                     f"{'-' if e.get('peak_memory_mb') is None else format(e['peak_memory_mb'], '.0f')} |")
     return "\n".join(lines)
 
 
