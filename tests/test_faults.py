@@ -262,13 +262,13 @@ def test_run_refuses_a_reference_whose_val_loss_is_not_finite(reference_setup, t
 
 def test_compile_auto_is_decided_once_for_every_child_of_a_side_by_side_run(reference_setup, tmp_path, monkeypatch):
     import inheritune.run as run_module
-    import inheritune.training.stages as stages
+    import inheritune.training.budget as budget
 
     data, ref = reference_setup
     asked, given = [], []
-    real_train = stages.train
-    monkeypatch.setattr(stages, "compile_pays", lambda *a: asked.append(a) or (False, 1.0, 60.0))
-    monkeypatch.setattr(stages, "train", lambda config: given.append(config.compile) or real_train(config))
+    real_train = run_module.train
+    monkeypatch.setattr(budget, "compile_pays", lambda *a: asked.append(a) or (False, 1.0, 60.0))
+    monkeypatch.setattr(run_module, "train", lambda config: given.append(config.compile) or real_train(config))
     out = tmp_path / "run"
     run_module.run(_run_config(data, ref, out, heal=["ce", "kd"], baselines=[]))
     assert len(asked) == 1 and given == ["off", "off"]  # a KD child costs more, and still runs like the CE one

@@ -49,8 +49,9 @@ def test_resume_from_refuses_changed_settings_and_keeps_the_abandoned_branch_apa
     again = train(_config(dataset, out, keep_checkpoints=1, resume_from=str(out / "ckpt-0000002.pt")))
     assert _steps(out) == [6]
     aside = out / "abandoned" / "after-step-2"
-    assert sorted(p.name for p in aside.iterdir()) == ["ckpt-0000004.pt", "ckpt-0000006.pt", "final",
-                                                       "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in aside.iterdir()) == ["ckpt-0000004.pt", "ckpt-0000004.pt.sha256", "ckpt-0000006.pt",
+                                                       "ckpt-0000006.pt.sha256", "final", "metrics.jsonl",
+                                                       "summary.json"]
     assert (aside / "final" / "model.safetensors").read_bytes() == final_before
     assert again["final_val_loss"] == pytest.approx(whole["final_val_loss"], abs=1e-6)  # the same trajectory
     state = torch.load(out / "ckpt-0000006.pt", weights_only=True)

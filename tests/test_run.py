@@ -117,7 +117,7 @@ def test_interrupted_stage_resumes_and_changed_settings_are_refused(setup, tmp_p
 
 
 def test_every_baseline_runs_at_the_childs_depth_on_the_same_windows(setup, tmp_path, monkeypatch):
-    import inheritune.training.stages as run_module  # where the run's stages call train
+    import inheritune.run as run_module
     from inheritune.data.windows import RandomWindows
 
     data, ref = setup

@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 from test_faults import _run_config, reference_setup  # noqa: F401 (a fixture)
 
-from inheritune.search import check_schedule, rung_steps
+from inheritune.training.search import check_schedule, rung_steps
 from inheritune.utils.errors import UserError
 
 

@@ -23,18 +23,106 @@ from inheritune.analyze import analyze
 from inheritune.assets.sources import resolve_model_path
 from inheritune.data.dataset import TokenData
 from inheritune.models.loading import load_config_of
-from inheritune.search import halving
+from inheritune.analysis.scoring import check_tokenizer_matches, validation_loss
+from inheritune.analysis.zeroshot import zero_shot
+from inheritune.evaluate import inference_cost
+from inheritune.inherit import InheritConfig, inherit
+from inheritune.models.loading import load_model, resolve_device
+from inheritune.train import train
+from inheritune.training.budget import compile_once
+from inheritune.training.checkpoint import checkpoints, drop_checkpoints
+from inheritune.training.distributed import launch_torchrun
 from inheritune.training.runconfig import RunConfig  # noqa: F401 (the verb's config)
+from inheritune.training.search import Stages, halving
 from inheritune.training.runstate import State, open_run_dir
-from inheritune.training.stages import (
-    compile_once,
-    inherit_stage,
-    measure,
-    measure_before,
-    run_device,
-    train_stage,
-)
-from inheritune.utils.errors import UserError, reading
+from inheritune.utils.errors import Interrupted, UserError, reading
+
+def _train_stage(config: RunConfig, state: State, key: str, model: str, out: Path, steps: int, stop_after: int = 0,
+                **extra) -> dict:
+    """Train once: reuse a finished run, resume an interrupted one, else start fresh. With ``stop_after`` short of
+    ``steps`` (a search's rung) the training pauses there, its model in out/snapshot and its checkpoint kept, and
+    a later call with a larger ``stop_after`` continues it on the same schedule."""
+    pausing = 0 < stop_after < steps
+    wanted = "paused" if pausing else "finished"
+    done = state.get(key)
+    if done and done.get("status") == wanted:
+        if pausing or (Path(done["model_dir"]) / "config.json").is_file():
+            return done
+        # its model was deleted: train it again (from its last checkpoint when there is one), measure it again
+        print(f"{key}: its model {done['model_dir']} is missing; training it again", flush=True)
+        state.drop(key)
+        state.drop(key.rsplit("/", 1)[0] + "/eval")
+    resume = out.is_dir() and bool(checkpoints(out))
+    started = time.perf_counter()
+    train_config = config.train_config(model, str(out), steps, resume=resume, overwrite=not resume,
+                                       stop_after=stop_after if pausing else 0, **extra)
+    summary = launch_torchrun(train_config, config.nproc_per_node) if config.nproc_per_node > 1 else train(train_config)
+    if summary["status"] != wanted:  # stopped by a signal: the run resumes from here next time
+        raise Interrupted(summary.get("signal") or 15, f"interrupted during {key}; its checkpoint is written. Run "
+                                                       "the same 'inheritune run' command again to continue")
+    # wall_seconds: this call only (loads included); train_seconds: the training's own time over every session
+    summary = {k: v for k, v in summary.items()} | {"wall_seconds": round(time.perf_counter() - started, 1),
+                                                   "model_dir": str(out / ("snapshot" if pausing else "final"))}
+    state.put(key, summary)
+    if not pausing and not config.keep_stage_checkpoints:
+        drop_checkpoints(key, out)
+    return summary
+
+
+def _inherit_stage(reference: str, out: Path, **kwargs) -> Path:
+    """Cut a child once (an existing one is reused when the run is re-entered)."""
+    if (out / "inheritune.json").is_file():
+        return out
+    return inherit(InheritConfig(reference=reference, out=str(out), overwrite=True, **kwargs))
+
+
+def _measure(config: RunConfig, name: str, path: str, state: State, key: str) -> dict:
+    """Val loss with its bootstrap interval on the run's windows, plus inference cost."""
+    done = state.get(key)
+    if done and sorted(done.get("zero_shot_tasks", [])) == sorted(config.tasks):
+        return done
+    if done:  # measured with other zero-shot tasks (a re-entered run): score this run's tasks, keep the loss
+        model, tokenizer = load_model(path, device=_device(config))
+        done.pop("zero_shot", None)
+        if config.tasks:
+            done["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
+                                          config.task_limit or None, _device(config), data=TokenData(config.data))
+        done["zero_shot_tasks"] = list(config.tasks)
+        state.put(key, done)
+        return done
+    started = time.perf_counter()
+    device = _device(config)
+    model, tokenizer = load_model(path, device=device)
+    data = TokenData(config.data)
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, data, name)
+    result = validation_loss(model, data, config.train.seq_len, 0, config.train.eval_windows, config.train.micro_batch_size, device,
+                             bootstrap=config.bootstrap, keep_windows=True, bos_windows=config.train.bos_windows)
+    result["inference"] = inference_cost(model, seq_len=config.train.seq_len, new_tokens=16, device=device, path=path)
+    if config.tasks:
+        result["zero_shot"] = zero_shot(model, tokenizer, config.tasks, config.train.micro_batch_size,
+                                        config.task_limit or None, device, data=data)
+    result["zero_shot_tasks"] = list(config.tasks)
+    result["layers"] = model.config.num_hidden_layers
+    result["seconds"] = round(time.perf_counter() - started, 2)  # load, validation loss, inference cost, tasks
+    state.put(key, result)
+    return result
+
+
+def _measure_before(config: RunConfig, child: Path, state: State, key: str) -> dict:
+    """An untrained child's val loss on the run's windows (the 'before' of its comparison)."""
+    if state.get(key) is None:
+        model, _ = load_model(str(child), device=_device(config))
+        found = validation_loss(model, TokenData(config.data), config.train.seq_len, 0, config.train.eval_windows,
+                                config.train.micro_batch_size, _device(config), bootstrap=config.bootstrap,
+                                keep_windows=False, bos_windows=config.train.bos_windows)
+        state.put(key, {k: found[k] for k in ("loss", "loss_ci95")})
+    return state.get(key)
+
+
+def _device(config: RunConfig) -> str:
+    return resolve_device(config.train.device)
+
 
 def run(config: RunConfig) -> dict:
     """Run the recipe; returns the report (also written as report.md / report.json in ``out``). The wall time of
@@ -60,7 +148,8 @@ def _run(config: RunConfig, state: State, out: Path, sessions) -> dict:
     report = _selection_report(config, state, out, reference) if needs else None
     children, search = None, None
     if config.search:
-        children, search = halving(config, state, out, reference, start, steps, report)
+        stages = Stages(inherit=_inherit_stage, train=_train_stage, measure=_measure, measure_before=_measure_before)
+        children, search = halving(config, state, out, reference, start, steps, report, stages)
         rounds = [children[search["winner"]]]
         matched = rounds[0]["eval"]["loss"] <= ref["loss"] + config.tolerance
     elif config.side_by_side:
@@ -101,7 +190,7 @@ def _compare(config: RunConfig, state: State, out: Path, reference: str, child: 
             try:
                 report = analyze(AnalyzeConfig(model=reference, compare=child, data=config.data,
                                                out=str(out / "compare"), n=n, t=config.analyze_t,
-                                               device=run_device(config), overwrite=True, progress=config.train.progress,
+                                               device=_device(config), overwrite=True, progress=config.train.progress,
                                                bos_windows=config.train.bos_windows))
                 state.put("reference_attention", attention_summary(report["_results"][0]) | {"n": n})
                 done = {"seconds": round(time.perf_counter() - began, 2), "n": n}
@@ -120,7 +209,7 @@ def _reference_attention(config: RunConfig, state: State, out: Path, reference: 
     if state.get("reference_attention") is None:
         began = time.perf_counter()
         found = reference_attention(reference, config.data, str(out / "analysis"), config.analyze_n, config.analyze_t,
-                                    run_device(config), config.train.progress, config.train.bos_windows)
+                                    _device(config), config.train.progress, config.train.bos_windows)
         state.put("reference_attention", found | {"seconds": round(time.perf_counter() - began, 2)})
     return state.get("reference_attention")
 
@@ -132,14 +221,14 @@ def _reference_stage(config: RunConfig, state: State, out: Path, steps: int):
     if config.reference_from_scratch:
         # Evaluated at least 16 times, so that the slope of its last half (is it still learning?) has points.
         every = max(1, steps // 16)
-        summary = train_stage(config, state, "reference_training", config.reference_from_scratch,
+        summary = _train_stage(config, state, "reference_training", config.reference_from_scratch,
                                out / "reference", steps,
                                eval_interval=min(config.train.eval_interval or every, every),
                                track_attention=config.track_reference)
         reference = summary["model_dir"]
     path, gguf = resolve_model_path(reference)
     n_layers = load_config_of(path, gguf).num_hidden_layers
-    ref = measure(config, "reference", reference, state, "reference_eval")
+    ref = _measure(config, "reference", reference, state, "reference_eval")
     if not math.isfinite(ref["loss"]):  # every comparison and the growth's target would be meaningless
         state.drop("reference_eval")
         raise UserError(f"the reference {reference} has val loss {ref['loss']} on {config.data}: its weights or "
@@ -171,7 +260,7 @@ def _choose_start(config: RunConfig, state: State, out: Path, reference: str, n_
 def _analyze_reference(config: RunConfig, reference: str, out: Path) -> dict:
     """The run's one analysis of the reference (out/analysis), in the windows its training uses."""
     return analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"), n=config.analyze_n,
-                                 t=config.analyze_t, device=run_device(config), overwrite=True,
+                                 t=config.analyze_t, device=_device(config), overwrite=True,
                                  progress=config.train.progress, bos_windows=config.train.bos_windows))
 
 
@@ -201,11 +290,11 @@ def _grow(config: RunConfig, state: State, out: Path, reference: str, n_layers: 
         if config.grow == "continue" and rounds:
             _grown_child(reference, rounds[-1]["model_dir"], layers, child)
         else:
-            inherit_stage(reference, child, select=f"{config.select[0]}:{layers}", from_report=report or "",
+            _inherit_stage(reference, child, select=f"{config.select[0]}:{layers}", from_report=report or "",
                            seed=config.train.seed)
-        trained = train_stage(config, state, f"{name}/train", str(child), out / "rounds" / name / "train", steps,
+        trained = _train_stage(config, state, f"{name}/train", str(child), out / "rounds" / name / "train", steps,
                                **config.heal_args(config.heal[0], reference, config.trainable[0]))
-        measured = measure(config, name, trained["model_dir"], state, f"{name}/eval")
+        measured = _measure(config, name, trained["model_dir"], state, f"{name}/eval")
         spent += trained["training_flops"]
         matched = measured["loss"] <= ref_loss + config.tolerance
         record = json.loads((child / "inheritune.json").read_text())
@@ -228,13 +317,13 @@ def _side_by_side(config: RunConfig, state: State, out: Path, reference: str, la
     for method, heal, spec in config.children():
         name, folder = config.child_name(method, heal, spec), config.child_folder(method, heal, spec)
         root = out / "children" / folder
-        child = inherit_stage(reference, root / "child", select=f"{method}:{layers}", from_report=report or "",
+        child = _inherit_stage(reference, root / "child", select=f"{method}:{layers}", from_report=report or "",
                                seed=config.train.seed)
         compiled = compiled or compile_once(config, state, child, steps)
-        before = measure_before(config, child, state, f"child/{folder}/before")
-        trained = train_stage(config, state, f"child/{folder}/train", str(child), root / "train", steps,
+        before = _measure_before(config, child, state, f"child/{folder}/before")
+        trained = _train_stage(config, state, f"child/{folder}/train", str(child), root / "train", steps,
                                compile=compiled, **config.heal_args(heal, reference, spec))
-        measured = measure(config, name, trained["model_dir"], state, f"child/{folder}/eval")
+        measured = _measure(config, name, trained["model_dir"], state, f"child/{folder}/eval")
         record = json.loads((child / "inheritune.json").read_text())
         children[name] = {"name": name, "method": method, "heal": heal, "trainable_spec": spec, "layers": layers,
                           "child_dir": str(child),
@@ -247,7 +336,7 @@ def _side_by_side(config: RunConfig, state: State, out: Path, reference: str, la
 
 def _grown_child(reference: str, trained_dir: str, layers: int, out: Path) -> Path:
     """--grow continue: the trained child's weights, with the next reference layers appended."""
-    child = inherit_stage(reference, out, layers=str(layers))
+    child = _inherit_stage(reference, out, layers=str(layers))
     trained = {}
     with reading(f"the trained child in {trained_dir}"):
         model = AutoModelForCausalLM.from_pretrained(child)
@@ -268,10 +357,10 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
     own training is part of what it cost)."""
     root = out / "baselines" / name
     if name in ("random", "random-2x", "kd"):
-        child = inherit_stage(reference, root / "child", layers=str(layers), init="random", seed=config.train.seed)
+        child = _inherit_stage(reference, root / "child", layers=str(layers), init="random", seed=config.train.seed)
         extra = {"teacher": reference, "kd_alpha": config.kd_alpha, "kd_temperature": config.kd_temperature} \
             if name == "kd" else {}
-        trained = train_stage(config, state, f"baseline/{name}/train", str(child), root / "train",
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train",
                                steps * (2 if name == "random-2x" else 1), **extra)
         stages = [trained]
     elif name == "stacking":
@@ -279,19 +368,19 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
         # themselves (the first l of the 2 ceil(l/2) blocks), then trained again with the full budget on data
         # that continues where the first stage stopped (no batch seen twice).
         half = (layers + 1) // 2
-        small = inherit_stage(reference, root / "small", layers=str(half), init="random", seed=config.train.seed)
-        first = train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train", steps)
-        stacked = inherit_stage(first["model_dir"], root / "child", init="stacking", depth=layers)
-        trained = train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train", steps,
+        small = _inherit_stage(reference, root / "small", layers=str(half), init="random", seed=config.train.seed)
+        first = _train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train", steps)
+        stacked = _inherit_stage(first["model_dir"], root / "child", init="stacking", depth=layers)
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train", steps,
                                data_offset=first["steps"])
         stages = [first, trained]
     elif name == "hybrid-stacking":  # reference layers 0..ceil(l/2)-1 twice, the first l of them
-        child = inherit_stage(reference, root / "child", layers=str(layers), init="hybrid-stacking")
-        trained = train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
+        child = _inherit_stage(reference, root / "child", layers=str(layers), init="hybrid-stacking")
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
         stages = [trained]
     elif name == "half-width":
-        child = inherit_stage(reference, root / "child", init="half-width")
-        trained = train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
+        child = _inherit_stage(reference, root / "child", init="half-width")
+        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
         stages = [trained]
     else:
         raise UserError(f"unknown baseline {name}")
@@ -299,9 +388,9 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
                        for key in ("training_flops", "steps", "tokens", "wall_seconds", "train_seconds")}
     total["stages"] = [{key: stage[key] for key in ("steps", "tokens", "training_flops", "data_offset")
                         if key in stage} for stage in stages]
-    measured = measure(config, name, trained["model_dir"], state, f"baseline/{name}/eval")
+    measured = _measure(config, name, trained["model_dir"], state, f"baseline/{name}/eval")
     if config.side_by_side:  # its loss as cut (for stacking: as stacked), like the children's
-        total["before"] = measure_before(config, root / "child", state, f"baseline/{name}/before")
+        total["before"] = _measure_before(config, root / "child", state, f"baseline/{name}/before")
     return {**total, "eval": measured, "layers": measured["layers"], "heal": "kd" if name == "kd" else "ce",
             "uses_reference": name in ("kd", "hybrid-stacking", "half-width")}
 

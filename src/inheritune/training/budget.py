@@ -6,7 +6,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+from transformers import AutoModelForCausalLM
+
+from inheritune.models.loading import load_config_of, parse_dtype, resolve_device
 from inheritune.training import distributed as D
+from inheritune.training.optim import default_peak_flops, flops_per_token
 from inheritune.training.recipe import TrainConfig
 from inheritune.utils.errors import UserError
 
@@ -66,3 +71,27 @@ def compile_decision(config: TrainConfig, plan: BatchPlan, flops_per_step: float
     if compiled and d.main:
         print(f"--compile auto: on (eager estimate {estimate:.0f} s >= 10 x {cost:.0f} s of compiling)", flush=True)
     return compiled
+
+
+def compile_once(config, state, child, steps: int) -> str:
+    """--compile auto decided once for every child of a side-by-side run (and kept in state.json for its
+    re-entries), so that their train seconds compare like for like: on only when even a child trained by
+    cross-entropy alone (the cheapest: no teacher) repays compiling, by the rule of a single training."""
+    if config.train.compile != "auto":
+        return config.train.compile
+    if state.get("compile") is None:
+        train_config = config.train_config(str(child), str(child), steps)
+        if train_config.track_attention:
+            decision = False
+        else:
+            with torch.device("meta"):  # the shapes are all the FLOPs count needs
+                model = AutoModelForCausalLM.from_config(load_config_of(str(child)))
+            plan = BatchPlan.of(train_config, config.nproc_per_node)
+            device = torch.device(resolve_device(config.train.device))
+            peak = default_peak_flops(device, parse_dtype(config.train.dtype), config.train.tf32) * config.nproc_per_node
+            decision, estimate, cost = compile_pays(train_config, plan, flops_per_token(model, train_config.seq_len) *
+                                                    plan.tokens_per_step, peak, device.type)
+            print(f"--compile auto: {'on' if decision else 'off'} for every child (a cross-entropy child's eager "
+                  f"estimate {estimate:.0f} s against 10 x {cost:.0f} s of compiling)", flush=True)
+        state.put("compile", "on" if decision else "off")
+    return state.get("compile")

@@ -19,12 +19,26 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from inheritune.analysis.scoring import paired_delta
+from inheritune.training.budget import compile_once
+from inheritune.training.checkpoint import drop_checkpoints
 from inheritune.training.runconfig import RunConfig
 from inheritune.training.runstate import State
-from inheritune.training.stages import compile_once, drop_checkpoints, inherit_stage, measure, measure_before, \
-    train_stage
 from inheritune.utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The run's own stages (``inheritune.run``: cut a child, train it, measure it), each done once and recorded
+    in state.json; the search only decides which to call, with what budget."""
+
+    inherit: Callable
+    train: Callable
+    measure: Callable
+    measure_before: Callable
 
 
 def rung_steps(candidates: int, eta: int, steps: int) -> list[int]:
@@ -53,7 +67,7 @@ def check_schedule(config: RunConfig, rungs: list[int], steps: int) -> None:
 
 
 def halving(config: RunConfig, state: State, out: Path, reference: str, layers: int, steps: int,
-            report: str | None) -> tuple[dict[str, dict], dict]:
+            report: str | None, stages: Stages) -> tuple[dict[str, dict], dict]:
     """(the finalists as side-by-side children, the search's record for report.json)."""
     candidates = {config.child_name(*c): c for c in config.children()}
     if len(candidates) < 2:
@@ -66,23 +80,23 @@ def halving(config: RunConfig, state: State, out: Path, reference: str, layers: 
     compiled, entries = None, {}
     for name, (method, heal, spec) in candidates.items():  # cut every candidate and score it untrained
         folder = config.child_folder(method, heal, spec)
-        child = inherit_stage(reference, out / "children" / folder / "child", select=f"{method}:{layers}",
+        child = stages.inherit(reference, out / "children" / folder / "child", select=f"{method}:{layers}",
                               from_report=report or "", seed=config.train.seed)
         compiled = compiled or compile_once(config, state, child, steps)
         entries[name] = {"name": name, "method": method, "heal": heal, "trainable_spec": spec, "folder": folder,
                          "layers": layers, "child_dir": str(child),
-                         "before": measure_before(config, child, state, f"child/{folder}/before")}
+                         "before": stages.measure_before(config, child, state, f"child/{folder}/before")}
     survivors, record = list(candidates), []
     for number, target in enumerate(rungs, 1):
         scored = {}
         for name in survivors:
             e = entries[name]
-            trained = train_stage(config, state, f"search/rung-{number}/{e['folder']}/train", e["child_dir"],
+            trained = stages.train(config, state, f"search/rung-{number}/{e['folder']}/train", e["child_dir"],
                                   out / "children" / e["folder"] / "train", steps, stop_after=target,
                                   schedule="wsd", compile=compiled, **config.heal_args(e["heal"], reference,
                                                                                        e["trainable_spec"]))
             e.update(trained)
-            e["eval"] = scored[name] = measure(config, name, trained["model_dir"], state,
+            e["eval"] = scored[name] = stages.measure(config, name, trained["model_dir"], state,
                                                f"search/rung-{number}/{e['folder']}/eval")
         rung = _rank(scored, config, target, trained["tokens"] // trained["steps"], number == len(rungs))
         record.append(rung)
