@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from test_faults import _run_config, reference_setup  # noqa: F401 (a fixture)
 
@@ -102,3 +103,28 @@ def test_search_end_to_end_equals_a_standalone_training_and_survives_kill_9(refe
         assert max(abs(a - b) for (_, a), (_, b) in zip(ours, theirs)) <= 1e-6
     again_model = load_file(str(killed_out / "children" / f"{method}-{heal}" / "train" / "final" / "model.safetensors"))
     assert max((again_model[k] - found[k]).abs().max().item() for k in found) <= 1e-6
+
+
+def test_a_shared_teacher_cache_pays_each_batch_once_and_changes_no_loss(dataset, tmp_path, tiny_model_dir):
+    from test_train import _config, _weights
+
+    from inheritune.train import train
+
+    def kd(out, **kw):
+        return _config(dataset, out, model=str(tiny_model_dir), max_steps=6, teacher=str(tiny_model_dir),
+                       checkpoint_interval=3, **kw)
+
+    cache = tmp_path / "cache"
+    alone = train(kd(tmp_path / "alone"))
+    first = train(kd(tmp_path / "first", teacher_cache=str(cache)))
+    files = sorted(p.name for p in next(cache.iterdir()).glob("*.npy"))
+    assert files == [f"step-{s:07d}-row-00000.npy" for s in range(6)]  # one entry per micro-batch, written once
+    stamps = {p.name: p.stat().st_mtime_ns for p in next(cache.iterdir()).glob("*.npy")}
+    second = train(kd(tmp_path / "second", teacher_cache=str(cache), lr=1e-3))  # another student, same batches
+    assert {p.name: p.stat().st_mtime_ns for p in next(cache.iterdir()).glob("*.npy")} == stamps  # only read
+    again = train(kd(tmp_path / "again", lr=1e-3))
+    assert alone["final_val_loss"] == first["final_val_loss"] and second["final_val_loss"] == again["final_val_loss"]
+    a, b = _weights(tmp_path / "again"), _weights(tmp_path / "second")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = train(kd(tmp_path / "other", teacher_cache=str(cache), seed=7))  # other batches: a cache of its own
+    assert len(list(cache.iterdir())) == 2 and other["status"] == "finished"

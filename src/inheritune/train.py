@@ -44,6 +44,7 @@ from inheritune.training.optim import (
 )
 from inheritune.training.recipe import TrainConfig
 from inheritune.training.stop import StopRequest
+from inheritune.training.teacher_cache import TeacherCache, files_fingerprint
 from inheritune.training.trainable import apply_trainable, merged, training_flops_per_token
 from inheritune.utils.config import to_dict
 from inheritune.utils.errors import Interrupted, UserError, atomic_write_json
@@ -208,8 +209,14 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
     # The chunked head needs the head apart from the model's forward: one process (DDP and FSDP hook the forward)
     chunked = config.chunked_loss and d.world == 1 and chunked_head.supports(model)
     body = model.base_model if chunked else wrapped
+    cache = None
+    if config.teacher_cache and teacher is not None and chunked:  # the plain path keeps the teacher's logits whole
+        cache = TeacherCache(config.teacher_cache, {**to_dict(config), **plan.facts(),
+                                                    "teacher_fingerprint": files_fingerprint(config.teacher),
+                                                    "data_fingerprint": data.meta.get("fingerprint")})
     return SimpleNamespace(
-        raw=model, peft=peft, trainable=trainable, model=wrapped, forward=torch.compile(body) if compiled else body, teacher=teacher,
+        raw=model, peft=peft, trainable=trainable, model=wrapped, forward=torch.compile(body) if compiled else body,
+        teacher=teacher, teacher_cache=cache,
         chunked=chunked, compiled=compiled, head=model.get_output_embeddings(),
         cap=getattr(model.config, "final_logit_softcapping", None),
         optimizer=make_optimizer(wrapped, config.lr, config.weight_decay, (config.beta1, config.beta2), d.device.type),
@@ -266,12 +273,12 @@ def _checkpoint(run, out: Path, step: int, history: list[dict], config: TrainCon
     D.barrier(d)
 
 
-def _micro_step(run, x, y, config: TrainConfig, sync: bool, scale: float) -> float:
+def _micro_step(run, x, y, config: TrainConfig, sync: bool, scale: float, where: tuple[int, int] = (0, 0)) -> float:
     """Forward and backward of one micro-batch (gradients synchronised only on the last); its loss. The forward
     runs under autocast, the backward outside it (as torch recommends), on both paths."""
     with D.gradient_sync(run.model, sync):
         with run.autocast:
-            loss = _chunked_loss(run, x, y, config) if run.chunked else _plain_loss(run, x, y, config)
+            loss = _chunked_loss(run, x, y, config, where) if run.chunked else _plain_loss(run, x, y, config)
         (loss * scale).backward()
     return float(loss.detach())
 
@@ -285,7 +292,7 @@ def _plain_loss(run, x, y, config: TrainConfig) -> torch.Tensor:
     return distillation_loss(logits, teacher_logits, y, config.kd_alpha, config.kd_temperature)[0]
 
 
-def _chunked_loss(run, x, y, config: TrainConfig) -> torch.Tensor:
+def _chunked_loss(run, x, y, config: TrainConfig, where: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """The loss from the final hidden states, its head run in chunks (``chunked`` module); with KD the teacher's
     head too, chunk by chunk. The teacher's hidden width is whatever its head reads (OPT's ``project_out`` maps
     to ``word_embed_proj_dim``, not ``hidden_size``)."""
@@ -293,7 +300,11 @@ def _chunked_loss(run, x, y, config: TrainConfig) -> torch.Tensor:
     teacher_logits = None
     if run.teacher is not None:
         with torch.no_grad():
-            teacher_hidden = chunked_head.final_hidden(run.teacher, x)
+            if run.teacher_cache is not None:  # another student may have paid for this batch already
+                teacher_hidden = run.teacher_cache.hidden(*where, x.device,
+                                                          lambda: chunked_head.final_hidden(run.teacher, x))
+            else:
+                teacher_hidden = chunked_head.final_hidden(run.teacher, x)
             teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
         head, adapter = run.teacher.get_output_embeddings(), adapter_for(run.teacher.config)
         teacher_logits = lambda rows: adapter.soft_cap(run.teacher.config, head(teacher_hidden[rows]))  # noqa: E731
@@ -324,7 +335,7 @@ def _loop(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, step:
                 offset = (d.rank * plan.grad_accum + micro) * config.micro_batch_size
                 x, y = run.windows.batch(config.data_offset + step, offset, config.micro_batch_size)
                 loss_sum += _micro_step(run, x.to(d.device), y.to(d.device), config, micro == plan.grad_accum - 1,
-                                        1.0 / plan.grad_accum)
+                                        1.0 / plan.grad_accum, (config.data_offset + step, offset))
             (train_loss,) = D.all_sum([loss_sum / plan.grad_accum / d.world], d)
             if not math.isfinite(train_loss):
                 _stop_not_finite(out, f"the loss became {train_loss} at step {step + 1}")

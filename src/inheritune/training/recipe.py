@@ -118,6 +118,9 @@ class TrainConfig(TrainRecipe):
                                         "merged at the end: the model loads without peft); last:K (the last K blocks, "
                                         "the final norm and the head; a head tied to the embeddings trains them too)")
     teacher: str = option("", help="teacher model for knowledge distillation (empty = no KD)")
+    teacher_cache: str = option("", help="KD: keep the teacher's final hidden states of each batch in this folder, so "
+                                         "that other trainings on the same batches (a search's candidates) read them "
+                                         "instead of paying the teacher's forward pass again; exact (one process)")
     kd_alpha: float = option(0.6, help="KD: loss = alpha * CE + (1 - alpha) * KL (paper: 0.6)")
     kd_temperature: float = option(1.0, help="KD temperature (paper: 1)")
     track_attention: int = option(0, low=0, help="every this many steps (and at the end) measure each layer's attention "

@@ -90,7 +90,7 @@ def check_rerun(out: Path, config) -> None:
 
 
 RUN_ENTRIES = ("run.json", "state.json", "state.tmp", "reference", "analysis", "rounds", "baselines", "compare",
-               "report.md", "report.json")
+               "report.md", "report.json", "teacher-cache", "children", "val_loss.png")
 
 
 def open_run_dir(config) -> Path:

@@ -17,6 +17,7 @@ cannot see is how much each candidate would gain from the decay; the finalists a
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 from collections.abc import Callable
@@ -86,15 +87,19 @@ def halving(config: RunConfig, state: State, out: Path, reference: str, layers: 
         entries[name] = {"name": name, "method": method, "heal": heal, "trainable_spec": spec, "folder": folder,
                          "layers": layers, "child_dir": str(child),
                          "before": stages.measure_before(config, child, state, f"child/{folder}/before")}
+    # KD candidates read the same batches at the same steps: the first to reach one pays the teacher's forward
+    # pass, the others read its hidden states back (training/teacher_cache.py)
+    kd_candidates = sum(heal == "kd" for _, heal, _ in candidates.values())
     survivors, record = list(candidates), []
     for number, target in enumerate(rungs, 1):
         scored = {}
         for name in survivors:
             e = entries[name]
+            shared = {"teacher_cache": str(out / "teacher-cache")} if e["heal"] == "kd" and kd_candidates > 1 else {}
             trained = stages.train(config, state, f"search/rung-{number}/{e['folder']}/train", e["child_dir"],
-                                  out / "children" / e["folder"] / "train", steps, stop_after=target,
-                                  schedule="wsd", compile=compiled, **config.heal_args(e["heal"], reference,
-                                                                                       e["trainable_spec"]))
+                                   out / "children" / e["folder"] / "train", steps, stop_after=target,
+                                   schedule="wsd", compile=compiled, **shared,
+                                   **config.heal_args(e["heal"], reference, e["trainable_spec"]))
             e.update(trained)
             e["eval"] = scored[name] = stages.measure(config, name, trained["model_dir"], state,
                                                f"search/rung-{number}/{e['folder']}/eval")
@@ -106,6 +111,7 @@ def halving(config: RunConfig, state: State, out: Path, reference: str, layers: 
                 drop_checkpoints(f"{name} (out at rung {number})", out / "children" / entries[name]["folder"] / "train")
         print(f"rung {number}: {len(scored)} candidates at {rung['tokens']:,} tokens each; kept "
               f"{', '.join(survivors)}", flush=True)
+    shutil.rmtree(out / "teacher-cache", ignore_errors=True)  # every training that could read it is done
     finalists = {name: entries[name] for name in record[-1]["candidates_order"]}
     return finalists, _summary(record, entries, finalists, steps, config)
 

@@ -1,0 +1,77 @@
+"""The KD teacher's forward pass paid once per batch for every student that trains on that batch.
+
+Candidates of one search (or any trainings with the same data, seed, order, batch and windows) read the same
+micro-batch at the same step, so the teacher's final hidden states there are the same for all of them. The
+first training to reach a micro-batch computes them and stores them (``--teacher-cache DIR``); the others read
+them back bit for bit, so every loss is what it would have been. What is kept is the residual stream the
+teacher's head reads (rows x T x d, e.g. 4 x 128 x 576 x 4 bytes = 1.2 MB a micro-batch for SmolLM2), not the
+logits (40 MB at its 49,152-token vocabulary): the head's matmul, about a fifth of SmolLM2's forward FLOPs, is
+still paid by each student, chunk by chunk as the loss needs it.
+
+A cache is a folder per setting that shapes the batches and the teacher (its hash names the folder), one
+``.npy`` per micro-batch, written under a temporary name and renamed, so a kill never leaves half an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inheritune.utils.errors import staging_name, writing
+
+KEYS = ("teacher", "teacher_fingerprint", "data", "data_fingerprint", "seq_len", "micro_batch_size", "seed",
+        "data_order", "data_offset", "bos_windows", "dtype", "tokens_per_step")
+
+
+def files_fingerprint(model: str) -> str:
+    """Names, sizes and modification times of a model folder's files (or a file's): a teacher whose weights were
+    replaced under the same path gets a cache of its own, without hashing gigabytes."""
+    path = Path(model)
+    files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.exists() else []
+    listing = [(str(f.relative_to(path) if path.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns)
+               for f in files if f.is_file()]
+    return hashlib.sha256(json.dumps([str(model), listing]).encode()).hexdigest()
+
+
+class TeacherCache:
+    def __init__(self, root: str | Path, setting: dict):
+        identity = json.dumps({k: setting.get(k) for k in KEYS}, sort_keys=True, default=str)
+        self.folder = Path(root) / hashlib.sha256(identity.encode()).hexdigest()[:16]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "setting.json").write_text(identity)
+        self.hits = self.misses = 0
+
+    def _path(self, step: int, offset: int, bf16: bool) -> Path:
+        return self.folder / f"step-{step:07d}-row-{offset:05d}{'-bf16' if bf16 else ''}.npy"
+
+    def hidden(self, step: int, offset: int, device: torch.device, compute) -> torch.Tensor:
+        """The teacher's final hidden states for this micro-batch: read back (bit for bit, in their own dtype),
+        or ``compute()``d and stored."""
+        for bf16 in (False, True):
+            path = self._path(step, offset, bf16)
+            if path.is_file():
+                try:
+                    stored = torch.from_numpy(np.load(path, allow_pickle=False))
+                except (OSError, ValueError):  # damaged: computed again below and replaced
+                    break
+                self.hits += 1
+                return (stored.view(torch.bfloat16) if bf16 else stored).to(device)
+        hidden = compute()
+        self.misses += 1
+        bf16 = hidden.dtype == torch.bfloat16
+        path = self._path(step, offset, bf16)
+        tmp = staging_name(path)
+        try:
+            with writing("the teacher cache", path, hidden.numel() * hidden.element_size()):
+                with open(tmp, "wb") as handle:  # bfloat16 has no numpy type: its bits are kept as int16
+                    np.save(handle, (hidden.view(torch.int16) if bf16 else hidden).detach().cpu().numpy(),
+                            allow_pickle=False)
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return hidden
