@@ -181,3 +181,31 @@ def test_run_select_grows_children_of_the_blocks_inherit_select_keeps(analysed, 
         run(from_dict(RunConfig, {**settings, "select": "first"}))
     with pytest.raises(UserError, match="METHOD:K with METHOD one of"):
         from_dict(RunConfig, {**settings, "select": "best"})
+
+
+def test_loss_and_sleb_from_a_report_that_carries_the_calibration(analysed, tmp_path, dataset):
+    """The measurement written into an analysis report (as analyze writes it) is what inherit --from-report reads:
+    a block that leaves the stream unchanged costs nothing to remove (in a random model other removals may even lower
+    the loss), and the measured losses and SLEB's order decide what is kept."""
+    from inheritune.analysis.calibration import measure_removals, report_fields
+    from inheritune.data.dataset import TokenData
+
+    reference, report = analysed
+    measured = measure_removals(_constructed_gpt2(), TokenData(dataset), windows=4, seq_len=16, sleb=True)
+    deltas = [measured["removal_loss"][l] - measured["reference_loss"] for l in range(8)]
+    assert max(abs(deltas[l]) for l in IDENTITY) < 1e-6 < min(abs(deltas[l]) for l in (0, 1, QUIET, LAZY, 7))
+    full = json.loads(report.read_text())
+    rows, fields = report_fields(measured)
+    for row, extra in zip(full["models"][0]["layers"], rows):
+        row.update(extra)
+    full["models"][0].update(fields)
+    with_calibration = tmp_path / "report-calibrated.json"
+    with_calibration.write_text(json.dumps(full))
+    for select, expected in (("sleb:4", sorted(measured["sleb"]["order"][4:] + [measured["sleb"]["last"]])),
+                             ("loss:4", sorted(sorted(range(8), key=lambda l: -deltas[l])[:4]))):
+        child = inherit(InheritConfig(reference=str(reference), from_report=str(with_calibration), select=select,
+                                      out=str(tmp_path / select.replace(":", "-"))))
+        record = json.loads((child / "inheritune.json").read_text())
+        assert record["layers"] == record["selection"]["layers"] == expected
+        assert "4 windows of 16 tokens of the train split" in record["selection"]["reason"]
+        assert record["selection"]["reason"] in (child / "README.md").read_text()

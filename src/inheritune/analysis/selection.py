@@ -10,7 +10,14 @@
   Ineffectiveness of the Deeper Layers", 2024);
 - ``drop-lazy``: drop the blocks the report measured as lazy (rank-1 attention), then the blocks of lowest
   Block Influence among the rest until K remain (when more than L - K are lazy: the lazy ones of lowest BI);
-- ``spread``: K evenly spaced blocks from the first to the last (the DistilBERT-style initialisation).
+- ``spread``: K evenly spaced blocks from the first to the last (the DistilBERT-style initialisation);
+- ``loss``: the K blocks whose single removal raises the calibration loss most (Shortened LLaMA's one-shot PPL
+  criterion, Kim et al. 2024);
+- ``sleb``: the K blocks SLEB's iterative elimination keeps (Song et al., ICML 2024): it removed, one at a time,
+  the block whose removal raised the calibration loss least, measuring again after each removal.
+
+``loss`` and ``sleb`` read what ``analysis.calibration.measure_removals`` measured, stored in the report by
+``calibration.report_fields``: ``removal_loss`` in each layer row, ``calibration`` and ``sleb`` in the model entry.
 
 Each choice comes back with the list and a sentence saying why, which ``inherit`` writes into
 ``inheritune.json`` and the model card.
@@ -23,8 +30,11 @@ from pathlib import Path
 
 from inheritune.utils.errors import UserError
 
-METHODS = ("first", "bi", "angular", "drop-lazy", "spread")
-NEEDS_REPORT = ("bi", "angular", "drop-lazy")
+METHODS = ("first", "bi", "angular", "drop-lazy", "spread", "loss", "sleb")
+NEEDS_REPORT = ("bi", "angular", "drop-lazy", "loss", "sleb")
+MEASURED = ("loss", "sleb")  # chosen from calibration losses, which inherit can also measure on the spot
+HOW_TO_MEASURE = ("measure them on the spot with inherit --data DATASET, or analyse the reference with its "
+                  "calibration measurement")
 
 
 def parse_select(text: str) -> tuple[str, int]:
@@ -60,6 +70,9 @@ def select_layers(method: str, k: int, n_layers: int, report: dict | None = None
         raise UserError(f"cannot keep {k} blocks of a reference with {n_layers}")
     if report is not None and len(report["layers"]) != n_layers:
         raise UserError(f"the report analyses {len(report['layers'])} layers, the reference has {n_layers}")
+    if method in MEASURED and report is None:
+        raise UserError(f"--select {method}:{k} chooses from calibration losses: pass the reference's analysis "
+                        f"report with --from-report, or {HOW_TO_MEASURE}")
     if method in NEEDS_REPORT and report is None:
         raise UserError(f"--select {method}:{k} chooses from a measurement: pass the reference's analysis report "
                         "with --from-report")
@@ -72,8 +85,12 @@ def select_layers(method: str, k: int, n_layers: int, report: dict | None = None
         layers, reason = _by_block_influence(report, k)
     elif method == "angular":
         layers, reason = _angular(report, k, n_layers)
-    else:
+    elif method == "drop-lazy":
         layers, reason = _drop_lazy(report, k, n_layers)
+    elif method == "loss":
+        layers, reason = _by_removal_loss(report, k)
+    else:
+        layers, reason = _sleb(report, k, n_layers)
     return {"method": method, "k": k, "layers": layers, "reason": reason}
 
 
@@ -125,6 +142,49 @@ def _drop_lazy(report: dict, k: int, n_layers: int) -> tuple[list[int], str]:
         why = (f"drops the lazy blocks ({ranges(lazy) or 'none measured'}), then {ranges(sorted(extra)) or 'none'}, "
                "the remaining blocks of lowest Block Influence")
     return [l for l in range(n_layers) if l not in dropped], why
+
+
+def _calibration(report: dict) -> str:
+    record = report.get("calibration") or {}
+    fingerprint = str(record.get("fingerprint") or "?")[:12]
+    return (f"calibration: {record.get('windows', '?')} windows of {record.get('seq_len', '?')} tokens of the "
+            f"{record.get('split', 'train')} split of {record.get('data', '?')} (fingerprint {fingerprint}, seed "
+            f"{record.get('seed', '?')}{', BOS windows' if record.get('bos_windows') else ''})")
+
+
+def _by_removal_loss(report: dict, k: int) -> tuple[list[int], str]:
+    # Ties in removal loss drop the later block (keep the earlier), as bi does.
+    losses = [layer.get("removal_loss") for layer in report["layers"]]
+    if not all(isinstance(v, (int, float)) for v in losses):
+        raise UserError(f"--select loss needs the loss of the reference with each block removed, which the report "
+                        f"does not hold: {HOW_TO_MEASURE}")
+    reference = (report.get("calibration") or {}).get("reference_loss")
+    base = float(reference) if isinstance(reference, (int, float)) else min(losses)
+    keep = sorted(sorted(range(len(losses)), key=lambda l: (-losses[l], l))[:k])
+    dropped = [l for l in range(len(losses)) if l not in keep]
+    kept = ", ".join(f"{l} ({losses[l] - base:+.4f})" for l in keep)
+    return keep, (f"the {k} blocks whose single removal raises the calibration loss most (Shortened LLaMA's one-shot "
+                  f"criterion; {base:.4f} nats with every block): removing one of them raises it by (nats) {kept}; "
+                  f"drops {ranges(dropped) or 'none'}, each raising it by at most "
+                  f"{max((losses[l] - base for l in dropped), default=0):+.4f}; {_calibration(report)}")
+
+
+def _sleb(report: dict, k: int, n_layers: int) -> tuple[list[int], str]:
+    record = report.get("sleb") or {}
+    order, losses = record.get("order"), record.get("losses")
+    if not isinstance(order, list) or not isinstance(losses, list) or len(order) != n_layers - 1 or \
+            sorted(order + [record.get("last")]) != list(range(n_layers)):
+        raise UserError(f"--select sleb needs SLEB's order of removal, which the report does not hold: "
+                        f"{HOW_TO_MEASURE} (with SLEB)")
+    n = n_layers - k
+    dropped, later = order[:n], order[n:] + [record["last"]]
+    keep = sorted(later)
+    if n == 0:
+        return keep, f"all blocks (nothing to drop); SLEB would remove {', '.join(map(str, later))} in that order"
+    return keep, (f"SLEB's iterative elimination removed blocks {', '.join(map(str, dropped))} in that order, each "
+                  f"the block whose removal raised the calibration loss least at its step (to {losses[n - 1]:.4f} "
+                  f"nats after the last); the {k} kept blocks raise it more, and it would remove them next in the "
+                  f"order {', '.join(map(str, later))}; {_calibration(report)}")
 
 
 def ranges(indices: list[int]) -> str:
