@@ -107,3 +107,21 @@ def fill_disk(folder, leave: int = 0) -> None:
             except OSError:
                 break
             remaining -= chunk
+
+
+def small_reference(tmp_path, text_dir, tokenizer, layers: int = 4, context: int = 64):
+    """(dataset, reference dir): the twenty documents prepared with GPT-2's tokenizer, and a small Llama whose
+    weights look trained (families.trained_like) saved with that tokenizer: what the run tests cut and grow."""
+    from families import trained_like
+    from transformers import LlamaConfig
+
+    from inheritune.data.dataset import PrepareConfig, prepare
+
+    data = prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer="gpt2",
+                                 val_fraction=0.2), progress=False)
+    config = LlamaConfig(num_hidden_layers=layers, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=50257, tie_word_embeddings=True,
+                         max_position_embeddings=context)
+    trained_like(config, seed=1).save_pretrained(tmp_path / "ref")
+    tokenizer.save_pretrained(tmp_path / "ref")
+    return data, tmp_path / "ref"

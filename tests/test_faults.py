@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fill_disk
+from conftest import fill_disk, small_reference
 from inheritune.train import TrainConfig, train
 from inheritune.training.checkpoint import checksum_file, payload_bytes, save_checkpoint
 from inheritune.utils.errors import UserError
@@ -219,29 +219,14 @@ def test_a_dataset_whose_tokenizer_changed_since_it_was_prepared_is_refused(data
 
 @pytest.fixture
 def reference_setup(tmp_path, text_dir, gpt2_tokenizer):
-    from families import trained_like
-    from transformers import LlamaConfig
-
-    from inheritune.data.dataset import PrepareConfig, prepare
-
-    data = prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer="gpt2",
-                                 val_fraction=0.2), progress=False)
-    config = LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=50257, tie_word_embeddings=True, max_position_embeddings=128)
-    reference = trained_like(config, seed=1)
-    reference.save_pretrained(tmp_path / "ref")
-    gpt2_tokenizer.save_pretrained(tmp_path / "ref")
-    return data, tmp_path / "ref"
+    return small_reference(tmp_path, text_dir, gpt2_tokenizer, layers=4, context=128)
 
 
 def _run_config(data, ref, out, **kw):
-    from inheritune.run import RunConfig
-    from inheritune.utils.config import from_dict
+    """test_run's settings, one round: every stage of a run in seconds."""
+    from test_run import _config
 
-    base = dict(reference=str(ref), data=str(data), out=str(out), start="2", step=2, max_rounds=1, steps=3,
-                seq_len=16, micro_batch_size=4, eval_windows=8, eval_interval=0, lr=1e-3, analyze_n=4, analyze_t=16,
-                compare_analysis=False, progress=False, device="cpu")
-    return from_dict(RunConfig, {**base, **kw})
+    return _config(data, ref, out, **{"max_rounds": 1, **kw})
 
 
 def test_run_refuses_a_reference_whose_val_loss_is_not_finite(reference_setup, tmp_path):

@@ -7,11 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import small_reference
 import torch
 
 from inheritune.analysis.verdict import reference_check, warning_text
 from inheritune.cli import main
-from inheritune.data.dataset import PrepareConfig, prepare
+from inheritune.data.dataset import PrepareConfig
 from inheritune.run import RunConfig, run
 from inheritune.train import train
 from inheritune.training.recipe import TrainConfig
@@ -175,16 +176,7 @@ def test_a_verdict_whose_reference_could_not_be_checked_says_so():
 # ----------------------------------------------------------------------------------------------------- run
 @pytest.fixture
 def setup(tmp_path, text_dir, gpt2_tokenizer):
-    from families import trained_like
-    from transformers import LlamaConfig
-
-    data = prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer="gpt2",
-                                 val_fraction=0.2), progress=False)
-    config = LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=50257, tie_word_embeddings=True, max_position_embeddings=64)
-    trained_like(config, seed=1).save_pretrained(tmp_path / "ref")
-    gpt2_tokenizer.save_pretrained(tmp_path / "ref")
-    return data, tmp_path / "ref"
+    return small_reference(tmp_path, text_dir, gpt2_tokenizer, layers=4, context=64)
 
 
 def _run_config(data, ref, out, **kw):

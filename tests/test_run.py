@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import small_reference
 import torch
-from families import trained_like
 from safetensors.torch import load_file
 
-from inheritune.data.dataset import PrepareConfig, prepare
 from inheritune.run import RunConfig, run
 from inheritune.utils.config import from_dict
 from inheritune.utils.errors import UserError
@@ -19,16 +18,7 @@ from inheritune.utils.errors import UserError
 
 @pytest.fixture
 def setup(tmp_path, text_dir, gpt2_tokenizer):
-    from transformers import LlamaConfig
-
-    data = prepare(PrepareConfig(input=[str(text_dir)], out=str(tmp_path / "ds"), tokenizer="gpt2",
-                                 val_fraction=0.2), progress=False)
-    config = LlamaConfig(num_hidden_layers=6, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=50257, tie_word_embeddings=True, max_position_embeddings=128)
-    reference = trained_like(config, seed=1)
-    reference.save_pretrained(tmp_path / "ref")
-    gpt2_tokenizer.save_pretrained(tmp_path / "ref")
-    return data, tmp_path / "ref"
+    return small_reference(tmp_path, text_dir, gpt2_tokenizer, layers=6, context=128)
 
 
 def _config(data, ref, out, **kw):
