@@ -183,8 +183,8 @@ def _sleb(report: dict, k: int, n_layers: int) -> tuple[list[int], str]:
         return keep, f"all blocks (nothing to drop); SLEB would remove {', '.join(map(str, later))} in that order"
     return keep, (f"SLEB's iterative elimination removed blocks {', '.join(map(str, dropped))} in that order, each "
                   f"the block whose removal raised the calibration loss least at its step (to {losses[n - 1]:.4f} "
-                  f"nats after the last); the {k} kept blocks raise it more, and it would remove them next in the "
-                  f"order {', '.join(map(str, later))}; {_calibration(report)}")
+                  f"nats after the last); at every step each of the {k} kept blocks raised it more, and it would "
+                  f"remove them next in the order {', '.join(map(str, later))}; {_calibration(report)}")
 
 
 def ranges(indices: list[int]) -> str:
