@@ -171,3 +171,36 @@ def test_a_report_without_measurements_is_refused_in_one_line(method):
     assert "\n" not in str(caught.value)
     with pytest.raises(UserError, match="--from-report, or measure them on the spot"):
         select_layers(method, 2, 4, None)
+
+
+def test_inherit_run_and_analyze_choose_by_measured_loss(tmp_path, text_dir, gpt2_tokenizer):
+    """inherit --select loss/sleb --data measures on the spot, analyze --removal records the same measurement for
+    --from-report, and run --select loss sleb measures once and keeps the blocks the measurement names."""
+    import json
+
+    from conftest import small_reference
+    from test_faults import _run_config
+
+    from inheritune.analysis.attention import AnalyzeConfig
+    from inheritune.analyze import analyze
+    from inheritune.inherit import InheritConfig, inherit
+    from inheritune.run import run
+
+    data, ref = small_reference(tmp_path, text_dir, gpt2_tokenizer, layers=4, context=128)
+    spot = inherit(InheritConfig(reference=str(ref), out=str(tmp_path / "spot"), select="sleb:2", data=str(data)))
+    chosen = json.loads((spot / "inheritune.json").read_text())["selection"]
+    assert chosen["method"] == "sleb" and chosen["calibration"]["split"] == "train"
+    report = analyze(AnalyzeConfig(model=str(ref), data=str(data), out=str(tmp_path / "analysis"), n=4, t=16,
+                                   removal="sleb", progress=False))
+    entry = report["models"][0]
+    assert entry["sleb"]["order"] and all("removal_loss" in row for row in entry["layers"])
+    assert "removal_loss" in (tmp_path / "analysis" / "layers.csv").read_text().splitlines()[0]
+    again = inherit(InheritConfig(reference=str(ref), out=str(tmp_path / "again"), select="sleb:2",
+                                  from_report=str(tmp_path / "analysis" / "report.json")))
+    kept = json.loads((again / "inheritune.json").read_text())["selection"]
+    assert kept["layers"] == chosen["layers"] == sorted(set(range(4)) - set(entry["sleb"]["order"][:2]))
+    by_loss = sorted(sorted(range(4), key=lambda i: -entry["layers"][i]["removal_loss"])[:2])
+    found = run(_run_config(data, ref, tmp_path / "run", select=["loss", "sleb"], baselines=[], steps=2))
+    children = {r["model"]: r for r in found["rows"]}
+    assert json.loads((tmp_path / "run" / "children" / "loss-ce" / "child" / "inheritune.json").read_text())[
+        "layers"] == by_loss and "child loss" in children and "child sleb" in children

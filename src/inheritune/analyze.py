@@ -22,6 +22,7 @@ from inheritune.analysis.attention import (
     summarize,
     with_bos,
 )
+from inheritune.analysis.calibration import measure_removals, report_fields
 from inheritune.analysis.plots import draw_analysis
 from inheritune.data.dataset import TokenData
 from inheritune.data.windows import check_ids
@@ -98,6 +99,26 @@ def _analyze_one(name: str, model, tokenizer, sequences, config, progress) -> di
             "_rank_matrix": raw["rank_mean"][..., 0], "_rank_std": raw["rank_std"][..., 0]}
 
 
+def _measure_removal(main: dict, model, config: AnalyzeConfig, progress: bool) -> None:
+    """--removal: each block's removal loss (and SLEB's order) on calibration windows of the dataset's train split,
+    merged into the layer rows (layers.csv, report.json) and the model's entry, where inherit --select loss/sleb
+    --from-report reads them."""
+    if not (config.data and (Path(config.data) / "meta.json").is_file()):
+        raise UserError("--removal measures on a prepared dataset's train split: give --data a dataset made by "
+                        "'inheritune data prepare'")
+    measured = measure_removals(model, TokenData(config.data), config.calibration_windows, config.calibration_t,
+                                config.seed, config.bos_windows, config.device, sleb=config.removal == "sleb",
+                                progress=progress)
+    rows, fields = report_fields(measured)
+    for row, extra in zip(main["layers"], rows):
+        row.update(extra)
+    main.update(fields)
+    cost = measured["calibration"]
+    print(f"block removal on {cost['windows']} x {cost['seq_len']} calibration tokens: {cost['full_passes']:.1f} full "
+          f"passes, {cost['seconds']:.0f} s" + (f"; SLEB removes {', '.join(map(str, measured['sleb']['order']))}"
+                                               if "sleb" in measured else ""), flush=True)
+
+
 def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | None = None) -> dict:
     """Analyse ``config.model`` (or a given model object with its tokenizer); write the report if ``out``.
     ``progress`` overrides ``config.progress``."""
@@ -125,6 +146,8 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
     check_ids(sequences, model.get_input_embeddings().num_embeddings, source)
     main = _analyze_one(config.model or type(model).__name__, model, tokenizer, sequences, config, progress)
     main["recommendation"] = recommend(main["layers"], config)
+    if config.removal != "none":
+        _measure_removal(main, model, config, progress)
     results = [main]
     if config.compare:
         other, other_tokenizer = load_model(config.compare, dtype=config.dtype, device=config.device,

@@ -17,10 +17,13 @@ from pathlib import Path
 import torch
 
 from inheritune import __version__
-from inheritune.analysis.selection import NEEDS_REPORT, parse_select, read_report_model, select_layers
+from inheritune.analysis.calibration import DEFAULT_SEQ_LEN, DEFAULT_WINDOWS, as_report, measure_removals
+from inheritune.analysis.scoring import check_tokenizer_matches
+from inheritune.analysis.selection import MEASURED, NEEDS_REPORT, parse_select, read_report_model, select_layers
 from inheritune.assets.sources import resolve_model_path
+from inheritune.data.dataset import TokenData
 from inheritune.models.architectures import Adapter, adapter_for
-from inheritune.models.loading import parse_dtype
+from inheritune.models.loading import load_model, parse_dtype
 from inheritune.models.weights import open_reference
 from inheritune.utils.cards import child_card, write_card
 from inheritune.utils.config import option, to_dict
@@ -50,8 +53,15 @@ class InheritConfig:
                                        "k, or the blocks --select chooses from its measurements)")
     select: str = option("", help="METHOD:K, which K blocks to keep: first (Inheritune), bi (highest Block "
                                   "Influence: ShortGPT), angular (drop the span closest in angle: Gromov et al.), "
-                                  "drop-lazy (drop the lazy blocks, then lowest BI), spread (evenly spaced); all but "
-                                  "first and spread need --from-report")
+                                  "drop-lazy (drop the lazy blocks, then lowest BI), spread (evenly spaced), loss "
+                                  "(the K whose single removal raises the loss most: Shortened LLaMA), sleb (what "
+                                  "SLEB's iterative elimination leaves); bi, angular and drop-lazy need --from-report, "
+                                  "loss and sleb --from-report or --data")
+    data: str = option("", help="--select loss:K or sleb:K without a report that measured them: measure on the spot "
+                                "on calibration windows of this prepared dataset's train split")
+    calibration_windows: int = option(DEFAULT_WINDOWS, low=1, help="--data: calibration windows (SLEB on 30 blocks "
+                                                                   "makes about 165 passes over them)")
+    calibration_t: int = option(DEFAULT_SEQ_LEN, low=2, help="--data: tokens per calibration window")
     init: str = option("inherit", help="inherit | random | stacking | hybrid-stacking | half-width | distil")
     copy: str = option("full", help="what inherited blocks bring: full | authors (fresh positional embeddings and "
                                     "final norm) | attention | mlp | attention-mlp (no norms)")
@@ -72,7 +82,7 @@ class InheritConfig:
             raise UserError(f"give either --layers or {'--select' if self.select else '--from-report'}, not both")
         if self.select:
             method, k = parse_select(self.select)
-            if method in NEEDS_REPORT and not self.from_report:
+            if method in NEEDS_REPORT and not self.from_report and not (method in MEASURED and self.data):
                 raise UserError(f"--select {self.select} chooses from a measurement: pass the reference's analysis "
                                 "report with --from-report (made by 'inheritune analyze')")
             if self.init in INITS_WITHOUT_SELECTION:
@@ -176,7 +186,27 @@ def selection_of(config: InheritConfig, n_layers: int) -> dict | None:
         return None
     method, k = parse_select(config.select)
     report = read_report_model(config.from_report) if config.from_report else None
-    return {**select_layers(method, k, n_layers, report), "report": config.from_report or None}
+    if method in MEASURED and config.data and (report is None or "calibration" not in report or
+                                               (method == "sleb" and "sleb" not in report)):
+        report = as_report(_measure_on_the_spot(config, method == "sleb"))
+    chosen = select_layers(method, k, n_layers, report)
+    if method in MEASURED:
+        chosen["calibration"] = report["calibration"]
+    return {**chosen, "report": config.from_report or None}
+
+
+def _measure_on_the_spot(config: InheritConfig, sleb: bool) -> dict:
+    """The reference's loss without each block (and SLEB's order) on calibration windows of --data's train split."""
+    data = TokenData(config.data)
+    model, tokenizer = load_model(config.reference, trust_remote_code=config.trust_remote_code)
+    if tokenizer is not None:
+        check_tokenizer_matches(tokenizer, data, config.reference)
+    measured = measure_removals(model, data, config.calibration_windows, config.calibration_t, config.seed,
+                                sleb=sleb, progress=True)
+    cost = measured["calibration"]
+    print(f"block removal on {cost['windows']} x {cost['seq_len']} calibration tokens: {cost['full_passes']:.1f} full "
+          f"passes, {cost['seconds']:.0f} s", flush=True)
+    return measured
 
 
 def choose_layers(config: InheritConfig, n_layers: int, selection: dict | None = None) -> list[int]:
@@ -334,7 +364,7 @@ def inherit(config: InheritConfig) -> Path:
         raise UserError(f"--out {out} is a file, not a directory")
     path, gguf = resolve_model_path(config.reference)
     refuse_over_inputs(out, [("the reference", Path(path) / gguf if gguf else path),
-                             ("--from-report", config.from_report)])
+                             ("--from-report", config.from_report), ("--data", config.data)])
     remove_stale_staging(out.parent)  # what a killed inherit left (.NAME.tmp-PID)
     replacing = holds_own_kind(out, CHILD, "inherit")  # never a model it did not cut, a run, a user's files
     if replacing and not config.overwrite:

@@ -258,10 +258,13 @@ def _choose_start(config: RunConfig, state: State, out: Path, reference: str, n_
 
 
 def _analyze_reference(config: RunConfig, reference: str, out: Path) -> dict:
-    """The run's one analysis of the reference (out/analysis), in the windows its training uses."""
+    """The run's one analysis of the reference (out/analysis), in the windows its training uses; with --select
+    loss or sleb it measures each block's removal too (once per run: every round and child reads it there)."""
+    removal = "sleb" if "sleb" in config.select else "loss" if "loss" in config.select else "none"
     return analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"), n=config.analyze_n,
                                  t=config.analyze_t, device=_device(config), overwrite=True,
-                                 progress=config.train.progress, bos_windows=config.train.bos_windows))
+                                 progress=config.train.progress, bos_windows=config.train.bos_windows,
+                                 removal=removal))
 
 
 def _selection_report(config: RunConfig, state: State, out: Path, reference: str) -> str:

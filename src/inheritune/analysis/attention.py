@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from inheritune.analysis import metrics
+from inheritune.analysis.calibration import DEFAULT_SEQ_LEN, DEFAULT_WINDOWS
 from inheritune.analysis.scoring import check_tokenizer_matches
 from inheritune.analysis.selection import ranges
 from inheritune.data.dataset import TokenData
@@ -57,6 +58,12 @@ class AnalyzeConfig:
                                    "recommendation; the paper's group laziness: floor(AvgRank) = 1)")
     map_layers: list[int] = option([], help="layers whose attention maps are drawn (default: first, middle, "
                                            "laziest, last)")
+    removal: str = option("none", help="also measure each block's removal on calibration windows of --data's train "
+                                       "split (what inherit --select loss/sleb choose from): loss (the loss without "
+                                       "each block, about L/2 passes), sleb (SLEB's iterative elimination too, several "
+                                       "hundred passes on 30 blocks); none (default) keeps analyze as fast as before")
+    calibration_windows: int = option(DEFAULT_WINDOWS, low=1, help="--removal: calibration windows")
+    calibration_t: int = option(DEFAULT_SEQ_LEN, low=2, help="--removal: tokens per calibration window")
     compare: str = option("", help="a second model analysed on the same sequences and drawn on the same axes")
     trust_remote_code: bool = option(False, help="allow model code from the model directory")
     overwrite: bool = option(False, help="replace results in --out that are about another model")
@@ -64,6 +71,8 @@ class AnalyzeConfig:
 
     def __post_init__(self):
         self.device = resolve_device(self.device)
+        if self.removal not in ("none", "loss", "sleb"):
+            raise UserError(f"removal must be none, loss or sleb, not {self.removal!r}")
         if self.lazy_run < 1:
             raise UserError(f"lazy_run must be >= 1, got {self.lazy_run}")
         if self.lens_sequences < 0 or any(i < 0 for i in self.map_layers):
