@@ -260,3 +260,18 @@ def test_compile_auto_is_decided_once_for_every_child_of_a_side_by_side_run(refe
     assert json.loads((out / "state.json").read_text())["compile"] == "off"
     run_module.run(_run_config(data, ref, out, heal=["ce", "kd"], baselines=[]))  # re-entered: not asked again
     assert len(asked) == 1
+
+
+def test_resume_never_clears_a_folder_that_keeps_branches(dataset, tmp_path):
+    """A main line left without a checkpoint by --resume-from a kept branch, then a kill before its next one:
+    --resume must refuse and keep abandoned/, not start over (which would delete the branches)."""
+    out = tmp_path / "run"
+    train(_config(dataset, out, max_steps=12, checkpoint_interval=4))
+    train(_config(dataset, out, max_steps=12, checkpoint_interval=4, resume_from=str(out / "ckpt-0000008.pt")))
+    for ckpt in out.glob("ckpt-*.pt"):  # as if the resumed line died before writing its next checkpoint
+        ckpt.unlink()
+    shutil.rmtree(out / "final")
+    kept = sorted(p.relative_to(out).as_posix() for p in (out / "abandoned").rglob("*"))
+    with pytest.raises(UserError, match=r"nothing to resume .*keeps abandoned.*--resume-from"):
+        train(_config(dataset, out, max_steps=12, checkpoint_interval=4, resume=True))
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "abandoned").rglob("*")) == kept and kept

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from test_faults import _run_config, reference_setup  # noqa: F401 (a fixture)
 
-from inheritune.training.search import check_schedule, rung_steps
+from inheritune.training.runconfig import check_schedule, rung_steps
 from inheritune.utils.errors import UserError
 
 
@@ -24,15 +24,20 @@ def test_rungs_divide_the_budget_by_eta_until_the_finalists_train_it_all():
 
 
 def test_a_schedule_that_would_score_a_rung_mid_decay_or_mid_warmup_is_refused(tmp_path):
-    config = _run_config(tmp_path, tmp_path, tmp_path / "run", select=["first", "spread"], heal=["ce", "kd"],
-                         search="halving", steps=20, decay_fraction=0.6)
+    config = _run_config(tmp_path, tmp_path, tmp_path / "run", steps=20, decay_fraction=0.6)
     with pytest.raises(UserError, match=r"starts the decay at step 8, before the last rung begins \(step 10\)"):
         check_schedule(config, rung_steps(4, 2, 20), 20)
-    config = _run_config(tmp_path, tmp_path, tmp_path / "run", search="halving", steps=20, warmup_steps=12)
+    config = _run_config(tmp_path, tmp_path, tmp_path / "run", steps=20, warmup_steps=12)
     with pytest.raises(UserError, match=r"warmup \(12 steps\) must end before the first rung"):
         check_schedule(config, rung_steps(4, 2, 20), 20)
     with pytest.raises(UserError, match="too short for 5 rungs"):
         check_schedule(config, rung_steps(20, 2, 8), 8)
+    # refused when the run's config is made, before any reference is measured
+    with pytest.raises(UserError, match="starts the decay at step 8"):
+        _run_config(tmp_path, tmp_path, tmp_path / "run", select=["first", "spread"], heal=["ce", "kd"],
+                    search="halving", steps=20, decay_fraction=0.6)
+    with pytest.raises(UserError, match="needs at least two candidates"):
+        _run_config(tmp_path, tmp_path, tmp_path / "run", search="halving", steps=20)
 
 
 SEARCH = dict(select=["first", "spread"], heal=["ce", "kd"], search="halving", steps=8, baselines=[])

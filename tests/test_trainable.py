@@ -39,9 +39,15 @@ def test_training_flops_by_hand():
     model = _model()
     assert training_flops_per_token(model, T) == 6 * n + 12 * 3 * 16 * T  # all: the usual 6 N + 12 L d T
     apply_trainable(model, "last:1")
+    # tied: the head is the embeddings, which learn, so the gradient runs back through every block; only the
+    # frozen blocks' weight gradients are saved
+    trained = block + norms + head
+    assert training_flops_per_token(model, T) == 2 * n + 3 * attention + 2 * n + 6 * attention + 2 * trained
+    untied = _model(tied=False)  # the head is its own 1600 weights; the embeddings are a lookup and stay frozen
+    apply_trainable(untied, "last:1")
     # forward everywhere; activation gradients through block 2, the norm and the head; weight gradients there too
     path = block + norms + head
-    assert training_flops_per_token(model, T) == 2 * n + 3 * attention + 2 * path + 2 * attention + 2 * path
+    assert training_flops_per_token(untied, T) == 2 * n + 3 * attention + 2 * path + 2 * attention + 2 * path
     lora = _model()
     apply_trainable(lora, "lora", rank=2)
     # rank 2 on q, k, v, o, gate, up, down: 2 x (in + out) each

@@ -62,7 +62,7 @@ def check_out(config: AnalyzeConfig, model) -> bool:
     out = Path(config.out)
     model_place = config.model if Path(config.model).exists() else model.name_or_path  # a built-in: the cache
     refuse_over_inputs(out, [("the model", model_place), ("--compare", config.compare), ("--data", config.data)])
-    remove_stale_staging(out.parent)
+    remove_stale_staging(out.parent, [out.name])
     replacing = holds_own_kind(out, ANALYSIS, "analyze")
     check_output_dir(out, "report.json", "model", config.model, config.overwrite)
     return replacing

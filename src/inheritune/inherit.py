@@ -365,7 +365,7 @@ def inherit(config: InheritConfig) -> Path:
     path, gguf = resolve_model_path(config.reference)
     refuse_over_inputs(out, [("the reference", Path(path) / gguf if gguf else path),
                              ("--from-report", config.from_report), ("--data", config.data)])
-    remove_stale_staging(out.parent)  # what a killed inherit left (.NAME.tmp-PID)
+    remove_stale_staging(out.parent, [out.name])  # what a killed inherit left (.NAME.tmp-PID)
     replacing = holds_own_kind(out, CHILD, "inherit")  # never a model it did not cut, a run, a user's files
     if replacing and not config.overwrite:
         raise UserError(f"{out} already holds a child made by inherit; pass --overwrite to replace it")

@@ -213,6 +213,7 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
     if config.teacher_cache and teacher is not None and chunked:  # the plain path keeps the teacher's logits whole
         cache = TeacherCache(config.teacher_cache, {**to_dict(config), **plan.facts(),
                                                     "teacher_fingerprint": files_fingerprint(config.teacher),
+                                                    "device_type": d.device.type,
                                                     "data_fingerprint": data.meta.get("fingerprint")})
     return SimpleNamespace(
         raw=model, peft=peft, trainable=trainable, model=wrapped, forward=torch.compile(body) if compiled else body,

@@ -128,7 +128,9 @@ def search_section(search: dict) -> list[str]:
     fraction = search["fraction_of_grid"]
     lines += [f"**Search winner: {search['winner']}.** The search spent {search['training_flops']:.3g} training "
               f"FLOPs; training every candidate to the full budget would spend {search['grid_training_flops']:.3g}"
-              + (f" (the search: {fraction:.0%} of that)." if fraction else "."), ""]
+              + (f" (the search: {fraction:.0%} of that)." if fraction else ".")
+              + " Both count each KD candidate's teacher forward pass, also where the search's teacher cache let a "
+                "candidate read it instead of computing it, so the search's own compute was lower still.", ""]
     return lines
 
 

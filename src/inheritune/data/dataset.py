@@ -176,7 +176,7 @@ def prepare(config: PrepareConfig, progress: bool | None = None) -> Path:
     refuse_over_inputs(out, [("--input", path) for path in config.input] +
                        [("--train-extra", path) for path in config.train_extra] +
                        [("--tokenizer", path) for path in named])
-    remove_stale_staging(out.parent)  # what a killed prepare left: never mistaken for a dataset, never kept
+    remove_stale_staging(out.parent, [out.name])  # what a killed prepare left: never mistaken for a dataset
     replacing = holds_own_kind(out, DATASET, "data prepare")
     tokenizer = None
     if not config.train_tokenizer:
@@ -349,7 +349,7 @@ def write_token_dataset(out: Path, train: np.ndarray, val: np.ndarray, vocab_siz
     out = Path(out)
     holds_own_kind(out, DATASET, "write_token_dataset")  # it replaces a dataset, never anything else
     dtype = token_dtype(vocab_size)
-    remove_stale_staging(out.parent)
+    remove_stale_staging(out.parent, [out.name])
     staging = staging_name(out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

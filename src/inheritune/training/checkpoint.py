@@ -109,15 +109,16 @@ def _damaged(path: Path, why: str) -> str:
             f"(train --resume-from {older[-1]} does the same)")
 
 
-def drop_checkpoints(key: str, out: Path) -> None:
-    """A finished stage's checkpoints (its model is in final/ and recorded): only the space they take is left."""
+def drop_checkpoints(key: str, out: Path, kept: str = "final") -> None:
+    """A finished stage's checkpoints (its model is in ``out/kept`` and recorded): only the space they take is
+    left."""
     found = checkpoints(out)
     freed = sum(path.stat().st_size for path in found)
     for path in found:
         remove_checkpoint(path)
     if found:
         print(f"{key}: deleted its {len(found)} checkpoint(s), {freed / 2**30:.2f} GiB, now that its model is in "
-              f"{out / 'final'} (--keep-stage-checkpoints true keeps them)", flush=True)
+              f"{out / kept} (--keep-stage-checkpoints true keeps them)", flush=True)
 
 
 class RunLock:

@@ -27,7 +27,9 @@ class RunConfig:
     step: int = option(2, help="layers added per round")
     select: list[str] = option(["first"], help="which l blocks each child keeps: first (blocks 0..l-1, the paper), "
                                               "bi (highest Block Influence, ShortGPT), angular (drop the span closest "
-                                              "in angle, Gromov et al.), drop-lazy, spread; chosen anew for each l "
+                                              "in angle, Gromov et al.), drop-lazy, spread, loss (largest loss rise "
+                                              "when removed alone), sleb (SLEB's iterative elimination: measured once "
+                                              "on calibration windows of the train split); chosen anew for each l "
                                               "from one analysis of the reference (see 'inheritune inherit "
                                               "--select'). Several methods (or several --heal modes): one child per "
                                               "combination at the start depth, side by side on the same budget, "
@@ -99,6 +101,13 @@ class RunConfig:
                             "depth; several are trained side by side, without growth)")
         if self.search not in ("", "halving"):
             raise UserError(f"search must be halving (or empty), not {self.search!r}")
+        if self.search:  # refused now, not after the reference is measured
+            count = len(self.children())
+            if count < 2:
+                raise UserError("--search halving needs at least two candidates: name several --select, --heal or "
+                                "--trainable values")
+            total = round(self.steps * self.budget)
+            check_schedule(self, rung_steps(count, self.eta, total), total)
         if self.grow not in ("reinherit", "continue"):
             raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
         if isinstance(self.baselines, str):
@@ -163,3 +172,28 @@ def _names(value, what: str) -> list[str]:
     if twice:
         raise UserError(f"--{what} names {twice[0]!r} twice")
     return names
+
+
+def rung_steps(candidates: int, eta: int, steps: int) -> list[int]:
+    """The step each rung trains its survivors to: steps / eta^(R - r) for r = 1..R, R = ceil(log_eta n)."""
+    rungs, reach = 0, 1
+    while reach < candidates:
+        reach, rungs = reach * eta, rungs + 1
+    return [max(1, steps // eta ** (rungs - r)) for r in range(1, max(rungs, 1) + 1)]
+
+
+def check_schedule(config, rungs: list[int], steps: int) -> None:
+    """Refuse a search whose scores would not be read in the stable phase of one shared schedule."""
+    if len(set(rungs)) < len(rungs):
+        raise UserError(f"a budget of {steps} steps is too short for {len(rungs)} rungs at eta {config.eta} (rungs at "
+                        f"steps {rungs}); raise --steps or --eta, or name fewer candidates")
+    recipe = config.train
+    warmup = recipe.warmup_steps if recipe.warmup_steps >= 0 else max(1, round(0.02 * steps))
+    if warmup >= rungs[0]:
+        raise UserError(f"the warmup ({warmup} steps) must end before the first rung is scored (step {rungs[0]}); "
+                        "lower --warmup-steps or raise --steps")
+    decay_start = steps - max(1, round(recipe.decay_fraction * steps))
+    if len(rungs) > 1 and decay_start < rungs[-2]:
+        raise UserError(f"--decay-fraction {recipe.decay_fraction} starts the decay at step {decay_start}, before the "
+                        f"last rung begins (step {rungs[-2]}): earlier rungs would be scored mid-decay; use at most "
+                        f"{1 - rungs[-2] / steps:.2f}")

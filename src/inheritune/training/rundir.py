@@ -137,12 +137,19 @@ def prepare_out(out: Path, config, plan: dict) -> OutPlan:
         return _resume_from(out, Path(config.resume_from), config, current)
     if config.resume:
         found = checkpoints(out)
-        if not found and run_file.is_file() and is_training_run(out) and not (out / "final").exists():
+        kept = [name for name in ("final", "abandoned", "snapshot") if (out / name).exists()] + \
+            [p.name for p in out.glob("ckpt-*.pt.damaged")]
+        if not found and run_file.is_file() and is_training_run(out) and not kept:
             # stopped before its first checkpoint (killed, or a full disk): --resume starts it over, as the
-            # message of that stop says; only the run's own files are cleared
+            # message of that stop says. Only then: a folder keeping anything of value (a final model, branches
+            # kept under abandoned/, a snapshot) is never cleared by --resume
             refuse_changes(read_json(run_file, "the run's settings"), current, str(out), "--resume")
             print(f"no checkpoint in {out} yet: its run starts over from step 0", flush=True)
             return OutPlan(clear=True)
+        if not found and kept:
+            raise UserError(f"nothing to resume in {out}: its main line has no checkpoint (it keeps "
+                            f"{', '.join(kept)}); continue a kept branch with --resume-from "
+                            f"{out / 'abandoned' / 'after-step-N' / 'ckpt-M.pt'}, or start over with --overwrite")
         if not found:
             raise UserError(f"nothing to resume in {out}: no checkpoint")
         if run_file.is_file():

@@ -113,7 +113,7 @@ def open_run_dir(config) -> Path:
         _check_reference(config, reference_dir, gguf)
     refuse_output_over_input(out, config.data, reference_dir)
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(out)  # what a killed session was writing (state.json's temporary, say)
+    remove_stale_staging(out, ["state.json", "run.json", "report.md", "report.json"])  # a killed session's
     check_rerun(out, config)
     return out
 

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from inheritune.analysis.scoring import paired_delta
 from inheritune.training.budget import compile_once
 from inheritune.training.checkpoint import drop_checkpoints
-from inheritune.training.runconfig import RunConfig
+from inheritune.training.runconfig import RunConfig, rung_steps
 from inheritune.training.runstate import State
-from inheritune.utils.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -42,40 +41,11 @@ class Stages:
     measure_before: Callable
 
 
-def rung_steps(candidates: int, eta: int, steps: int) -> list[int]:
-    """The step each rung trains its survivors to: steps / eta^(R - r) for r = 1..R, R = ceil(log_eta n)."""
-    rungs, reach = 0, 1
-    while reach < candidates:
-        reach, rungs = reach * eta, rungs + 1
-    return [max(1, steps // eta ** (rungs - r)) for r in range(1, max(rungs, 1) + 1)]
-
-
-def check_schedule(config: RunConfig, rungs: list[int], steps: int) -> None:
-    """Refuse a search whose scores would not be read in the stable phase of one shared schedule."""
-    if len(set(rungs)) < len(rungs):
-        raise UserError(f"a budget of {steps} steps is too short for {len(rungs)} rungs at eta {config.eta} (rungs at "
-                        f"steps {rungs}); raise --steps or --eta, or name fewer candidates")
-    recipe = config.train
-    warmup = recipe.warmup_steps if recipe.warmup_steps >= 0 else max(1, round(0.02 * steps))
-    if warmup >= rungs[0]:
-        raise UserError(f"the warmup ({warmup} steps) must end before the first rung is scored (step {rungs[0]}); "
-                        "lower --warmup-steps or raise --steps")
-    decay_start = steps - max(1, round(recipe.decay_fraction * steps))
-    if len(rungs) > 1 and decay_start < rungs[-2]:
-        raise UserError(f"--decay-fraction {recipe.decay_fraction} starts the decay at step {decay_start}, before the "
-                        f"last rung begins (step {rungs[-2]}): earlier rungs would be scored mid-decay; use at most "
-                        f"{1 - rungs[-2] / steps:.2f}")
-
-
 def halving(config: RunConfig, state: State, out: Path, reference: str, layers: int, steps: int,
             report: str | None, stages: Stages) -> tuple[dict[str, dict], dict]:
     """(the finalists as side-by-side children, the search's record for report.json)."""
     candidates = {config.child_name(*c): c for c in config.children()}
-    if len(candidates) < 2:
-        raise UserError("--search halving needs at least two candidates: name several --select, --heal or "
-                        "--trainable values")
-    rungs = rung_steps(len(candidates), config.eta, steps)
-    check_schedule(config, rungs, steps)
+    rungs = rung_steps(len(candidates), config.eta, steps)  # (checked when the config was made)
     print(f"search: {len(candidates)} candidates, eta {config.eta}, rungs at steps {rungs} of {steps} "
           "(one warmup-stable-decay schedule over the full budget)", flush=True)
     compiled, entries = None, {}
@@ -108,7 +78,8 @@ def halving(config: RunConfig, state: State, out: Path, reference: str, layers: 
         survivors = rung["kept"]
         for name in scored:
             if name not in survivors and not config.keep_stage_checkpoints:  # out of the search: only its record stays
-                drop_checkpoints(f"{name} (out at rung {number})", out / "children" / entries[name]["folder"] / "train")
+                drop_checkpoints(f"{name} (out at rung {number})", out / "children" / entries[name]["folder"] / "train",
+                                 kept="snapshot")
         print(f"rung {number}: {len(scored)} candidates at {rung['tokens']:,} tokens each; kept "
               f"{', '.join(survivors)}", flush=True)
     shutil.rmtree(out / "teacher-cache", ignore_errors=True)  # every training that could read it is done

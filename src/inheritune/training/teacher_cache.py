@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inheritune.utils.errors import staging_name, writing
+from inheritune.utils.errors import UserError, staging_name, writing
 
 KEYS = ("teacher", "teacher_fingerprint", "data", "data_fingerprint", "seq_len", "micro_batch_size", "seed",
-        "data_order", "data_offset", "bos_windows", "dtype", "tokens_per_step")
+        "data_order", "data_offset", "bos_windows", "dtype", "tf32", "device_type", "tokens_per_step")
 
 
 def files_fingerprint(model: str) -> str:
@@ -45,6 +45,7 @@ class TeacherCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "setting.json").write_text(identity)
         self.hits = self.misses = 0
+        self.off = False
 
     def _path(self, step: int, offset: int, bf16: bool) -> Path:
         return self.folder / f"step-{step:07d}-row-{offset:05d}{'-bf16' if bf16 else ''}.npy"
@@ -63,6 +64,8 @@ class TeacherCache:
                 return (stored.view(torch.bfloat16) if bf16 else stored).to(device)
         hidden = compute()
         self.misses += 1
+        if self.off:
+            return hidden
         bf16 = hidden.dtype == torch.bfloat16
         path = self._path(step, offset, bf16)
         tmp = staging_name(path)
@@ -72,6 +75,9 @@ class TeacherCache:
                     np.save(handle, (hidden.view(torch.int16) if bf16 else hidden).detach().cpu().numpy(),
                             allow_pickle=False)
                 os.replace(tmp, path)
+        except UserError as exc:  # the cache only saves time: a full disk turns it off, the training goes on
+            self.off = True
+            print(f"{exc}; the teacher cache is off for this training (each batch pays the teacher)", flush=True)
         finally:
             tmp.unlink(missing_ok=True)
         return hidden

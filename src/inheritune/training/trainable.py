@@ -15,7 +15,8 @@ Training FLOPs per token (``training_flops_per_token``), with N the parameters t
 
 ``all`` gives the usual 6 N + 12 L d T. ``lora`` keeps the whole path (the first block's adapters need the
 gradient through every block above) and drops the frozen weights' gradients; ``last:K`` keeps the path of the
-last K blocks only.
+last K blocks only, unless the head is tied to the embeddings: then the embeddings learn, and the gradient
+they need runs back through every block (frozen ones included), so the whole path is paid.
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def training_flops_per_token(model, seq_len: int) -> float:
     unique = list({id(p): p for p in model.parameters()}.values())
     everything = matmul_params(unique)
     trained = matmul_params(p for p in unique if p.requires_grad)
-    if embed.requires_grad and head is not embed:
-        lowest = 0  # the input embeddings learn: the gradient flows through every block
+    if embed.requires_grad:
+        lowest = 0  # the input embeddings learn (tied to a head that learns, too): the gradient flows through every block
     else:
         lowest = next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())),
                       len(blocks))

@@ -163,14 +163,20 @@ def staging_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def remove_stale_staging(folder: Path) -> None:
-    """Delete the temporary files and folders (``.NAME.tmp-PID``) that a killed process left in ``folder``."""
+def remove_stale_staging(folder: Path, names: tuple[str, ...] | list[str] | None = None) -> None:
+    """Delete the temporary files and folders (``.NAME.tmp-PID``, and ``.NAME.old-PID`` that ``replace_dir`` moves
+    aside) that a killed process of this tool left in ``folder``: only for the given output ``names`` (other
+    programs' hidden files of the same shape are not ours), and only when that pid is not a live process here.
+    ``names`` None: every such entry, for a folder only this tool writes (its cache, its own task folder)."""
     if not Path(folder).is_dir():
         return
-    for item in Path(folder).glob(".*.tmp-*"):
-        pid = item.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-            shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+    patterns = [f".{name}.tmp-*" for name in names] + [f".{name}.old-*" for name in names] if names is not None \
+        else [".*.tmp-*"]
+    for pattern in patterns:
+        for item in Path(folder).glob(pattern):
+            pid = item.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, content: str | bytes, what: str, fallback: str = "") -> None:
