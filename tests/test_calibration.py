@@ -204,3 +204,6 @@ def test_inherit_run_and_analyze_choose_by_measured_loss(tmp_path, text_dir, gpt
     children = {r["model"]: r for r in found["rows"]}
     assert json.loads((tmp_path / "run" / "children" / "loss-ce" / "child" / "inheritune.json").read_text())[
         "layers"] == by_loss and "child loss" in children and "child sleb" in children
+    run_entry = json.loads((tmp_path / "run" / "analysis" / "report.json").read_text())["models"][0]
+    assert json.loads((tmp_path / "run" / "children" / "sleb-ce" / "child" / "inheritune.json").read_text())[
+        "layers"] == sorted(set(range(4)) - set(run_entry["sleb"]["order"][:2]))

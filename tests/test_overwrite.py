@@ -176,3 +176,18 @@ def test_evaluate_never_writes_into_or_around_its_inputs(dataset, tiny_model_dir
         with pytest.raises(UserError, match=rf"would overwrite the input .*\({named}\)"):
             evaluate(EvalConfig(models=[str(tiny_model_dir)], data=str(dataset), out=str(out), progress=False))
         assert sorted(p.name for p in Path(out).parent.rglob("*")) == before
+
+
+def test_stale_staging_cleanup_touches_only_the_commands_own_names(tmp_path):
+    import subprocess
+    import sys
+
+    from inheritune.utils.errors import remove_stale_staging
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is no process now
+    ours, theirs = tmp_path / f".child.tmp-{dead.pid}", tmp_path / f".notes.tmp-{dead.pid}"
+    ours.mkdir()
+    theirs.write_text("another program's temporary file, or a user's")
+    remove_stale_staging(tmp_path, ["child"])
+    assert not ours.exists() and theirs.read_text().startswith("another program's")

@@ -142,7 +142,7 @@ def _weights_of(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.parametrize("spec", ["all", "lora"])
+@pytest.mark.parametrize("spec", ["all", "lora", "last:1"])
 def test_stop_after_pauses_with_a_snapshot_and_continuing_equals_one_training(dataset, tmp_path, spec):
     """The search's rungs: a training paused at step 4, then at 8, then finished, ends where one training of 12
     steps ends (the schedule is the whole run's throughout), and each pause leaves the model of that step."""
