@@ -81,8 +81,9 @@ def test_a_head_with_a_bias_and_a_scaled_loss():
 def _run(model, teacher, chunked):
     from types import SimpleNamespace
 
-    return SimpleNamespace(forward=model.base_model if chunked else model, teacher=teacher, chunked=chunked,
-                           head=model.get_output_embeddings(), cap=getattr(model.config, "final_logit_softcapping", None))
+    return SimpleNamespace(forward=model.base_model if chunked else model, teacher=teacher, teacher_cache=None,
+                           chunked=chunked, head=model.get_output_embeddings(),
+                           cap=getattr(model.config, "final_logit_softcapping", None))
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
