@@ -144,8 +144,8 @@ def test_staging_left_by_a_killed_command_is_removed_next_time(tmp_path, tiny_mo
             (tmp_path / f".{name}.tmp-{pid}" / "model.safetensors").write_bytes(b"half")
     inherit(InheritConfig(reference=str(tiny_model_dir), layers="1", out=str(tmp_path / "child")))
     assert not (tmp_path / f".child.tmp-{dead}").exists() and (tmp_path / f".child.tmp-{live}").exists()
+    assert (tmp_path / f".analysis.tmp-{dead}").exists()  # inherit clears only its own output's staging
     # analyze stages its outputs under the same pattern: a kill leaves no part of an analysis in --out
-    (tmp_path / f".analysis.tmp-{dead}").mkdir()
     analyze(AnalyzeConfig(model=str(tiny_model_dir), data=str(dataset), n=2, t=8, out=str(tmp_path / "analysis"),
                           progress=False))
     assert not (tmp_path / f".analysis.tmp-{dead}").exists() and (tmp_path / f".analysis.tmp-{live}").exists()
