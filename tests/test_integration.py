@@ -109,7 +109,9 @@ def test_smollm2_lazy_layers(tmp_path):
 
 def test_smollm2_is_above_chance_on_the_offline_tasks_and_its_random_init_is_not(smollm2, english):
     """The offline zero-shot tasks (built from the corpus's held-out split, no download): SmolLM2's 95% interval
-    lies above chance on each; a random init of its shape is not clearly above chance on either."""
+    lies above chance on each; a random init of its shape is not clearly above chance on either. 40 items a task
+    (SmolLM2 scores about 80% and 96% on them, so even 40 items put its interval clear of chance; 100 items
+    took 4.5 minutes of make test)."""
     from transformers import AutoModelForCausalLM
 
     from inheritune.analysis.zeroshot import zero_shot
@@ -118,13 +120,13 @@ def test_smollm2_is_above_chance_on_the_offline_tasks_and_its_random_init_is_not
     torch.manual_seed(0)
     random_init = AutoModelForCausalLM.from_config(model.config).eval()
     for name, candidate in (("SmolLM2-135M", model), ("random init", random_init)):
-        result = zero_shot(candidate, tokenizer, ["cloze", "word-order"], batch_size=16, limit=100, data=english)
+        result = zero_shot(candidate, tokenizer, ["cloze", "word-order"], batch_size=16, limit=40, data=english)
         for task, chance in (("cloze", 0.25), ("word-order", 0.5)):
             scores = result[task]
             low, high = scores["acc_ci"]
             print(f"{name} {task}: {100 * scores['acc']:.1f}% [{100 * low:.1f}, {100 * high:.1f}] over "
                   f"{scores['n']} items (chance {100 * chance:.0f}%)")
-            assert scores["n"] == 100 and scores["chance"] == chance
+            assert scores["n"] == 40 and scores["chance"] == chance
             if candidate is model:
                 assert low > chance + 0.1, (task, scores)
             else:

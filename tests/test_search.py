@@ -133,3 +133,43 @@ def test_a_shared_teacher_cache_pays_each_batch_once_and_changes_no_loss(dataset
     assert all(torch.equal(a[k], b[k]) for k in a)
     other = train(kd(tmp_path / "other", teacher_cache=str(cache), seed=7))  # other batches: a cache of its own
     assert len(list(cache.iterdir())) == 2 and other["status"] == "finished"
+
+
+def test_a_full_disk_turns_the_teacher_cache_off_and_the_training_goes_on(dataset, tmp_path, tiny_model_dir,
+                                                                        small_disk, capsys):
+    """On a real full disk (a tmpfs): a cache that fills part way stops storing, one that cannot even write its
+    setting stores nothing; both trainings finish with the loss of a training without a cache, and no
+    half-written entry or staging file is left."""
+    from conftest import fill_disk
+    from test_train import _config
+
+    from inheritune.train import train
+
+    def kd(out, **kw):
+        return _config(dataset, out, model=str(tiny_model_dir), max_steps=6, teacher=str(tiny_model_dir),
+                       checkpoint_interval=0, **kw)
+
+    import io
+
+    import numpy as np
+    from transformers import AutoConfig
+
+    alone = train(kd(tmp_path / "alone"))
+    sizing = io.BytesIO()  # an entry: the teacher's final hidden states of one micro-batch (4 x 32 x d), as .npy
+    np.save(sizing, np.zeros((4, 32, AutoConfig.from_pretrained(tiny_model_dir).hidden_size), np.float32))
+    entry = len(sizing.getvalue())
+    page = 4096
+    pages = -(-entry // page)
+    for leave, stored in ((page * (1 + 2 * pages) + page // 2, (1, 5)), (0, (0, 0))):
+        disk = small_disk("1m")
+        fill_disk(disk, leave=leave)
+        capsys.readouterr()
+        cached = train(kd(tmp_path / f"cached-{leave}", teacher_cache=str(disk / "cache")))
+        said = capsys.readouterr().out
+        assert cached["status"] == "finished" and cached["final_val_loss"] == alone["final_val_loss"], said
+        assert said.count("the teacher cache is off for this training") == 1
+        assert "cannot write the teacher cache" in said and "free on its disk" in said
+        entries = list(disk.rglob("step-*.npy"))
+        assert stored[0] <= len(entries) <= stored[1], [p.name for p in entries]
+        assert all(p.stat().st_size == entry for p in entries)  # whole entries only
+        assert not [p for p in disk.rglob("*") if ".tmp-" in p.name]

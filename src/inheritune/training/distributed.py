@@ -1,6 +1,8 @@
 """torchrun integration: process group, DDP or FSDP2 wrapping, and full state dicts gathered on rank 0.
 
-A plain single process needs none of it: every function here is a no-op when WORLD_SIZE is unset or 1.
+A plain single process needs none of it: every function here is a no-op when WORLD_SIZE is unset or 1. The
+FSDP, DDP and state-dict modules of torch.distributed are imported where they are first used (about 2.5 s of
+start-up that ``--help``, ``analyze``, ``inherit`` and ``evaluate`` never need).
 """
 
 from __future__ import annotations
@@ -19,15 +21,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.nn.parallel import DistributedDataParallel
 
 from inheritune.models.loading import resolve_device
 from inheritune.utils.errors import UserError
@@ -69,6 +62,9 @@ def teardown(d: Dist) -> None:
 
 def wrap(model, d: Dist, strategy: str, blocks) -> torch.nn.Module:
     """DDP (replicated weights, all-reduced grads) or FSDP2 (``fully_shard`` on each block, then the root)."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel
+
     if not d.active:
         return model
     if strategy == "fsdp":
@@ -81,6 +77,10 @@ def wrap(model, d: Dist, strategy: str, blocks) -> torch.nn.Module:
 
 def gradient_sync(model, enabled: bool):
     """Skip the gradient all-reduce on non-final micro-steps of gradient accumulation."""
+    if not dist.is_initialized():  # a single process: no wrapper, nothing to skip
+        return contextlib.nullcontext()
+    from torch.nn.parallel import DistributedDataParallel
+
     if isinstance(model, DistributedDataParallel):
         return contextlib.nullcontext() if enabled else model.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
@@ -92,6 +92,11 @@ def gradient_sync(model, enabled: bool):
 def unsharded(model):
     """FSDP2: gather the root's own sharded parameters (embeddings, final norm, head) for a call that bypasses
     the root's forward, such as the evaluate module's chunked head; for anything else there is nothing to do."""
+    if not dist.is_initialized():  # a single process: nothing is sharded
+        yield model
+        return
+    from torch.distributed.fsdp import FSDPModule
+
     if isinstance(model, FSDPModule):
         if not getattr(model, "_inheritune_root_ran", False):
             # FSDP2 initialises lazily on the root's first forward; a call that bypasses the root before any
@@ -114,6 +119,12 @@ def unwrap(model):
 
 def full_state(model, optimizer=None) -> tuple[dict, dict | None]:
     """Unsharded CPU model (and optimizer) state dicts; complete on rank 0 (others may be empty)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     inner = unwrap(model)
     model_state = get_model_state_dict(inner, options=options)
@@ -123,6 +134,8 @@ def full_state(model, optimizer=None) -> tuple[dict, dict | None]:
 
 def load_full_state(model, optimizer, model_state: dict, optim_state: dict | None) -> None:
     """Load full state dicts (from rank 0's checkpoint, read on every rank) into a possibly sharded model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
     options = StateDictOptions(full_state_dict=True)
     inner = unwrap(model)
     set_model_state_dict(inner, model_state, options=options)

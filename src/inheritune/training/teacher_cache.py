@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inheritune.utils.errors import UserError, staging_name, writing
+from inheritune.utils.errors import UserError, atomic_write, staging_name, writing
 
 KEYS = ("teacher", "teacher_fingerprint", "data", "data_fingerprint", "seq_len", "micro_batch_size", "seed",
         "data_order", "data_offset", "bos_windows", "dtype", "tf32", "device_type", "tokens_per_step")
@@ -42,10 +42,20 @@ class TeacherCache:
     def __init__(self, root: str | Path, setting: dict):
         identity = json.dumps({k: setting.get(k) for k in KEYS}, sort_keys=True, default=str)
         self.folder = Path(root) / hashlib.sha256(identity.encode()).hexdigest()[:16]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "setting.json").write_text(identity)
         self.hits = self.misses = 0
         self.off = False
+        try:
+            with writing("the teacher cache", self.folder):
+                self.folder.mkdir(parents=True, exist_ok=True)
+            if not (self.folder / "setting.json").is_file():
+                atomic_write(self.folder / "setting.json", identity, "the teacher cache's setting")
+        except UserError as exc:  # entries already there are still read; nothing new is stored
+            self._turn_off(exc)
+
+    def _turn_off(self, exc: UserError) -> None:
+        """The cache only saves time: a full disk (or an unwritable folder) turns it off, the training goes on."""
+        self.off = True
+        print(f"{exc}; the teacher cache is off for this training (each batch pays the teacher)", flush=True)
 
     def _path(self, step: int, offset: int, bf16: bool) -> Path:
         return self.folder / f"step-{step:07d}-row-{offset:05d}{'-bf16' if bf16 else ''}.npy"
@@ -75,9 +85,8 @@ class TeacherCache:
                     np.save(handle, (hidden.view(torch.int16) if bf16 else hidden).detach().cpu().numpy(),
                             allow_pickle=False)
                 os.replace(tmp, path)
-        except UserError as exc:  # the cache only saves time: a full disk turns it off, the training goes on
-            self.off = True
-            print(f"{exc}; the teacher cache is off for this training (each batch pays the teacher)", flush=True)
+        except UserError as exc:
+            self._turn_off(exc)
         finally:
             tmp.unlink(missing_ok=True)
         return hidden
