@@ -9,7 +9,9 @@ from test_faults import reference_setup  # noqa: F401 (a fixture)
 from test_train import _cli, _config, _signal_at, _weights
 
 from inheritune.data.dataset import TokenData
-from inheritune.train import load_training_model, train
+from inheritune.data.windows import fixed_windows
+from inheritune.train import evaluate_windows, load_training_model, train
+from inheritune.training.distributed import Dist
 from inheritune.training.trainable import apply_trainable, parse_trainable, training_flops_per_token
 from inheritune.utils.errors import UserError
 
@@ -69,6 +71,27 @@ def test_last_k_trains_only_the_last_blocks_norm_and_head_and_says_when_the_head
     assert tied.model.embed_tokens.weight.requires_grad and record["tied_head"] and "embeddings too" in record["note"]
     with pytest.raises(UserError, match="has 3 blocks"):
         apply_trainable(_model(), "last:4")
+
+
+def test_lora_adapters_start_from_the_seed_whatever_was_drawn_before():
+    """PEFT draws LoRA's A matrices from torch's global random state; they are drawn from the training's seed, so a
+    run re-entered in a new process (or a standalone training of a search's winner) starts from the same adapters,
+    and the global state is left as it was."""
+    def adapters(model):
+        return {k: v for k, v in model.state_dict().items() if "lora_A" in k}
+
+    first, second, other = _model(), _model(), _model()
+    torch.rand(7)  # other draws before
+    apply_trainable(first, "lora", seed=5)
+    torch.manual_seed(999)
+    expected = torch.rand(3)
+    torch.manual_seed(999)
+    apply_trainable(second, "lora", seed=5)
+    assert torch.equal(torch.rand(3), expected)  # the global random state is untouched
+    apply_trainable(other, "lora", seed=6)
+    a, b, c = adapters(first), adapters(second), adapters(other)
+    assert a and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 @pytest.mark.parametrize("spec", ["lora", "last:1"])
@@ -152,6 +175,12 @@ def test_stop_after_pauses_with_a_snapshot_and_continuing_equals_one_training(da
     assert paused["status"] == "paused" and paused["steps"] == 4 and not (out / "final").exists()
     snapshot = load_training_model(_config(dataset, out, model=str(out / "snapshot")), TokenData(dataset))[0]
     assert not any("lora" in k for k in snapshot.state_dict())
+    # the snapshot is the model of step 4 (adapters merged): scored on the run's windows it gives step 4's val loss
+    config, data = _config(dataset, out), TokenData(dataset)
+    windows = fixed_windows(data.split("val"), config.seq_len, config.eval_windows)
+    scored = evaluate_windows(snapshot, data.split("val"), windows, config, Dist(device=torch.device("cpu")),
+                              torch.float32)
+    assert abs(scored - paused["final_val_loss"]) <= 1e-5
     assert [h.get("val_loss") for h in paused["history"] if h["step"] == 4] == [paused["final_val_loss"]]
     again = train(_config(dataset, out, max_steps=12, schedule="wsd", trainable=spec, lr=1e-2, stop_after=8,
                           resume=True))

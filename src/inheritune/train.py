@@ -190,7 +190,7 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
         raise UserError(f"--trainable {config.trainable} runs on one process or under DDP; FSDP is not supported "
                         "with frozen weights yet")
     peft, trainable = apply_trainable(model, config.trainable, config.lora_rank, config.lora_alpha,
-                                      config.lora_targets)
+                                      config.lora_targets, config.seed)
     wrapped = D.wrap(model, d, config.distributed, _blocks(model))
     teacher = _load_teacher(config, model, d) if config.teacher else None
     train_tokens = data.split("train")

@@ -21,6 +21,8 @@ they need runs back through every block (frozen ones included), so the whole pat
 
 from __future__ import annotations
 
+import torch
+
 from inheritune.models.architectures import adapter_for
 from inheritune.utils.errors import UserError
 
@@ -37,9 +39,12 @@ def parse_trainable(text: str) -> tuple[str, int]:
     raise UserError(f"--trainable takes all, lora or last:K (K >= 1 blocks), not {text!r}")
 
 
-def apply_trainable(model, spec: str, rank: int = 8, alpha: float = 16.0, targets: str = ""):
+def apply_trainable(model, spec: str, rank: int = 8, alpha: float = 16.0, targets: str = "", seed: int = 0):
     """Freeze what ``spec`` leaves alone (in place); returns (the PEFT wrapper under lora, else None; a record of
-    what is trained). The model object itself stays the one the loop trains: PEFT injects its adapters into it."""
+    what is trained). The model object itself stays the one the loop trains: PEFT injects its adapters into it.
+    LoRA's A matrices are drawn from ``seed`` alone (torch's global random state is left as it was), so an
+    adapter starts the same whatever the process did before: a run re-entered after a kill, or a standalone
+    ``train`` of a search's winner, starts from the same adapters as the uninterrupted run."""
     kind, k = parse_trainable(spec)
     total = sum(p.numel() for p in model.parameters())
     record = {"trainable": spec, "total_parameters": total}
@@ -62,8 +67,10 @@ def apply_trainable(model, spec: str, rank: int = 8, alpha: float = 16.0, target
 
         names = targets.replace(",", " ").split() if targets else "all-linear"
         try:
-            wrapper = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                                                       target_modules=names, bias="none"))
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                wrapper = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                                           target_modules=names, bias="none"))
         except ValueError as exc:  # a target that matches no module of this model
             raise UserError(f"--lora-targets {targets!r}: {str(exc).splitlines()[0]}") from None
         record |= {"lora": {"rank": rank, "alpha": alpha,
