@@ -191,3 +191,29 @@ def test_stale_staging_cleanup_touches_only_the_commands_own_names(tmp_path):
     theirs.write_text("another program's temporary file, or a user's")
     remove_stale_staging(tmp_path, ["child"])
     assert not ours.exists() and theirs.read_text().startswith("another program's")
+
+
+def test_assets_convert_overwrite_replaces_only_a_converted_model(tmp_path):
+    """`assets convert X.gguf --out runs --overwrite` once moved any folder aside and deleted it; now only a model
+    that assets convert wrote is replaced, and anything else is refused before the GGUF is even read."""
+    from inheritune.assets.gguf import convert_gguf
+    from inheritune.utils.cards import converted_card, write_card
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF, but not really")
+    runs = tmp_path / "runs"
+    (runs / "demo").mkdir(parents=True)
+    (runs / "demo" / "run.json").write_text("{}")
+    (runs / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="replaces only a model converted by assets convert, even with --overwrite"):
+        convert_gguf(gguf, runs, overwrite=True)
+    assert (runs / "notes.txt").read_text() == "mine" and (runs / "demo" / "run.json").is_file()
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    (converted / "config.json").write_text("{}")
+    write_card(converted, converted_card(str(gguf), "llama", 2))
+    with pytest.raises(UserError, match="holds a converted model; pass --overwrite"):
+        convert_gguf(gguf, converted)
+    with pytest.raises(UserError, match=str(gguf)):  # past the check: the fake GGUF fails to read, in one line
+        convert_gguf(gguf, converted, overwrite=True)
+    assert (converted / "config.json").is_file()  # nothing replaced by a conversion that failed

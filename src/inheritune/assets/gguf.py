@@ -18,6 +18,7 @@ from inheritune.utils.errors import (
     staging_name,
     writing,
 )
+from inheritune.utils.outputs import CONVERTED, holds_own_kind
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs):
@@ -68,11 +69,11 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
     gguf_path, out = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise UserError(f"GGUF file not found: {gguf_path}")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} is not empty; pass --overwrite to replace it")
     refuse_output_over_input(out, gguf_path)
+    # only a model this command converted is ever replaced: a run, a dataset or a user's files are refused
+    # even with --overwrite, since replacing the folder would lose them
+    if holds_own_kind(out, CONVERTED, "assets convert") and not overwrite:
+        raise UserError(f"{out} holds a converted model; pass --overwrite to replace it")
     with reading(f"the GGUF file {gguf_path}"):
         model = load_gguf(gguf_path)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)

@@ -63,9 +63,20 @@ def is_analysis(folder: Path) -> bool:
     return (folder / "report.json").is_file()  # damaged: ours all the same (a layers.csv alone could be anyone's)
 
 
+def is_converted_model(folder: Path) -> bool:
+    """A model that ``assets convert`` wrote (its card says so)."""
+    try:
+        card = (Path(folder) / "README.md").read_text(errors="replace")
+    except OSError:
+        return False
+    return (Path(folder) / "config.json").is_file() and "by `inheritune assets convert`" in card
+
+
 DATASET = Kind("a prepared dataset", ("meta.json", "train.bin", "val.bin", "tokenizer"), is_dataset)
 CHILD = Kind("a child made by inherit", ("config.json", "generation_config.json", "inheritune.json", "README.md",
                                           *_WEIGHTS, *_TOKENIZER), is_inherited_child)
+CONVERTED = Kind("a model converted by assets convert", ("config.json", "generation_config.json", "README.md",
+                                                           *_WEIGHTS, *_TOKENIZER), is_converted_model)
 ANALYSIS = Kind("an analysis made by analyze", ("report.json", "layers.csv", "heads.csv", "*.png"), is_analysis)
 
 
