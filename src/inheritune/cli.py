@@ -66,7 +66,8 @@ def _add_assets(sub) -> None:
                                            "safetensors, tokenizer) so that it loads without gguf.")
     convert.add_argument("gguf", help="path of the .gguf file")
     convert.add_argument("--out", required=True, help="output directory")
-    convert.add_argument("--overwrite", action="store_true", help="replace a model this command converted there before (anything else is refused)")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace a model this command converted there before (anything else is refused)")
     convert.set_defaults(func=lambda args: print(convert_gguf(args.gguf, args.out, overwrite=args.overwrite)))
 
 
