@@ -38,6 +38,11 @@ def test_a_schedule_that_would_score_a_rung_mid_decay_or_mid_warmup_is_refused(t
                     search="halving", steps=20, decay_fraction=0.6)
     with pytest.raises(UserError, match="needs at least two candidates"):
         _run_config(tmp_path, tmp_path, tmp_path / "run", search="halving", steps=20)
+    with pytest.raises(UserError, match="with 2 candidates at --eta 2 has no cut to make"):
+        _run_config(tmp_path, tmp_path, tmp_path / "run", heal=["ce", "kd"], search="halving", steps=20)
+    # the baselines of a search train on the candidates' schedule
+    assert _run_config(tmp_path, tmp_path, tmp_path / "run", select=["first", "spread"], heal=["ce", "kd"],
+                       search="halving", steps=20).train.schedule == "wsd"
 
 
 SEARCH = dict(select=["first", "spread"], heal=["ce", "kd"], search="halving", steps=8, baselines=[])
@@ -173,3 +178,20 @@ def test_a_full_disk_turns_the_teacher_cache_off_and_the_training_goes_on(datase
         assert stored[0] <= len(entries) <= stored[1], [p.name for p in entries]
         assert all(p.stat().st_size == entry for p in entries)  # whole entries only
         assert not [p for p in disk.rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_finished_rungs_teacher_entries_are_pruned(tmp_path):
+    """Later rungs train later steps only: the entries of steps before a rung's end go, the rest stay."""
+    from inheritune.training.teacher_cache import prune
+
+    folder = tmp_path / "teacher-cache" / "0123456789abcdef"
+    folder.mkdir(parents=True)
+    (folder / "setting.json").write_text("{}")
+    for step in (0, 3, 4, 9):
+        for suffix in ("", "-bf16"):
+            (folder / f"step-{step:07d}-row-00000{suffix}.npy").write_bytes(b"x")
+    assert prune(tmp_path / "teacher-cache", 4) == 4
+    assert sorted(p.name for p in folder.iterdir()) == ["setting.json", "step-0000004-row-00000-bf16.npy",
+                                                        "step-0000004-row-00000.npy", "step-0000009-row-00000-bf16.npy",
+                                                        "step-0000009-row-00000.npy"]
+    assert prune(tmp_path / "missing", 4) == 0

@@ -130,7 +130,9 @@ def search_section(search: dict) -> list[str]:
               f"FLOPs; training every candidate to the full budget would spend {search['grid_training_flops']:.3g}"
               + (f" (the search: {fraction:.0%} of that)." if fraction else ".")
               + " Both count each KD candidate's teacher forward pass, also where the search's teacher cache let a "
-                "candidate read it instead of computing it, so the search's own compute was lower still.", ""]
+                "candidate read it instead of computing it, so the search's own compute was lower still. For the "
+                "same reason a KD candidate's train seconds are not its own cost: the first to reach a batch paid "
+                "the teacher's pass for all of them.", ""]
     return lines
 
 

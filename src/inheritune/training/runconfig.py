@@ -106,8 +106,13 @@ class RunConfig:
             if count < 2:
                 raise UserError("--search halving needs at least two candidates: name several --select, --heal or "
                                 "--trainable values")
+            if count <= self.eta:  # (eta >= 2: checked with the other bounds)
+                raise UserError(f"--search halving with {count} candidates at --eta {self.eta} has no cut to make: "
+                                "every candidate would train to the end; leave out --search to train them side by "
+                                "side, or lower --eta")
             total = round(self.steps * self.budget)
             check_schedule(self, rung_steps(count, self.eta, total), total)
+            self.train.schedule = "wsd"  # the candidates' schedule, for the baselines too: one table, one schedule
         if self.grow not in ("reinherit", "continue"):
             raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
         if isinstance(self.baselines, str):

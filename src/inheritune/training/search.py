@@ -28,6 +28,7 @@ from inheritune.training.budget import compile_once
 from inheritune.training.checkpoint import drop_checkpoints
 from inheritune.training.runconfig import RunConfig, rung_steps
 from inheritune.training.runstate import State
+from inheritune.training.teacher_cache import prune
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,13 @@ def halving(config: RunConfig, state: State, out: Path, reference: str, layers: 
                          "before": stages.measure_before(config, child, state, f"child/{folder}/before")}
     # KD candidates read the same batches at the same steps: the first to reach one pays the teacher's forward
     # pass, the others read its hidden states back (training/teacher_cache.py)
-    kd_candidates = sum(heal == "kd" for _, heal, _ in candidates.values())
     survivors, record = list(candidates), []
     for number, target in enumerate(rungs, 1):
         scored = {}
+        kd_survivors = sum(entries[name]["heal"] == "kd" for name in survivors)
         for name in survivors:
             e = entries[name]
-            shared = {"teacher_cache": str(out / "teacher-cache")} if e["heal"] == "kd" and kd_candidates > 1 else {}
+            shared = {"teacher_cache": str(out / "teacher-cache")} if e["heal"] == "kd" and kd_survivors > 1 else {}
             trained = stages.train(config, state, f"search/rung-{number}/{e['folder']}/train", e["child_dir"],
                                    out / "children" / e["folder"] / "train", steps, stop_after=target,
                                    schedule="wsd", compile=compiled, **shared,
@@ -73,6 +74,7 @@ def halving(config: RunConfig, state: State, out: Path, reference: str, layers: 
             e.update(trained)
             e["eval"] = scored[name] = stages.measure(config, name, trained["model_dir"], state,
                                                f"search/rung-{number}/{e['folder']}/eval")
+        prune(out / "teacher-cache", target)  # the survivors train on from step `target`
         rung = _rank(scored, config, target, trained["tokens"] // trained["steps"], number == len(rungs))
         record.append(rung)
         survivors = rung["kept"]

@@ -90,3 +90,14 @@ class TeacherCache:
         finally:
             tmp.unlink(missing_ok=True)
         return hidden
+
+
+def prune(root: str | Path, before_step: int) -> int:
+    """Remove the entries of steps before ``before_step`` (a search's later rungs train later steps only, so a
+    finished rung's entries are never read again); returns how many went."""
+    gone = 0
+    for entry in Path(root).glob("*/step-*.npy"):
+        if int(entry.name.split("-")[1]) < before_step:
+            entry.unlink(missing_ok=True)
+            gone += 1
+    return gone
