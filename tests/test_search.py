@@ -140,6 +140,17 @@ def test_a_shared_teacher_cache_pays_each_batch_once_and_changes_no_loss(dataset
     assert len(list(cache.iterdir())) == 2 and other["status"] == "finished"
 
 
+def test_the_teacher_cache_says_when_it_is_off(dataset, tmp_path, tiny_model_dir, capsys):
+    from test_train import _config
+
+    from inheritune.train import train
+
+    plain = train(_config(dataset, tmp_path / "plain", model=str(tiny_model_dir), max_steps=2, eval_interval=0,
+                          teacher=str(tiny_model_dir), teacher_cache=str(tmp_path / "cache"), chunked_loss=False))
+    assert plain["status"] == "finished" and not (tmp_path / "cache").exists()
+    assert "--teacher-cache is off for this training" in capsys.readouterr().out
+
+
 def test_a_full_disk_turns_the_teacher_cache_off_and_the_training_goes_on(dataset, tmp_path, tiny_model_dir,
                                                                         small_disk, capsys):
     """On a real full disk (a tmpfs): a cache that fills part way stops storing, one that cannot even write its

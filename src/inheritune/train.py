@@ -215,6 +215,10 @@ def _setup(config: TrainConfig, model, data: TokenData, plan: BatchPlan, d: D.Di
                                                     "teacher_fingerprint": files_fingerprint(config.teacher),
                                                     "device_type": d.device.type,
                                                     "data_fingerprint": data.meta.get("fingerprint")})
+    elif config.teacher_cache and teacher is not None and d.main:
+        print("--teacher-cache is off for this training: it works on the chunked loss of one process (here: "
+              + ("--chunked-loss false" if not config.chunked_loss else f"{d.world} processes" if d.world > 1
+                 else "a model the chunked head does not support") + "); each batch pays the teacher", flush=True)
     return SimpleNamespace(
         raw=model, peft=peft, trainable=trainable, model=wrapped, forward=torch.compile(body) if compiled else body,
         teacher=teacher, teacher_cache=cache,

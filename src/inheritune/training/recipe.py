@@ -120,7 +120,8 @@ class TrainConfig(TrainRecipe):
     teacher: str = option("", help="teacher model for knowledge distillation (empty = no KD)")
     teacher_cache: str = option("", help="KD: keep the teacher's final hidden states of each batch in this folder, so "
                                          "that other trainings on the same batches (a search's candidates) read them "
-                                         "instead of paying the teacher's forward pass again; exact (one process)")
+                                         "instead of paying the teacher's forward pass again; exact. Used on the chunked "
+                                         "loss of one process (the default); elsewhere it says so and is off")
     kd_alpha: float = option(0.6, help="KD: loss = alpha * CE + (1 - alpha) * KL (paper: 0.6)")
     kd_temperature: float = option(1.0, help="KD temperature (paper: 1)")
     track_attention: int = option(0, low=0, help="every this many steps (and at the end) measure each layer's attention "
