@@ -153,6 +153,22 @@ def test_staging_left_by_a_killed_command_is_removed_next_time(tmp_path, tiny_mo
     assert json.loads((tmp_path / "analysis" / "report.json").read_text())["sequences"]["n"] == 2
 
 
+def test_an_output_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
+    """A kill between replace_dir's two renames leaves the previous output only in .NAME.old-PID (and the new one,
+    finished, in .NAME.tmp-PID): the next command puts the previous output back instead of deleting it."""
+    from inheritune.utils.errors import remove_stale_staging
+
+    dead = 999_999_999
+    (tmp_path / f".child.old-{dead}").mkdir()
+    (tmp_path / f".child.old-{dead}" / "model.safetensors").write_bytes(b"the previous child")
+    (tmp_path / f".child.tmp-{dead}").mkdir()
+    (tmp_path / "[x]").mkdir()  # a name with glob characters is matched as itself
+    (tmp_path / f".[x].old-{dead}").mkdir()
+    remove_stale_staging(tmp_path, ["child", "[x]"])
+    assert (tmp_path / "child" / "model.safetensors").read_bytes() == b"the previous child"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["[x]", "child"]
+
+
 def test_write_token_dataset_replaces_only_a_dataset(tmp_path, folders):
     import numpy as np
 

@@ -1,6 +1,7 @@
 """One error type for mistakes a user can fix (the CLI prints it as one line instead of a traceback), and the
 small guards that keep a user's files safe: never write over an input, swap a finished output in whole."""
 
+import glob
 import json
 import os
 import shutil
@@ -170,12 +171,22 @@ def remove_stale_staging(folder: Path, names: tuple[str, ...] | list[str] | None
     ``names`` None: every such entry, for a folder only this tool writes (its cache, its own task folder)."""
     if not Path(folder).is_dir():
         return
-    patterns = [f".{name}.tmp-*" for name in names] + [f".{name}.old-*" for name in names] if names is not None \
-        else [".*.tmp-*"]
+
+    def stale(item: Path) -> bool:
+        pid = item.name.rsplit("-", 1)[-1]
+        return pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid))
+
+    for name in names or ():  # killed between replace_dir's two renames: the previous output goes back in place
+        target = Path(folder) / name
+        if not target.exists():
+            old = next((item for item in Path(folder).glob(f".{glob.escape(name)}.old-*") if stale(item)), None)
+            if old is not None:
+                os.replace(old, target)
+    patterns = [f".{glob.escape(name)}.{kind}-*" for name in names for kind in ("tmp", "old")] \
+        if names is not None else [".*.tmp-*"]
     for pattern in patterns:
         for item in Path(folder).glob(pattern):
-            pid = item.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            if stale(item):
                 shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
 
 
