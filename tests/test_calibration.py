@@ -207,3 +207,12 @@ def test_inherit_run_and_analyze_choose_by_measured_loss(tmp_path, text_dir, gpt
     run_entry = json.loads((tmp_path / "run" / "analysis" / "report.json").read_text())["models"][0]
     assert json.loads((tmp_path / "run" / "children" / "sleb-ce" / "child" / "inheritune.json").read_text())[
         "layers"] == sorted(set(range(4)) - set(run_entry["sleb"]["order"][:2]))
+
+
+def test_analyze_removal_without_a_dataset_is_refused_before_the_analysis(tmp_path):
+    """Refused first (the model path here does not even exist: an analysis run first would fail on that)."""
+    from inheritune.analysis.attention import AnalyzeConfig
+    from inheritune.analyze import analyze
+
+    with pytest.raises(UserError, match="--removal measures on a prepared dataset's train split"):
+        analyze(AnalyzeConfig(model=str(tmp_path / "no-model"), removal="sleb", data=str(tmp_path)), progress=False)

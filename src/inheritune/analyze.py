@@ -99,13 +99,17 @@ def _analyze_one(name: str, model, tokenizer, sequences, config, progress) -> di
             "_rank_matrix": raw["rank_mean"][..., 0], "_rank_std": raw["rank_std"][..., 0]}
 
 
+def _check_removal_data(config: AnalyzeConfig) -> None:
+    if not (config.data and (Path(config.data) / "meta.json").is_file()):
+        raise UserError("--removal measures on a prepared dataset's train split: give --data a dataset made by "
+                        "'inheritune data prepare'")
+
+
 def _measure_removal(main: dict, model, config: AnalyzeConfig, progress: bool) -> None:
     """--removal: each block's removal loss (and SLEB's order) on calibration windows of the dataset's train split,
     merged into the layer rows (layers.csv, report.json) and the model's entry, where inherit --select loss/sleb
     --from-report reads them."""
-    if not (config.data and (Path(config.data) / "meta.json").is_file()):
-        raise UserError("--removal measures on a prepared dataset's train split: give --data a dataset made by "
-                        "'inheritune data prepare'")
+    _check_removal_data(config)
     measured = measure_removals(model, TokenData(config.data), config.calibration_windows, config.calibration_t,
                                 config.seed, config.bos_windows, config.device, sleb=config.removal == "sleb",
                                 progress=progress)
@@ -123,6 +127,8 @@ def analyze(config: AnalyzeConfig, model=None, tokenizer=None, progress: bool | 
     """Analyse ``config.model`` (or a given model object with its tokenizer); write the report if ``out``.
     ``progress`` overrides ``config.progress``."""
     progress = config.progress if progress is None else progress
+    if config.removal != "none":
+        _check_removal_data(config)  # before the attention analysis, not after it
     if model is None:
         if not config.model:
             raise UserError("no model given")
