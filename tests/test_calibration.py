@@ -190,6 +190,11 @@ def test_inherit_run_and_analyze_choose_by_measured_loss(tmp_path, text_dir, gpt
     spot = inherit(InheritConfig(reference=str(ref), out=str(tmp_path / "spot"), select="sleb:2", data=str(data)))
     chosen = json.loads((spot / "inheritune.json").read_text())["selection"]
     assert chosen["method"] == "sleb" and chosen["calibration"]["split"] == "train"
+    assert not chosen["calibration"]["bos_windows"]
+    bos = inherit(InheritConfig(reference=str(ref), out=str(tmp_path / "bos"), select="loss:2", data=str(data),
+                                bos_windows=True, calibration_windows=2, calibration_t=16))
+    assert {k: json.loads((bos / "inheritune.json").read_text())["selection"]["calibration"][k]
+            for k in ("bos_windows", "windows", "seq_len")} == {"bos_windows": True, "windows": 2, "seq_len": 16}
     report = analyze(AnalyzeConfig(model=str(ref), data=str(data), out=str(tmp_path / "analysis"), n=4, t=16,
                                    removal="sleb", progress=False))
     entry = report["models"][0]
@@ -199,12 +204,14 @@ def test_inherit_run_and_analyze_choose_by_measured_loss(tmp_path, text_dir, gpt
                                   from_report=str(tmp_path / "analysis" / "report.json")))
     kept = json.loads((again / "inheritune.json").read_text())["selection"]
     assert kept["layers"] == chosen["layers"] == sorted(set(range(4)) - set(entry["sleb"]["order"][:2]))
-    by_loss = sorted(sorted(range(4), key=lambda i: -entry["layers"][i]["removal_loss"])[:2])
-    found = run(_run_config(data, ref, tmp_path / "run", select=["loss", "sleb"], baselines=[], steps=2))
+    found = run(_run_config(data, ref, tmp_path / "run", select=["loss", "sleb"], baselines=[], steps=2,
+                            calibration_windows=3, calibration_t=24))
     children = {r["model"]: r for r in found["rows"]}
+    run_entry = json.loads((tmp_path / "run" / "analysis" / "report.json").read_text())["models"][0]
+    assert (run_entry["calibration"]["windows"], run_entry["calibration"]["seq_len"]) == (3, 24)  # as asked
+    by_loss = sorted(sorted(range(4), key=lambda i: -run_entry["layers"][i]["removal_loss"])[:2])
     assert json.loads((tmp_path / "run" / "children" / "loss-ce" / "child" / "inheritune.json").read_text())[
         "layers"] == by_loss and "child loss" in children and "child sleb" in children
-    run_entry = json.loads((tmp_path / "run" / "analysis" / "report.json").read_text())["models"][0]
     assert json.loads((tmp_path / "run" / "children" / "sleb-ce" / "child" / "inheritune.json").read_text())[
         "layers"] == sorted(set(range(4)) - set(run_entry["sleb"]["order"][:2]))
 

@@ -62,6 +62,8 @@ class InheritConfig:
     calibration_windows: int = option(DEFAULT_WINDOWS, low=1, help="--data: calibration windows (SLEB on 30 blocks "
                                                                    "makes about 165 passes over them)")
     calibration_t: int = option(DEFAULT_SEQ_LEN, low=2, help="--data: tokens per calibration window")
+    bos_windows: bool = option(False, help="--data: start every calibration window with the tokenizer's BOS (for "
+                                           "models trained that way, such as Gemma-3)")
     init: str = option("inherit", help="inherit | random | stacking | hybrid-stacking | half-width | distil")
     copy: str = option("full", help="what inherited blocks bring: full | authors (fresh positional embeddings and "
                                     "final norm) | attention | mlp | attention-mlp (no norms)")
@@ -202,7 +204,7 @@ def _measure_on_the_spot(config: InheritConfig, sleb: bool) -> dict:
     if tokenizer is not None:
         check_tokenizer_matches(tokenizer, data, config.reference)
     measured = measure_removals(model, data, config.calibration_windows, config.calibration_t, config.seed,
-                                sleb=sleb, progress=True)
+                                bos_windows=config.bos_windows, sleb=sleb, progress=True)
     cost = measured["calibration"]
     print(f"block removal on {cost['windows']} x {cost['seq_len']} calibration tokens: {cost['full_passes']:.1f} full "
           f"passes, {cost['seconds']:.0f} s", flush=True)

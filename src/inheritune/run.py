@@ -264,7 +264,8 @@ def _analyze_reference(config: RunConfig, reference: str, out: Path) -> dict:
     return analyze(AnalyzeConfig(model=reference, data=config.data, out=str(out / "analysis"), n=config.analyze_n,
                                  t=config.analyze_t, device=_device(config), overwrite=True,
                                  progress=config.train.progress, bos_windows=config.train.bos_windows,
-                                 removal=removal))
+                                 removal=removal, calibration_windows=config.calibration_windows,
+                                 calibration_t=config.calibration_t))
 
 
 def _selection_report(config: RunConfig, state: State, out: Path, reference: str) -> str:

@@ -426,24 +426,20 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                "track_seconds": round(run.track_seconds, 2)}
     if status == "finished" and summary["final_val_loss"] is not None and not math.isfinite(summary["final_val_loss"]):
         _stop_not_finite(out, f"the final val loss is {summary['final_val_loss']}; the model was not written")
+    facts = {**to_dict(config), **plan.facts(), "steps": step, "tokens": summary["tokens"],
+             "training_flops": summary["training_flops"], "final_val_loss": summary["final_val_loss"],
+             "trainable_record": run.trainable, "tokenizer": data.tokenizer.get("name_or_path")}
     if status == "paused":  # --stop-after: the model at this step, for scoring; training continues later
         snapshot = copy.deepcopy(run.peft).merge_and_unload() if run.peft is not None else run.raw
         model_state, _ = D.full_state(snapshot if run.peft is not None else run.model)
         if d.main:
-            facts = {**to_dict(config), **plan.facts(), "steps": step, "tokens": summary["tokens"],
-                     "training_flops": summary["training_flops"], "final_val_loss": summary["final_val_loss"],
-                     "trainable_record": run.trainable, "tokenizer": data.tokenizer.get("name_or_path")}
             rundir.save_final(snapshot, model_state, tokenizer, data, out / "snapshot", facts)
         summary["snapshot_dir"] = str(out / "snapshot")
     if status == "finished":
-        merged(run.raw, run.peft)  # LoRA's adapters folded into their layers (in place): a plain HF model
+        final = merged(run.raw, run.peft)  # LoRA's adapters folded into their layers (in place): a plain HF model
         model_state, _ = D.full_state(run.model)
         if d.main:
-            facts = {**to_dict(config), **plan.facts(), "steps": step, "tokens": summary["tokens"],
-                     "training_flops": summary["training_flops"], "final_val_loss": summary["final_val_loss"],
-                     "trainable_record": run.trainable,
-                     "tokenizer": data.tokenizer.get("name_or_path")}
-            rundir.save_final(run.raw, model_state, tokenizer, data, out / "final", facts)
+            rundir.save_final(final, model_state, tokenizer, data, out / "final", facts)
             if summary["final_val_loss"] is not None:
                 print(f"final val loss {summary['final_val_loss']:.4f} after {step} steps "
                       f"({summary['tokens']:,} tokens); model in {out / 'final'}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inheritune.analysis.calibration import DEFAULT_SEQ_LEN, DEFAULT_WINDOWS
 from inheritune.analysis.selection import parse_select
 from inheritune.training.recipe import TrainConfig, TrainRecipe
 from inheritune.training.trainable import parse_trainable
@@ -64,6 +65,9 @@ class RunConfig:
     task_limit: int = option(0, low=0, help="at most this many items per zero-shot task; 0 = all")
     analyze_n: int = option(100, low=1, help="sequences for the analysis (start auto, and the final comparison)")
     analyze_t: int = option(100, low=2, help="tokens per analysis sequence")
+    calibration_windows: int = option(DEFAULT_WINDOWS, low=1, help="--select loss/sleb: calibration windows of the "
+                                                                   "train split, measured once per run")
+    calibration_t: int = option(DEFAULT_SEQ_LEN, low=2, help="--select loss/sleb: tokens per calibration window")
     compare_analysis: bool = option(True, help="analyse reference vs final child side by side at the end")
     track_reference: int = option(0, low=0, help="with --reference-from-scratch: track the reference's attention "
                                                  "every this many steps while it trains (emergence.png in the "

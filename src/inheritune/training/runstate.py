@@ -56,7 +56,8 @@ FIXED_KEYS = ("reference", "reference_from_scratch", "data", "seq_len", "seed", 
               "budget", "micro_batch_size", "global_batch_tokens", "lr", "min_lr", "warmup_steps", "weight_decay",
               "beta1", "beta2", "grad_clip", "data_order", "dtype", "tf32", "eval_windows", "kd_alpha",
               "kd_temperature", "analyze_n", "analyze_t", "bootstrap", "schedule", "decay_fraction", "bos_windows",
-              "select", "heal", "trainable", "lora_rank", "lora_alpha", "lora_targets", "search", "eta")
+              "select", "heal", "trainable", "lora_rank", "lora_alpha", "lora_targets", "search", "eta",
+              "calibration_windows", "calibration_t")
 
 
 def check_rerun(out: Path, config) -> None:
