@@ -279,14 +279,16 @@ def test_staging_left_by_a_killed_fetch_is_removed_next_time(tmp_path, monkeypat
     assert not dead.exists() and (live / "model.safetensors").stat().st_size == 1000
 
 
-def test_weight_bytes_count_a_tied_head_once():
+def test_payload_bytes_count_a_tied_head_once():
     """By hand, the tiny Llama (width 32, 2 layers, 4 heads of 8, 2 KV heads, MLP 64, vocab 50257, tied head):
     per layer q, o 32x32, k, v 32x16, MLP 3x32x64, two norms of 32 = 9,280; embedding 1,608,224; final norm 32."""
     from conftest import tiny_llama
 
-    from inheritune.assets.gguf import weight_bytes
+    from inheritune.utils.memory import payload_bytes
 
-    assert weight_bytes(tiny_llama()) == (2 * 9_280 + 50_257 * 32 + 32) * 4  # the head adds 6.4 MB if counted
+    state = tiny_llama().state_dict()
+    assert payload_bytes(state) == (2 * 9_280 + 50_257 * 32 + 32) * 4  # the head adds 6.4 MB if counted
+    assert payload_bytes({"model": state, "again": [state["lm_head.weight"]]}) == payload_bytes(state)
 
 
 @pytest.mark.slow

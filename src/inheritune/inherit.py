@@ -28,6 +28,7 @@ from inheritune.models.weights import open_reference
 from inheritune.utils.cards import child_card, write_card
 from inheritune.utils.config import option, to_dict
 from inheritune.utils.errors import UserError, remove_stale_staging, replace_dir, staging_name
+from inheritune.utils.memory import payload_bytes
 from inheritune.utils.outputs import CHILD, holds_own_kind, last_good, refuse_over_inputs, writing_staged
 
 # Which parts of each block, and which parts outside the blocks, each copy mode inherits.
@@ -393,19 +394,12 @@ def inherit(config: InheritConfig) -> Path:
     return out
 
 
-def weight_bytes(model) -> int:
-    """The bytes of a model's weights on disk: each tensor once, so a head tied to the embeddings (one tensor
-    under two names, saved once) is not counted twice."""
-    tensors = {tensor.data_ptr(): tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()}
-    return sum(tensors.values())
-
-
 def _save_child(child, ref, record: dict, out: Path, replacing: bool) -> None:
     """The child written into a staging folder and swapped in whole; a failed write (a full disk) is one line
     naming the file, the free space against what the child needs, and what is still good."""
     tokenizer_files = [p for p in (ref.files[0].parent.iterdir() if ref.files else [])
                        if p.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))]
-    needed = weight_bytes(child) + sum(p.stat().st_size for p in tokenizer_files)
+    needed = payload_bytes(child.state_dict()) + sum(p.stat().st_size for p in tokenizer_files)
     fallback = last_good(out, replacing, "child")
     staging = staging_name(out)
     shutil.rmtree(staging, ignore_errors=True)

@@ -18,6 +18,7 @@ from inheritune.utils.errors import (
     staging_name,
     writing,
 )
+from inheritune.utils.memory import payload_bytes
 from inheritune.utils.outputs import CONVERTED, holds_own_kind
 
 
@@ -52,17 +53,6 @@ def _tied_keys(model) -> set[str]:
     return set(tied.keys() if isinstance(tied, dict) else tied)
 
 
-def weight_bytes(model) -> int:
-    """What the model's safetensors take on disk: each storage once (a tied head shares the embedding's)."""
-    seen, total = set(), 0
-    for tensor in model.state_dict().values():
-        key = (tensor.untyped_storage().data_ptr(), tensor.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += tensor.numel() * tensor.element_size()
-    return total
-
-
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = False, fallback: str = "") -> Path:
     """Write a GGUF causal LM as a plain fp32 safetensors HF directory (config, weights, tokenizer). A full disk is
     one line naming the folder, the free space and what the weights need; nothing half-written is left."""
@@ -79,7 +69,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, overwrite: bool = F
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     staging = staging_name(out)
     shutil.rmtree(staging, ignore_errors=True)
-    needed = weight_bytes(model) + (16 << 20)  # the tokenizer files (a few MB) and the config
+    needed = payload_bytes(model.state_dict()) + (16 << 20)  # the tokenizer files (a few MB) and the config
     # writing() outside the cleanup: the partial files are gone when it measures the free space it reports.
     with writing("the converted model", out, needed,
                  fallback or "Nothing half-written was kept: free some space and run the same command again."):

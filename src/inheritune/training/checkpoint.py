@@ -10,6 +10,7 @@ import torch
 
 from inheritune.utils.errors import UserError, process_alive, writing
 from inheritune.utils.hashing import sha256_file
+from inheritune.utils.memory import payload_bytes
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -58,24 +59,6 @@ def save_checkpoint(out: Path, step: int, payload: dict, keep: int) -> Path:
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
         remove_checkpoint(old)
     return path
-
-
-def payload_bytes(payload, seen: set | None = None) -> int:
-    """The tensor bytes of a checkpoint's payload (what torch.save writes, less a little metadata). A tensor
-    that shares its storage with another (a head tied to the embeddings) is written once, and counted once."""
-    seen = set() if seen is None else seen
-    if isinstance(payload, torch.Tensor):
-        storage = payload.untyped_storage()
-        key = (storage.data_ptr(), storage.nbytes())
-        if key in seen:
-            return 0
-        seen.add(key)
-        return storage.nbytes()
-    if isinstance(payload, dict):
-        return sum(payload_bytes(v, seen) for v in payload.values())
-    if isinstance(payload, (list, tuple)):
-        return sum(payload_bytes(v, seen) for v in payload)
-    return 0
 
 
 def verify_checkpoint(path: Path) -> None:

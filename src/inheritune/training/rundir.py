@@ -17,11 +17,12 @@ from transformers import AutoModelForCausalLM
 from inheritune.analysis.plots import draw_loss
 from inheritune.data.dataset import TokenData
 from inheritune.data.tokenizer import load_tokenizer, tokenizer_identity
-from inheritune.training.checkpoint import checkpoints, move_checkpoint, payload_bytes
+from inheritune.training.checkpoint import checkpoints, move_checkpoint
 from inheritune.utils.cards import base_model_of, trained_card, write_card
 from inheritune.utils.config import to_dict
 from inheritune.utils.errors import UserError, atomic_write_json, refuse_output_over_input, replace_dir, writing
 from inheritune.utils.jsonl import read_log
+from inheritune.utils.memory import payload_bytes
 
 
 def check_out(config) -> Path:

@@ -1,5 +1,6 @@
 """A process's peak memory over a stretch of work: the CUDA allocator's peak on a GPU, else the resident-set
-high-water mark (VmHWM) that Linux resets on request, so that each training in one process is measured alone."""
+high-water mark (VmHWM) that Linux resets on request, so that each training in one process is measured alone;
+and the bytes a set of tensors takes when written (each storage once)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,22 @@ def peak_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return _status_mb("VmHWM")
+
+
+def payload_bytes(payload, seen: set | None = None) -> int:
+    """The tensor bytes of a payload (a state dict, a checkpoint: what torch.save or safetensors writes, less a
+    little metadata). A tensor that shares its storage with another (a head tied to the embeddings) is written
+    once, and counted once."""
+    seen = set() if seen is None else seen
+    if isinstance(payload, torch.Tensor):
+        storage = payload.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return storage.nbytes()
+    if isinstance(payload, dict):
+        return sum(payload_bytes(v, seen) for v in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(payload_bytes(v, seen) for v in payload)
+    return 0
