@@ -258,8 +258,13 @@ def test_compile_auto_is_decided_once_for_every_child_of_a_side_by_side_run(refe
     run_module.run(_run_config(data, ref, out, heal=["ce", "kd"], baselines=[]))
     assert len(asked) == 1 and given == ["off", "off"]  # a KD child costs more, and still runs like the CE one
     assert json.loads((out / "state.json").read_text())["compile"] == "off"
-    run_module.run(_run_config(data, ref, out, heal=["ce", "kd"], baselines=[]))  # re-entered: not asked again
-    assert len(asked) == 1
+    # re-entered with the KD child to train again (its record and folder gone): it trains with the kept
+    # decision, not a new one
+    state = json.loads((out / "state.json").read_text())
+    (out / "state.json").write_text(json.dumps({k: v for k, v in state.items() if not k.startswith("child/first-kd/")}))
+    shutil.rmtree(out / "children" / "first-kd" / "train")
+    run_module.run(_run_config(data, ref, out, heal=["ce", "kd"], baselines=[]))
+    assert len(asked) == 1 and given == ["off", "off", "off"]
 
 
 def test_resume_never_clears_a_folder_that_keeps_branches(dataset, tmp_path):
