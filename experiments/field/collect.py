@@ -11,6 +11,7 @@ docs/pretrained.md's "field" sections:
 A child's folder name is METHOD-HEAL[-SPEC] (SPEC: lora, last3; all-weights children have none). Every pair is
 checked to have been scored on the same windows; the interval is the paired bootstrap of ``inheritune run``'s
 report. Train seconds are the training's own time; peak memory and trained parameters come from its summary.
+Where two runs hold a child of the same folder name, the partner is the one of the run named first.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def parts(folder: str) -> dict:
 
 def children(run: Path) -> dict[str, dict]:
     state = json.loads((run / "state.json").read_text())
-    config = json.loads((run / "run.json").read_text()).get("config", {}) if (run / "run.json").is_file() else {}
+    config = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    recipe = config.get("train", {})
     found = {}
     for key, value in state.items():
         pieces = key.split("/")
@@ -44,8 +46,9 @@ def children(run: Path) -> dict[str, dict]:
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
         trained = state.get(f"child/{folder}/train", {})
         before = state.get(f"child/{folder}/before", {})
-        label = folder + (f" r{config['train']['lora_rank']}" if "lora" in folder and "train" in config else "")
+        label = folder + (f" r{recipe['lora_rank']}" if "lora" in folder and "lora_rank" in recipe else "")
         found[label] = {**parts(folder), "folder": folder, "run": str(run), "eval": value, "before": before.get("loss"),
+                        "lr": recipe.get("lr"),
                         "tokens": trained.get("tokens"), "flops": trained.get("training_flops"),
                         "seconds": trained.get("train_seconds"), "peak_mb": summary.get("peak_memory_mb"),
                         "trained": (summary.get("trainable") or {}).get("trainable_parameters")}
@@ -53,8 +56,8 @@ def children(run: Path) -> dict[str, dict]:
 
 
 def table(models: dict[str, dict], versus: str) -> str:
-    lines = [f"| child | tokens | val loss [95% CI] | Δ vs {versus} [paired 95% CI] | train FLOPs | train s | "
-             "peak MB | trained params |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| child | lr | tokens | val loss [95% CI] | Δ vs {versus} [paired 95% CI] | train FLOPs | train s | "
+             "peak MB | trained params |", "|---|---|---|---|---|---|---|---|---|"]
     by_folder = {}
     for label, m in models.items():
         by_folder.setdefault(m["folder"], m)
@@ -69,7 +72,7 @@ def table(models: dict[str, dict], versus: str) -> str:
             delta = f"{d['delta']:+.4f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
         ci = m["eval"].get("loss_ci95") or [float("nan")] * 2
         trained = f"{m['trained']:,}" if isinstance(m["trained"], int) else "-"
-        lines.append(f"| {label} | {m['tokens']:,} | {m['eval']['loss']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}] | {delta} | "
+        lines.append(f"| {label} | {m['lr']:g} | {m['tokens']:,} | {m['eval']['loss']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}] | {delta} | "
                      f"{m['flops']:.3g} | {m['seconds']:.0f} | {m['peak_mb'] or '-'} | {trained} |")
     return "\n".join(lines)
 
