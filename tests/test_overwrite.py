@@ -233,3 +233,7 @@ def test_assets_convert_overwrite_replaces_only_a_converted_model(tmp_path):
     with pytest.raises(UserError, match=str(gguf)):  # past the check: the fake GGUF fails to read, in one line
         convert_gguf(gguf, converted, overwrite=True)
     assert (converted / "config.json").is_file()  # nothing replaced by a conversion that failed
+    (converted / "b.gguf").write_bytes(b"the user's")  # a file convert never writes, beside its model
+    with pytest.raises(UserError, match="files that assets convert does not write"):
+        convert_gguf(gguf, converted, overwrite=True)
+    assert (converted / "b.gguf").read_bytes() == b"the user's"

@@ -40,9 +40,6 @@ def test_a_schedule_that_would_score_a_rung_mid_decay_or_mid_warmup_is_refused(t
         _run_config(tmp_path, tmp_path, tmp_path / "run", search="halving", steps=20)
     with pytest.raises(UserError, match="with 2 candidates at --eta 2 has no cut to make"):
         _run_config(tmp_path, tmp_path, tmp_path / "run", heal=["ce", "kd"], search="halving", steps=20)
-    # the baselines of a search train on the candidates' schedule
-    assert _run_config(tmp_path, tmp_path, tmp_path / "run", select=["first", "spread"], heal=["ce", "kd"],
-                       search="halving", steps=20).train.schedule == "wsd"
 
 
 SEARCH = dict(select=["first", "spread"], heal=["ce", "kd"], search="halving", steps=8, baselines=[])
@@ -206,3 +203,23 @@ def test_a_finished_rungs_teacher_entries_are_pruned(tmp_path):
                                                         "step-0000004-row-00000.npy", "step-0000009-row-00000-bf16.npy",
                                                         "step-0000009-row-00000.npy"]
     assert prune(tmp_path / "missing", 4) == 0
+
+
+def test_a_search_trains_its_baselines_on_the_candidates_schedule(tmp_path, monkeypatch):
+    """One table, one schedule: under --search a baseline trains on warmup-stable-decay like the candidates (the
+    run's own --schedule is left as given, so runs made before keep their settings); without a search, on the
+    run's schedule."""
+    import inheritune.run as run_module
+
+    asked = []
+    monkeypatch.setattr(run_module, "_inherit_stage", lambda *a, **k: tmp_path / "child")
+    monkeypatch.setattr(run_module, "_train_stage",
+                        lambda *a, **k: asked.append(k.get("schedule")) or {"steps": 1, "model_dir": "m"})
+    monkeypatch.setattr(run_module, "_measure", lambda *a, **k: {"layers": 2})
+    monkeypatch.setattr(run_module, "_measure_before", lambda *a, **k: {})
+    for search in ("halving", ""):
+        config = _run_config(tmp_path, tmp_path, tmp_path / "run", select=["first", "spread"], heal=["ce", "kd"],
+                             search=search, steps=20)
+        run_module._baseline(config, None, "random", "ref", 2, tmp_path, 20)
+        assert config.train.schedule == "cosine"
+    assert asked == ["wsd", None]

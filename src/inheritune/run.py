@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -360,11 +361,13 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
     with eval. ``uses_reference`` says whether it was built from the reference's weights (then the reference's
     own training is part of what it cost)."""
     root = out / "baselines" / name
+    # a search's baselines train on its candidates' warmup-stable-decay schedule: one table, one schedule
+    train_stage = partial(_train_stage, schedule="wsd") if config.search else _train_stage
     if name in ("random", "random-2x", "kd"):
         child = _inherit_stage(reference, root / "child", layers=str(layers), init="random", seed=config.train.seed)
         extra = {"teacher": reference, "kd_alpha": config.kd_alpha, "kd_temperature": config.kd_temperature} \
             if name == "kd" else {}
-        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train",
+        trained = train_stage(config, state, f"baseline/{name}/train", str(child), root / "train",
                                steps * (2 if name == "random-2x" else 1), **extra)
         stages = [trained]
     elif name == "stacking":
@@ -373,18 +376,18 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
         # that continues where the first stage stopped (no batch seen twice).
         half = (layers + 1) // 2
         small = _inherit_stage(reference, root / "small", layers=str(half), init="random", seed=config.train.seed)
-        first = _train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train", steps)
+        first = train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train", steps)
         stacked = _inherit_stage(first["model_dir"], root / "child", init="stacking", depth=layers)
-        trained = _train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train", steps,
+        trained = train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train", steps,
                                data_offset=first["steps"])
         stages = [first, trained]
     elif name == "hybrid-stacking":  # reference layers 0..ceil(l/2)-1 twice, the first l of them
         child = _inherit_stage(reference, root / "child", layers=str(layers), init="hybrid-stacking")
-        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
+        trained = train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
         stages = [trained]
     elif name == "half-width":
         child = _inherit_stage(reference, root / "child", init="half-width")
-        trained = _train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
+        trained = train_stage(config, state, f"baseline/{name}/train", str(child), root / "train", steps)
         stages = [trained]
     else:
         raise UserError(f"unknown baseline {name}")

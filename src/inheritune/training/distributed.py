@@ -62,11 +62,11 @@ def teardown(d: Dist) -> None:
 
 def wrap(model, d: Dist, strategy: str, blocks) -> torch.nn.Module:
     """DDP (replicated weights, all-reduced grads) or FSDP2 (``fully_shard`` on each block, then the root)."""
+    if not d.active:
+        return model
     from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
-    if not d.active:
-        return model
     if strategy == "fsdp":
         for block in blocks:
             fully_shard(block)

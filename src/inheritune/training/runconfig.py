@@ -116,7 +116,6 @@ class RunConfig:
                                 "side, or lower --eta")
             total = round(self.steps * self.budget)
             check_schedule(self, rung_steps(count, self.eta, total), total)
-            self.train.schedule = "wsd"  # the candidates' schedule, for the baselines too: one table, one schedule
         if self.grow not in ("reinherit", "continue"):
             raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
         if isinstance(self.baselines, str):

@@ -67,7 +67,8 @@ def apply_trainable(model, spec: str, rank: int = 8, alpha: float = 16.0, target
 
         names = targets.replace(",", " ").split() if targets else "all-linear"
         try:
-            with torch.random.fork_rng():
+            # CUDA's generator is forked (and seeded) only where CUDA is already in use: a CPU run never starts it
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_initialized() else []):
                 torch.manual_seed(seed)
                 wrapper = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
                                                            target_modules=names, bias="none"))

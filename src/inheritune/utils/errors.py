@@ -179,9 +179,9 @@ def remove_stale_staging(folder: Path, names: tuple[str, ...] | list[str] | None
     for name in names or ():  # killed between replace_dir's two renames: the previous output goes back in place
         target = Path(folder) / name
         if not target.exists():
-            old = next((item for item in Path(folder).glob(f".{glob.escape(name)}.old-*") if stale(item)), None)
-            if old is not None:
-                os.replace(old, target)
+            olds = [item for item in Path(folder).glob(f".{glob.escape(name)}.old-*") if stale(item)]
+            if olds:  # the newest, if several commands were killed there
+                os.replace(max(olds, key=lambda item: item.stat().st_mtime_ns), target)
     patterns = [f".{glob.escape(name)}.{kind}-*" for name in names for kind in ("tmp", "old")] \
         if names is not None else [".*.tmp-*"]
     for pattern in patterns:

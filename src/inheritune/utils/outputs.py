@@ -75,8 +75,9 @@ def is_converted_model(folder: Path) -> bool:
 DATASET = Kind("a prepared dataset", ("meta.json", "train.bin", "val.bin", "tokenizer"), is_dataset)
 CHILD = Kind("a child made by inherit", ("config.json", "generation_config.json", "inheritune.json", "README.md",
                                           *_WEIGHTS, *_TOKENIZER), is_inherited_child)
-CONVERTED = Kind("a model converted by assets convert", ("config.json", "generation_config.json", "README.md",
-                                                           *_WEIGHTS, *_TOKENIZER), is_converted_model)
+CONVERTED = Kind("a model converted by assets convert",  # what save_pretrained writes, never a user's .gguf or .bin
+                 ("config.json", "generation_config.json", "README.md", "model.safetensors", "model-*.safetensors",
+                  "model.safetensors.index.json", *_TOKENIZER), is_converted_model)
 ANALYSIS = Kind("an analysis made by analyze", ("report.json", "layers.csv", "heads.csv", "*.png"), is_analysis)
 
 
