@@ -368,7 +368,7 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
         extra = {"teacher": reference, "kd_alpha": config.kd_alpha, "kd_temperature": config.kd_temperature} \
             if name == "kd" else {}
         trained = train_stage(config, state, f"baseline/{name}/train", str(child), root / "train",
-                               steps * (2 if name == "random-2x" else 1), **extra)
+                              steps * (2 if name == "random-2x" else 1), **extra)
         stages = [trained]
     elif name == "stacking":
         # Gong et al. as the authors ran it: ceil(l/2) layers from scratch with the full budget, stacked on top of
@@ -379,7 +379,7 @@ def _baseline(config: RunConfig, state: State, name: str, reference: str, layers
         first = train_stage(config, state, f"baseline/{name}/small", str(small), root / "small-train", steps)
         stacked = _inherit_stage(first["model_dir"], root / "child", init="stacking", depth=layers)
         trained = train_stage(config, state, f"baseline/{name}/train", str(stacked), root / "train", steps,
-                               data_offset=first["steps"])
+                              data_offset=first["steps"])
         stages = [first, trained]
     elif name == "hybrid-stacking":  # reference layers 0..ceil(l/2)-1 twice, the first l of them
         child = _inherit_stage(reference, root / "child", layers=str(layers), init="hybrid-stacking")
