@@ -223,3 +223,25 @@ def test_a_search_trains_its_baselines_on_the_candidates_schedule(tmp_path, monk
         run_module._baseline(config, None, "random", "ref", 2, tmp_path, 20)
         assert config.train.schedule == "cosine"
     assert asked == ["wsd", None]
+
+
+def test_a_search_run_re_enters_whatever_its_recorded_schedule(tmp_path):
+    """Under a search the schedule is warmup-stable-decay for every training, so a search run recorded with
+    'wsd' (as runs made before 2026-12-07 were) re-enters with the default --schedule; a plain run does not."""
+    from inheritune.training.runstate import check_rerun
+    from inheritune.utils.config import to_dict
+
+    for search, refused in (("halving", False), ("", True)):
+        out = tmp_path / f"run-{search or 'plain'}"
+        out.mkdir()
+        config = _run_config(tmp_path, tmp_path, out, select=["first", "spread"], heal=["ce", "kd"], search=search,
+                             steps=20)
+        recorded = to_dict(config)
+        recorded["train"]["schedule"] = "wsd"
+        (out / "run.json").write_text(json.dumps(recorded))
+        if refused:
+            with pytest.raises(UserError, match="schedule 'wsd' -> 'cosine'"):
+                check_rerun(out, config)
+        else:
+            check_rerun(out, config)
+            assert json.loads((out / "run.json").read_text())["train"]["schedule"] == "cosine"

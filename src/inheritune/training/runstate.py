@@ -75,6 +75,10 @@ def check_rerun(out: Path, config) -> None:
         old.setdefault("trainable", ["all"])  # and trained every weight
         new = {k.removeprefix("train."): v for k, v in flatten(to_dict(config)).items()}
         keys = FIXED_KEYS + (("nproc_per_node",) if not config.train.global_batch_tokens else ())
+        if old.get("search") and new.get("search"):
+            # under a search every training (candidates and baselines) runs warmup-stable-decay whatever
+            # --schedule says; runs made before 2026-12-07 recorded 'wsd' there
+            keys = tuple(k for k in keys if k != "schedule")
         fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in keys if k in old and old[k] != new[k]]
         if fixed:
             raise UserError(f"{out} holds a run with other settings ({'; '.join(fixed)}); finished stages would be "
