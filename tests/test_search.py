@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from test_faults import _run_config, reference_setup  # noqa: F401 (a fixture)
 
+from inheritune.analysis.selection import ranges
 from inheritune.training.runconfig import check_schedule, rung_steps
 from inheritune.utils.errors import UserError
 
@@ -75,6 +76,10 @@ def test_search_end_to_end_equals_a_standalone_training_and_survives_kill_9(refe
     assert search["winner"] == second["candidates"][0]["name"]
     # spent: 2 candidates x 4 steps + 2 x 8 of a grid of 4 x 8 (KD candidates cost more per step)
     assert 0.5 < search["fraction_of_grid"] < 0.9 and "## Search" in (out / "report.md").read_text()
+    shown = (out / "report.md").read_text()
+    for c in second["candidates"]:  # each finalist's row names the blocks its cut kept
+        kept = json.loads((out / "children" / c["name"].replace("+", "-") / "child" / "inheritune.json").read_text())
+        assert f"| {c['name']} | {ranges(kept['layers'])} |" in shown
     for c in first["candidates"]:  # the candidates that left kept no checkpoint; the finalists have a model
         folder = out / "children" / c["name"].replace("+", "-") / "train"
         assert not list(folder.glob("ckpt-*.pt")) and (folder / "final").is_dir() == c["kept"]

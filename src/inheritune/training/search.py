@@ -16,6 +16,7 @@ cannot see is how much each candidate would gain from the decay; the finalists a
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -55,8 +56,10 @@ def halving(config: RunConfig, state: State, out: Path, reference: str, layers: 
         child = stages.inherit(reference, out / "children" / folder / "child", select=f"{method}:{layers}",
                               from_report=report or "", seed=config.train.seed)
         compiled = compiled or compile_once(config, state, child, steps)
+        record = json.loads((Path(child) / "inheritune.json").read_text())  # the blocks the cut kept, and why
         entries[name] = {"name": name, "method": method, "heal": heal, "trainable_spec": spec, "folder": folder,
-                         "layers": layers, "child_dir": str(child),
+                         "layers": layers, "child_dir": str(child), "blocks": record["layers"],
+                         "selection": record.get("selection"),
                          "before": stages.measure_before(config, child, state, f"child/{folder}/before")}
     # KD candidates read the same batches at the same steps: the first to reach one pays the teacher's forward
     # pass, the others read its hidden states back (training/teacher_cache.py)
