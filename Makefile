@@ -65,7 +65,7 @@ reproduce: assets
 	$(BIN)/python experiments/reproduce_mini/reproduce.py --out runs/reproduce_mini --docs docs/reproduction
 
 test: assets
-	$(BIN)/python -m pytest -q --durations=25  # the 25 slowest tests, to keep the suite near 15 minutes
+	$(BIN)/python -m pytest -q --durations=25  # the 25 slowest tests: where the time goes
 
 clean:
 	rm -rf $(VENV) $(DATA) $(MINI_DATA) $(DEMO) src/*.egg-info

@@ -79,7 +79,8 @@ def test_search_end_to_end_equals_a_standalone_training_and_survives_kill_9(refe
     shown = (out / "report.md").read_text()
     for c in second["candidates"]:  # each finalist's row names the blocks its cut kept
         kept = json.loads((out / "children" / c["name"].replace("+", "-") / "child" / "inheritune.json").read_text())
-        assert f"| {c['name']} | {ranges(kept['layers'])} |" in shown
+        blocks = ranges(kept["layers"])
+        assert f"| {c['name']} | {blocks} |" in shown and f"{c['name']}: {blocks}" in shown  # table, "Blocks kept"
     for c in first["candidates"]:  # the candidates that left kept no checkpoint; the finalists have a model
         folder = out / "children" / c["name"].replace("+", "-") / "train"
         assert not list(folder.glob("ckpt-*.pt")) and (folder / "final").is_dir() == c["kept"]
@@ -211,9 +212,8 @@ def test_a_finished_rungs_teacher_entries_are_pruned(tmp_path):
 
 
 def test_a_search_trains_its_baselines_on_the_candidates_schedule(tmp_path, monkeypatch):
-    """One table, one schedule: under --search a baseline trains on warmup-stable-decay like the candidates (the
-    run's own --schedule is left as given, so runs made before keep their settings); without a search, on the
-    run's schedule."""
+    """One table, one schedule: under --search a baseline trains on warmup-stable-decay like the candidates (also
+    where --schedule still trains a from-scratch reference); without a search, on the run's schedule."""
     import inheritune.run as run_module
 
     asked = []
@@ -226,27 +226,31 @@ def test_a_search_trains_its_baselines_on_the_candidates_schedule(tmp_path, monk
         config = _run_config(tmp_path, tmp_path, tmp_path / "run", select=["first", "spread"], heal=["ce", "kd"],
                              search=search, steps=20)
         run_module._baseline(config, None, "random", "ref", 2, tmp_path, 20)
-        assert config.train.schedule == "cosine"
+        assert config.train.schedule == ("wsd" if search else "cosine")  # what run.json records
     assert asked == ["wsd", None]
 
 
 def test_a_search_run_re_enters_whatever_its_recorded_schedule(tmp_path):
-    """Under a search the schedule is warmup-stable-decay for every training, so a search run recorded with
-    'wsd' (as runs made before 2026-12-07 were) re-enters with the default --schedule; a plain run does not."""
+    """Under a search every child and baseline trains warmup-stable-decay (run.json says so), so a search run
+    recorded with 'cosine' (as those of 2026-12-07 were) re-enters; a plain run does not, nor a search whose
+    reference is trained from scratch on --schedule."""
     from inheritune.training.runstate import check_rerun
     from inheritune.utils.config import to_dict
 
-    for search, refused in (("halving", False), ("", True)):
-        out = tmp_path / f"run-{search or 'plain'}"
+    cases = (("halving", "", False), ("", "", True), ("halving", "scratch:llama:layers=4,hidden=32,heads=4", True))
+    for search, scratch, refused in cases:
+        out = tmp_path / f"run-{search or 'plain'}-{bool(scratch)}"
         out.mkdir()
         config = _run_config(tmp_path, tmp_path, out, select=["first", "spread"], heal=["ce", "kd"], search=search,
-                             steps=20)
+                             steps=20, reference_from_scratch=scratch)
+        assert config.train.schedule == ("wsd" if search and not scratch else "cosine")
         recorded = to_dict(config)
-        recorded["train"]["schedule"] = "wsd"
+        other = "cosine" if config.train.schedule == "wsd" else "wsd"
+        recorded["train"]["schedule"] = other
         (out / "run.json").write_text(json.dumps(recorded))
         if refused:
-            with pytest.raises(UserError, match="schedule 'wsd' -> 'cosine'"):
+            with pytest.raises(UserError, match=f"schedule '{other}' -> '{config.train.schedule}'"):
                 check_rerun(out, config)
         else:
             check_rerun(out, config)
-            assert json.loads((out / "run.json").read_text())["train"]["schedule"] == "cosine"
+            assert json.loads((out / "run.json").read_text())["train"]["schedule"] == "wsd"

@@ -29,7 +29,8 @@ class TrainRecipe:
     grad_clip: float = option(1.0, help="gradient-norm clip; 0 = off")
     schedule: str = option("cosine", help="learning-rate schedule after the warmup: cosine (to min_lr at the end, the "
                                           "paper's) or wsd (constant, then linear to min_lr over the last "
-                                          "decay_fraction of the steps: SmolLM2's and MiniCPM's)")
+                                          "decay_fraction of the steps: SmolLM2's and MiniCPM's); "
+                                          "under run --search every child and baseline trains wsd")
     decay_fraction: float = option(0.2, low=0.01, high=1, help="wsd: share of the steps spent decaying")
     data_order: str = option("random", help="random (windows with replacement) or sequential (no replacement)")
     bos_windows: bool = option(False, help="every training and validation window starts with the tokenizer's BOS (its "

@@ -116,6 +116,8 @@ class RunConfig:
                                 "side, or lower --eta")
             total = round(self.steps * self.budget)
             check_schedule(self, rung_steps(count, self.eta, total), total)
+            if not self.reference_from_scratch:  # then --schedule trains nothing here: record what every training
+                self.train.schedule = "wsd"  # of the search (candidates and baselines) runs on
         if self.grow not in ("reinherit", "continue"):
             raise UserError(f"grow must be reinherit or continue, not {self.grow!r}")
         if isinstance(self.baselines, str):

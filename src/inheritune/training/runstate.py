@@ -75,10 +75,13 @@ def check_rerun(out: Path, config) -> None:
         old.setdefault("trainable", ["all"])  # and trained every weight
         new = {k.removeprefix("train."): v for k, v in flatten(to_dict(config)).items()}
         keys = FIXED_KEYS + (("nproc_per_node",) if not config.train.global_batch_tokens else ())
-        if old.get("search") and new.get("search"):
-            # under a search every training (candidates and baselines) runs warmup-stable-decay whatever
-            # --schedule says; runs made before 2026-12-07 recorded 'wsd' there
+        if old.get("search") and new.get("search") and not (old.get("reference_from_scratch")
+                                                             or new.get("reference_from_scratch")):
+            # every training of a search (candidates and baselines) runs warmup-stable-decay whatever --schedule
+            # says, and only a reference trained from scratch follows it; the search runs of 2026-12-07 recorded
+            # 'cosine' there
             keys = tuple(k for k in keys if k != "schedule")
+            old["schedule"] = new["schedule"]  # nothing to apply either
         fixed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in keys if k in old and old[k] != new[k]]
         if fixed:
             raise UserError(f"{out} holds a run with other settings ({'; '.join(fixed)}); finished stages would be "
