@@ -192,7 +192,7 @@ def measure_removals(model, data: TokenData, windows: int = DEFAULT_WINDOWS, seq
         "selection": "seeded non-overlapping windows of the train split, never the validation windows that "
                      "comparisons are scored on",
         "reference_loss": result["reference_loss"], "sleb": bool(sleb), **counts,
-        "seconds": round(time.perf_counter() - started, 2), "device": str(device),
+        "seconds": float(f"{time.perf_counter() - started:.3g}"), "device": str(device),
     }
     return result
 
