@@ -423,7 +423,7 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                # every session's training time, up to this run's last checkpoint before each interruption
                "train_seconds": round(run.train_seconds, 2), "compiled": run.compiled, "chunked_loss": run.chunked,
                "trainable": run.trainable, "peak_memory_mb": _rounded(peak_mb(d.device)),
-               "track_seconds": float(f"{run.track_seconds:.3g}")}  # a tiny model tracks in milliseconds
+               "track_seconds": round(run.track_seconds, 2) or float(f"{run.track_seconds:.3g}")}  # ms on a tiny model
     if status == "finished" and summary["final_val_loss"] is not None and not math.isfinite(summary["final_val_loss"]):
         _stop_not_finite(out, f"the final val loss is {summary['final_val_loss']}; the model was not written")
     facts = {**to_dict(config), **plan.facts(), "steps": step, "tokens": summary["tokens"],

@@ -192,9 +192,15 @@ def measure_removals(model, data: TokenData, windows: int = DEFAULT_WINDOWS, seq
         "selection": "seeded non-overlapping windows of the train split, never the validation windows that "
                      "comparisons are scored on",
         "reference_loss": result["reference_loss"], "sleb": bool(sleb), **counts,
-        "seconds": float(f"{time.perf_counter() - started:.3g}"), "device": str(device),
+        "seconds": _seconds(time.perf_counter() - started), "device": str(device),
     }
     return result
+
+
+def _seconds(t: float) -> float:
+    """Two decimals, or three significant digits where two decimals would say 0.0 (a tiny model on a fast
+    machine measures in milliseconds)."""
+    return round(t, 2) or float(f"{t:.3g}")
 
 
 def _sleb(stack: _Stack, first_step: list[float]) -> dict:
