@@ -56,6 +56,13 @@ def test_side_by_side_children_share_budget_windows_and_one_table(analysed, tmp_
                 f"windows cannot separate it from {', '.join(tied)} (" if tied else
                 f"**Winner: {side['best']}** (val loss {losses[side['best']]:.4f}): every other model is worse")
     assert expected in text and ("**Winner: " in text) == (not tied)
+    # a damaged child record on re-entry: one line naming the file, and the run's files stay as they were
+    record = out / "children" / "bi-ce" / "child" / "inheritune.json"
+    record.write_text('{"layers": [0, 1,')
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "state.json"}
+    with pytest.raises(UserError, match=r"inheritune.json \(the cut child's record\) is damaged"):
+        run(from_dict(RunConfig, _settings(reference, dataset, out, select="first bi")))
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "state.json"} == files
 
 
 def test_the_verdict_names_a_winner_only_when_every_interval_excludes_zero():

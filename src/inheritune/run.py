@@ -6,7 +6,6 @@ finished stages are not redone and an interrupted training resumes from its chec
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from functools import partial
@@ -35,6 +34,7 @@ from inheritune.training.checkpoint import checkpoints, drop_checkpoints
 from inheritune.training.distributed import launch_torchrun
 from inheritune.training.runconfig import RunConfig  # noqa: F401 (the verb's config)
 from inheritune.training.search import Stages, halving
+from inheritune.training.rundir import read_json
 from inheritune.training.runstate import State, open_run_dir
 from inheritune.utils.errors import Interrupted, UserError, reading
 
@@ -302,7 +302,7 @@ def _grow(config: RunConfig, state: State, out: Path, reference: str, n_layers: 
         measured = _measure(config, name, trained["model_dir"], state, f"{name}/eval")
         spent += trained["training_flops"]
         matched = measured["loss"] <= ref_loss + config.tolerance
-        record = json.loads((child / "inheritune.json").read_text())
+        record = read_json(child / "inheritune.json", "the cut child's record")
         rounds.append({"name": name, "layers": layers, "child_dir": str(child), **trained, "eval": measured,
                        "blocks": record["layers"], "selection": record.get("selection"), "heal": config.heal[0],
                        "trainable_spec": config.trainable[0]})
@@ -329,7 +329,7 @@ def _side_by_side(config: RunConfig, state: State, out: Path, reference: str, la
         trained = _train_stage(config, state, f"child/{folder}/train", str(child), root / "train", steps,
                                compile=compiled, **config.heal_args(heal, reference, spec))
         measured = _measure(config, name, trained["model_dir"], state, f"child/{folder}/eval")
-        record = json.loads((child / "inheritune.json").read_text())
+        record = read_json(child / "inheritune.json", "the cut child's record")
         children[name] = {"name": name, "method": method, "heal": heal, "trainable_spec": spec, "layers": layers,
                           "child_dir": str(child),
                           **trained, "before": before, "eval": measured, "blocks": record["layers"],

@@ -16,7 +16,6 @@ cannot see is how much each candidate would gain from the decay; the finalists a
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from inheritune.analysis.scoring import paired_delta
 from inheritune.training.budget import compile_once
 from inheritune.training.checkpoint import drop_checkpoints
+from inheritune.training.rundir import read_json
 from inheritune.training.runconfig import RunConfig, rung_steps
 from inheritune.training.runstate import State
 from inheritune.training.teacher_cache import prune
@@ -56,7 +56,7 @@ def halving(config: RunConfig, state: State, out: Path, reference: str, layers: 
         child = stages.inherit(reference, out / "children" / folder / "child", select=f"{method}:{layers}",
                               from_report=report or "", seed=config.train.seed)
         compiled = compiled or compile_once(config, state, child, steps)
-        record = json.loads((Path(child) / "inheritune.json").read_text())  # the blocks the cut kept, and why
+        record = read_json(Path(child) / "inheritune.json", "the cut child's record")  # its blocks, and why
         entries[name] = {"name": name, "method": method, "heal": heal, "trainable_spec": spec, "folder": folder,
                          "layers": layers, "child_dir": str(child), "blocks": record["layers"],
                          "selection": record.get("selection"),
