@@ -49,7 +49,7 @@ from inheritune.training.trainable import apply_trainable, merged, training_flop
 from inheritune.utils.config import to_dict
 from inheritune.utils.errors import Interrupted, UserError, atomic_write_json
 from inheritune.utils.memory import peak_mb, reset_peak
-from inheritune.utils.progress import progress_bar
+from inheritune.utils.progress import progress_bar, recorded_seconds
 
 
 def load_training_model(config: TrainConfig, data: TokenData, dtype: torch.dtype = torch.float32):
@@ -423,7 +423,7 @@ def _finish(config: TrainConfig, run, plan: BatchPlan, d: D.Dist, out: Path, dat
                # every session's training time, up to this run's last checkpoint before each interruption
                "train_seconds": round(run.train_seconds, 2), "compiled": run.compiled, "chunked_loss": run.chunked,
                "trainable": run.trainable, "peak_memory_mb": _rounded(peak_mb(d.device)),
-               "track_seconds": round(run.track_seconds, 2) or float(f"{run.track_seconds:.3g}")}  # ms on a tiny model
+               "track_seconds": recorded_seconds(run.track_seconds)}
     if status == "finished" and summary["final_val_loss"] is not None and not math.isfinite(summary["final_val_loss"]):
         _stop_not_finite(out, f"the final val loss is {summary['final_val_loss']}; the model was not written")
     facts = {**to_dict(config), **plan.facts(), "steps": step, "tokens": summary["tokens"],

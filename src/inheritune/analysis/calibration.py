@@ -25,7 +25,7 @@ from inheritune.data.dataset import TokenData
 from inheritune.data.windows import check_ids, window_rows
 from inheritune.models.architectures import adapter_for
 from inheritune.utils.errors import UserError
-from inheritune.utils.progress import progress_bar
+from inheritune.utils.progress import progress_bar, recorded_seconds
 
 # What SLEB costs sets the default: on SmolLM2-135M (30 blocks, and a 49K-vocabulary head that costs as much as 8
 # of them) it is 4,931 block and 465 head passes, about 61 GFLOP per calibration token. 4 windows of 32 tokens took
@@ -192,15 +192,9 @@ def measure_removals(model, data: TokenData, windows: int = DEFAULT_WINDOWS, seq
         "selection": "seeded non-overlapping windows of the train split, never the validation windows that "
                      "comparisons are scored on",
         "reference_loss": result["reference_loss"], "sleb": bool(sleb), **counts,
-        "seconds": _seconds(time.perf_counter() - started), "device": str(device),
+        "seconds": recorded_seconds(time.perf_counter() - started), "device": str(device),
     }
     return result
-
-
-def _seconds(t: float) -> float:
-    """Two decimals, or three significant digits where two decimals would say 0.0 (a tiny model on a fast
-    machine measures in milliseconds)."""
-    return round(t, 2) or float(f"{t:.3g}")
 
 
 def _sleb(stack: _Stack, first_step: list[float]) -> dict:
